@@ -1,0 +1,44 @@
+"""The evaluator protocol every quality proxy implements (see DESIGN §2 and §5)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Mapping, Protocol, runtime_checkable
+
+from search_space.arch import ArchConfig
+
+
+class Direction(str, Enum):
+    MAXIMIZE = "maximize"
+    MINIMIZE = "minimize"
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """One evaluation: the score, named side numbers, and how long it took."""
+
+    value: float
+    extras: Mapping[str, float] = field(default_factory=dict)
+    wall_time_s: float = 0.0
+
+
+@runtime_checkable
+class Evaluator(Protocol):
+    """Scores a candidate. Must be deterministic for a given ``seed``.
+
+    ``config_key`` identifies everything that changes the score besides (arch, seed, budget)
+    (evaluator options, proxy scale, data, code version): it is part of every cache key.
+    ``resources`` are Ray resources one evaluation needs (e.g. ``{"num_cpus": 1, "num_gpus": 1}``).
+    """
+
+    name: str
+    direction: Direction
+
+    @property
+    def config_key(self) -> str: ...
+
+    @property
+    def resources(self) -> Mapping[str, float]: ...
+
+    def evaluate(self, arch: ArchConfig, *, seed: int, budget: int) -> EvalResult: ...
