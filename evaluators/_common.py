@@ -1,0 +1,82 @@
+"""Shared plumbing of the built-in evaluators: options, config key, resources, timing."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Mapping
+
+from evaluators.base import Direction, EvalResult
+from evaluators.options import DEFAULT_RESOURCES, options_dict, parse_options
+from search_space.arch import ArchConfig
+from search_space.backbone import BackboneSpec
+from search_space.errors import ConfigError
+from search_space.geometry import validate_arch
+
+#: Bump when a change to the evaluators' code changes scores: it is part of every cache key.
+CODE_VERSION = "evaluators-1"
+
+
+@dataclass(frozen=True)
+class BaseOptions:
+    """Options every built-in evaluator accepts."""
+
+    resources: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_RESOURCES))
+
+
+class BuiltinEvaluator:
+    """Base of the built-in evaluators: parses options, computes ``config_key``.
+
+    Subclasses set ``name``, ``direction``, ``Options`` (a frozen dataclass deriving from
+    :class:`BaseOptions`) and implement ``_score(arch, seed, budget) -> (value, extras)``.
+    """
+
+    name: ClassVar[str] = ""
+    direction: ClassVar[Direction] = Direction.MAXIMIZE
+    Options: ClassVar[type] = BaseOptions
+    #: True if ``budget`` changes the score (short training); False for zero-cost proxies.
+    uses_budget: ClassVar[bool] = False
+
+    def __init__(self, backbone: BackboneSpec, options: Mapping[str, Any] | None = None,
+                 where: str | None = None) -> None:
+        self.backbone = backbone
+        self.options = parse_options(self.Options, options, where or f"evaluators.{self.name}")
+
+    @classmethod
+    def from_options(cls, backbone: BackboneSpec, options: Mapping[str, Any] | None,
+                     where: str | None = None) -> "BuiltinEvaluator":
+        return cls(backbone, options, where)
+
+    @property
+    def resources(self) -> Mapping[str, float]:
+        return dict(self.options.resources)
+
+    @property
+    def config_key(self) -> str:
+        opts = options_dict(self.options)
+        opts.pop("resources", None)  # where it runs does not change the score
+        blob = json.dumps({"name": self.name, "options": opts, "backbone": self.backbone.to_dict(),
+                           "code": CODE_VERSION}, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready description (name, direction, options, config key)."""
+        return {"name": self.name, "direction": self.direction.value,
+                "options": options_dict(self.options), "config_key": self.config_key}
+
+    def check_arch(self, arch: ArchConfig) -> None:
+        if arch.backbone != self.backbone.name:
+            raise ConfigError(f"arch.backbone: {arch.backbone!r} does not match the evaluator's "
+                              f"backbone {self.backbone.name!r}")
+        validate_arch(self.backbone, arch)
+
+    def evaluate(self, arch: ArchConfig, *, seed: int = 0, budget: int = 0) -> EvalResult:
+        self.check_arch(arch)
+        t0 = time.perf_counter()
+        value, extras = self._score(arch, int(seed), int(budget))
+        return EvalResult(float(value), dict(extras), time.perf_counter() - t0)
+
+    def _score(self, arch: ArchConfig, seed: int, budget: int) -> tuple[float, Mapping[str, float]]:
+        raise NotImplementedError

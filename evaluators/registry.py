@@ -1,0 +1,159 @@
+"""Evaluator registry: built-in names, ``module:Class`` strings and the
+``temponas.evaluators`` entry-point group.
+
+Contract for a user evaluator class ``Cls`` (built-ins follow it too):
+
+* ``Cls.from_options(backbone, options, where)`` if it defines that classmethod, else
+  ``Cls(backbone, **options)``; unknown/bad options must raise ``ConfigError`` naming the key
+  (a ``TypeError`` from ``Cls(**options)`` is turned into one).
+* The object satisfies :class:`evaluators.base.Evaluator`: ``name``, ``direction``,
+  ``config_key``, ``resources`` (Ray resources, e.g. ``{"num_cpus": 1, "num_gpus": 1}``) and
+  ``evaluate(arch, *, seed, budget) -> EvalResult``; deterministic for a seed.
+
+Importing this module does not import torch: built-ins are loaded lazily by name.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from importlib import metadata
+from typing import Any, Mapping
+
+from evaluators.base import Evaluator
+from evaluators.options import DEFAULT_RESOURCES, parse_resources
+from search_space.backbone import BackboneSpec
+from search_space.errors import ConfigError
+
+ENTRY_POINT_GROUP = "temponas.evaluators"
+
+#: name -> "module:Class" of every built-in evaluator (loaded on first use).
+BUILTIN: dict[str, str] = {
+    "params": "evaluators._baselines:ParamsEvaluator",
+    "flops": "evaluators._baselines:FlopsEvaluator",
+}
+
+#: The zero-cost proxy a fast search uses by default. Chosen by the fidelity audit
+#: (docs/proxies.md, benchmarks/results/proxy_fidelity.json), not by guess.
+DEFAULT_FAST_PROXY = "params"
+
+
+def _entry_points() -> dict[str, metadata.EntryPoint]:
+    try:
+        eps = metadata.entry_points(group=ENTRY_POINT_GROUP)
+    except Exception:  # a broken installed distribution must not break the built-ins
+        return {}
+    return {ep.name: ep for ep in eps}
+
+
+def available() -> list[str]:
+    """Registered evaluator names: built-ins then installed entry points (sorted)."""
+    names = list(BUILTIN)
+    names += sorted(n for n in _entry_points() if n not in BUILTIN)
+    return names
+
+
+def _load_target(spec: str, where: str) -> Any:
+    mod_name, _, attr = spec.partition(":")
+    if not mod_name or not attr:
+        raise ConfigError(f"{where}: {spec!r} is not a 'module:Class' string")
+    try:
+        mod = importlib.import_module(mod_name)
+    except ImportError as e:
+        raise ConfigError(f"{where}: cannot import module {mod_name!r} ({e})") from None
+    obj: Any = mod
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ConfigError(f"{where}: module {mod_name!r} has no attribute {attr!r}") from None
+    return obj
+
+
+def resolve(name: str, where: str = "evaluator") -> Any:
+    """The class (or factory) registered under ``name`` or given as ``module:Class``."""
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{where}: expected an evaluator name or 'module:Class' string, "
+                          f"got {name!r}")
+    if name in BUILTIN:
+        return _load_target(BUILTIN[name], where)
+    eps = _entry_points()
+    if name in eps:
+        try:
+            return eps[name].load()
+        except Exception as e:
+            raise ConfigError(f"{where}: entry point {name!r} of group {ENTRY_POINT_GROUP} "
+                              f"failed to load ({type(e).__name__}: {e})") from None
+    if ":" in name:
+        return _load_target(name, where)
+    raise ConfigError(f"{where}: unknown evaluator {name!r} (available: {', '.join(available())}; "
+                      f"or give a 'module:Class' string)")
+
+
+def create_evaluator(name: str, backbone: BackboneSpec, options: Mapping[str, Any] | None = None,
+                     where: str = "evaluator") -> Evaluator:
+    """Build the evaluator ``name`` for ``backbone`` with ``options``.
+
+    ``where`` prefixes error messages (e.g. ``config.yaml: evaluator``); option errors name
+    ``<where>.options.<key>``.
+    """
+    target = resolve(name, where)
+    opts = dict(options or {})
+    owhere = f"{where}.options"
+    if hasattr(target, "from_options"):
+        params = inspect.signature(target.from_options).parameters
+        if "where" in params:
+            ev = target.from_options(backbone, opts, where=owhere)
+        else:
+            ev = target.from_options(backbone, opts)
+    else:
+        try:
+            inspect.signature(target).bind(backbone, **opts)
+        except TypeError as e:
+            key = _bad_key(target, opts)
+            raise ConfigError(f"{owhere}.{key}: {e}" if key else f"{owhere}: {e}") from None
+        except ValueError:  # no signature (builtin callables)
+            pass
+        ev = target(backbone, **opts)
+    if not isinstance(ev, Evaluator):
+        missing = [a for a in ("name", "direction", "config_key", "resources", "evaluate")
+                   if not hasattr(ev, a)]
+        raise ConfigError(f"{where}: {name!r} did not produce an Evaluator "
+                          f"(missing: {', '.join(missing) or '?'})")
+    return ev
+
+
+def _bad_key(target: Any, opts: Mapping[str, Any]) -> str | None:
+    try:
+        params = inspect.signature(target).parameters
+    except ValueError:
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return None
+    for k in opts:
+        if k not in params:
+            return k
+    return None
+
+
+def evaluator_resources(ev: Evaluator) -> dict[str, float]:
+    """Validated Ray resources of ``ev`` (``{"num_cpus": 1.0}`` if it declares none)."""
+    res = getattr(ev, "resources", None)
+    if res is None:
+        return dict(DEFAULT_RESOURCES)
+    return parse_resources(res, f"evaluator {getattr(ev, 'name', '?')}.resources")
+
+
+def ray_remote_options(ev: Evaluator) -> dict[str, Any]:
+    """``ray.remote(...).options(**this)``: num_cpus/num_gpus/memory plus custom resources."""
+    res = evaluator_resources(ev)
+    out: dict[str, Any] = {}
+    custom: dict[str, float] = {}
+    for k, v in res.items():
+        if k in ("num_cpus", "num_gpus", "memory"):
+            out[k] = v
+        else:
+            custom[k] = v
+    if custom:
+        out["resources"] = custom
+    return out
