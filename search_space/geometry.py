@@ -259,3 +259,51 @@ def stage_resolution(backbone: BackboneSpec, task: VideoTask, stage_id: str) -> 
     """``(height, width)`` of the activations in ``stage_id``."""
     lvl = backbone.stage(stage_id).level
     return task.latent_height >> lvl, task.latent_width >> lvl
+
+
+@dataclass(frozen=True)
+class SkipRoute:
+    """How one block touches the UNet skip connections.
+
+    ``saves``: the block's output is saved as a skip tensor (conv_in, the last block of every
+    down-stage unit, downsamplers). ``takes``: index (in save order) of the skip tensor an
+    up-stage ResNet concatenates to its input, -1 for none. ``drops``: indices of saved skips
+    that are released before this block runs (consumed earlier or never consumed because the
+    up stage has fewer units than skips at its resolution).
+    """
+
+    saves: bool
+    takes: int
+    drops: tuple[int, ...] = ()
+
+
+def skip_routes(blocks: tuple[BlockInstance, ...]) -> tuple[SkipRoute, ...]:
+    """The skip routing of ``network_blocks(...)``, one :class:`SkipRoute` per block.
+
+    Derived from the blocks alone (stage ids, units, ``skip_channels``, heights): a ResNet with
+    ``skip_channels > 0`` takes the most recently saved skip of its height, after dropping
+    saved skips of lower resolution (left over by the previous up stage).
+    """
+    last_of_unit: dict[tuple[str, int], int] = {}
+    for i, b in enumerate(blocks):
+        if b.stage.startswith("down") and b.unit >= 0:
+            last_of_unit[(b.stage, b.unit)] = i
+    saves = [b.op is BlockOp.CONV_IN or b.op is BlockOp.DOWNSAMPLE
+             or last_of_unit.get((b.stage, b.unit)) == i for i, b in enumerate(blocks)]
+    stack: list[tuple[int, int, int]] = []  # (save index, channels, height)
+    n_saved = 0
+    routes: list[SkipRoute] = []
+    for i, b in enumerate(blocks):
+        takes, drops = -1, []
+        if b.op is BlockOp.RESNET and b.sig.skip_channels:
+            while stack and stack[-1][2] < b.sig.height:
+                drops.append(stack.pop()[0])
+            if not stack or stack[-1][1:] != (b.sig.skip_channels, b.sig.height):
+                raise ConfigError(f"{b.path}: no saved skip of {b.sig.skip_channels} channels at "
+                                  f"height {b.sig.height} (inconsistent blocks)")
+            takes = stack.pop()[0]
+        if saves[i]:
+            stack.append((n_saved, b.sig.out_channels, b.sig.out_height))
+            n_saved += 1
+        routes.append(SkipRoute(saves[i], takes, tuple(drops)))
+    return tuple(routes)
