@@ -244,7 +244,7 @@ class ArchConfig:
             raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
         except UnicodeDecodeError:
             raise ConfigError(f"{path}: not a UTF-8 text file") from None
-        return cls.from_json(text, where=path)
+        return cls.from_json(text, where=f"{path}: arch")
 
 
 def _stage_sort_key(stage_id: str) -> tuple[int, int]:
