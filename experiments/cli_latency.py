@@ -1,0 +1,148 @@
+"""``temponas latency …``: probe sets, measurements, Core ML export, fitting, prediction, reports.
+
+Sub-commands: ``probes``, ``measure``, ``export-probes``, ``fit``, ``predict``, ``report``,
+``devices``. Heavy imports (torch, coremltools, matplotlib) happen inside the handlers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from search_space.arch import ArchConfig
+from search_space.errors import ConfigError
+from search_space.presets import default_task, get_backbone, preset_names
+
+
+# ---- shared helpers ---------------------------------------------------------------------------
+def _add_task_args(p: argparse.ArgumentParser, preset_default: str | None = "small") -> None:
+    p.add_argument("--preset", default=preset_default,
+                   help=f"backbone preset ({', '.join(preset_names())})")
+    p.add_argument("--frames", type=int, help="override the task's num_frames (T)")
+    p.add_argument("--batch", type=int, help="override the task's batch (2 = CFG)")
+    p.add_argument("--height", type=int, help="override latent height")
+    p.add_argument("--width", type=int, help="override latent width")
+    p.add_argument("--tokens", type=int, help="override the number of text tokens")
+
+
+def _backbone_task(args: argparse.Namespace):
+    bb = get_backbone(args.preset)
+    task = default_task(args.preset)
+    over = {k: v for k, v in (("num_frames", args.frames), ("batch", args.batch),
+                              ("latent_height", args.height), ("latent_width", args.width),
+                              ("text_tokens", getattr(args, "tokens", None))) if v is not None}
+    return bb, task.replace(**over) if over else task
+
+
+def _space(args: argparse.Namespace):
+    """The search space from ``--config`` (an experiment YAML with a ``space`` section) or the
+    default space of ``--preset``."""
+    from search_space.space import SearchSpace, default_space
+
+    bb, task = _backbone_task(args)
+    cfg = getattr(args, "config", None)
+    if not cfg:
+        return default_space(bb, task)
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(cfg).read_text(encoding="utf-8")) or {}
+    except OSError as e:
+        raise ConfigError(f"{cfg}: cannot read ({e.strerror})") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{cfg}: not valid YAML ({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{cfg}: expected a mapping at the top level")
+    space = data.get("space") if isinstance(data.get("space"), dict) else data
+    return SearchSpace.from_dict(bb, task, space, where=f"{cfg}:space")
+
+
+def _print_json(obj: Any) -> None:
+    json.dump(obj, sys.stdout, indent=2, sort_keys=True, default=str)
+    sys.stdout.write("\n")
+
+
+# ---- predict ------------------------------------------------------------------------------------
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from latency_models import load_latency_model
+
+    model = load_latency_model(args.device)
+    bb, task = _backbone_task(args)
+    if args.arch:
+        arch = ArchConfig.load(args.arch)
+        if arch.backbone != bb.name:
+            raise ConfigError(f"{args.arch}: arch is for backbone {arch.backbone!r}, not --preset {bb.name!r}")
+        arch = arch.with_task(task) if any(
+            v is not None for v in (args.frames, args.batch, args.height, args.width)) else arch
+    else:
+        arch = ArchConfig.create(bb.name, task, {}, bb.stage_ids)
+    est = model.predict(arch, bb)
+    meta = model.metadata
+    if args.json:
+        _print_json({"device": meta.get("device"), "kind": meta.get("kind"), "arch_id": arch.arch_id,
+                     "task": arch.task.to_dict(), "mean_ms": est.mean_ms, "low_ms": est.low_ms,
+                     "high_ms": est.high_ms, "per_stage_ms": dict(est.per_stage_ms)})
+        return 0
+    t = arch.task
+    print(f"device {meta.get('device')} ({meta.get('kind')}, {meta.get('predictor')}); "
+          f"{bb.name} B={t.batch} T={t.num_frames} {t.latent_height}x{t.latent_width} "
+          f"arch {arch.arch_id} ({arch.num_temporal_blocks} temporal blocks)")
+    print(f"latency {est.mean_ms:.1f} ms  [{est.low_ms:.1f}, {est.high_ms:.1f}]")
+    for s, v in est.per_stage_ms.items():
+        print(f"  {s:6s} {v:9.2f} ms")
+    if meta.get("kind") == "prior":
+        print("note: this device profile is a PRIOR (not calibrated on your measurements)")
+    return 0
+
+
+# ---- devices ------------------------------------------------------------------------------------
+def _cmd_devices(args: argparse.Namespace) -> int:
+    from latency_models import load_latency_model, profile_names
+
+    rows = []
+    for name in profile_names():
+        meta = load_latency_model(name).metadata
+        fo = meta.get("fitted_on") or {}
+        rows.append({"profile": name, "device": meta.get("device_name", meta.get("device")),
+                     "chip": meta.get("chip"), "kind": meta.get("kind"),
+                     "predictor": meta.get("predictor"), "fitted_on": fo,
+                     "provenance": meta.get("provenance", "")})
+    if args.json:
+        _print_json(rows)
+        return 0
+    print(f"{'profile':14s} {'device':20s} {'chip':8s} {'kind':6s} fitted on")
+    for r in rows:
+        fo = r["fitted_on"]
+        what = (f"published SD-2.1-base {fo['published_ms']} ms/step (Apple)" if fo.get("published_ms")
+                else fo.get("source", ""))
+        print(f"{r['profile']:14s} {str(r['device']):20s} {str(r['chip']):8s} {str(r['kind']):6s} {what}")
+    print("priors are NOT calibrated on your device; calibrate with `temponas latency fit` "
+          "(see docs/latency.md)")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    lat = subparsers.add_parser("latency", help="latency probes, measurements, predictors, device profiles")
+    sub = lat.add_subparsers(dest="latency_command", metavar="SUBCOMMAND")
+    sub.required = True
+
+    p = sub.add_parser("predict", help="predict the latency of an architecture on a device")
+    p.add_argument("--device", "--model", dest="device", required=True,
+                   help="device profile name (see `temponas latency devices`) or a model directory")
+    _add_task_args(p, "sd21")
+    p.add_argument("--arch", help="arch JSON (default: the image backbone, no temporal layers)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("devices", help="list shipped device profiles and what they were fitted on")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_devices)
+
+    for extra in _EXTRA:
+        extra(sub)
+
+
+_EXTRA: list = []  # further sub-command registrars (appended below as they are defined)

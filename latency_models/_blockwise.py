@@ -1,0 +1,438 @@
+"""Shared machinery of every block-sum predictor (private).
+
+A predictor only has to say how long one block signature takes (``_predict_sigs``) and how to
+fit that from measurements (``_fit_core``). This base class turns it into a network model:
+
+* network latency = ``alpha * sum(block predictions) + beta`` (the composition correction,
+  fitted on whole-network rows; identity without them);
+* a prediction interval from held-out (cross-validated) log residuals;
+* a per-stage breakdown (stage ids ``stem``, ``down0`` … ``head``);
+* fast prediction: per (backbone, task) the image blocks are summed once per stage and each
+  ``(stage, StageChoice)`` is priced once, so predicting an arch is a few dict look-ups;
+* save/load as ``model.json`` + ``arrays.npz`` (no pickle).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from search_space.arch import NO_TEMPORAL, ArchConfig, StageChoice
+from search_space.backbone import BackboneSpec
+from search_space.errors import TemponasError
+from search_space.geometry import BlockOp, BlockSignature, image_blocks, network_blocks
+from search_space.presets import get_backbone
+from search_space.task import VideoTask
+
+from latency_models.base import LatencyEstimate
+from latency_models.measurements import Measurements, NetworkRow
+
+FORMAT = "temponas-latency-model"
+FORMAT_VERSION = 1
+
+
+class ModelFileError(TemponasError):
+    """A saved latency model / device profile cannot be read."""
+
+
+@dataclass(frozen=True)
+class Composition:
+    """``network_ms = alpha * sum(block_ms) + beta``."""
+
+    alpha: float = 1.0
+    beta: float = 0.0
+    fitted_on: int = 0
+
+    def apply(self, raw_ms: float) -> float:
+        return max(self.alpha * raw_ms + self.beta, 1e-6)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"alpha": self.alpha, "beta": self.beta, "fitted_on": self.fitted_on}
+
+
+def fit_composition(raw_ms: np.ndarray, measured_ms: np.ndarray) -> Composition:
+    """Least squares in relative error: ``alpha`` alone below 4 networks, ``alpha, beta`` above.
+
+    ``beta`` is kept so that no network prediction becomes non-positive.
+    """
+    raw_ms = np.asarray(raw_ms, float)
+    y = np.asarray(measured_ms, float)
+    n = len(y)
+    if n == 0:
+        return Composition()
+    w = 1.0 / y  # relative errors
+    if n < 4:
+        alpha = float(np.sum(w * w * raw_ms * y) / np.sum(w * w * raw_ms * raw_ms))
+        return Composition(alpha, 0.0, n)
+    a = np.stack([raw_ms * w, w], 1)
+    (alpha, beta), *_ = np.linalg.lstsq(a, y * w, rcond=None)
+    if alpha <= 0 or alpha * raw_ms.min() + beta <= 0:
+        alpha = float(np.sum(w * w * raw_ms * y) / np.sum(w * w * raw_ms * raw_ms))
+        beta = 0.0
+    return Composition(float(alpha), float(beta), n)
+
+
+def split_folds(n: int, folds: int, seed: int) -> list[np.ndarray]:
+    idx = np.random.default_rng(seed).permutation(n)
+    return [idx[i::folds] for i in range(min(folds, n))]
+
+
+def accuracy(pred: np.ndarray, meas: np.ndarray) -> dict[str, float]:
+    """±5/±10 % hit rates, MAPE, RMSPE (%), Spearman/Kendall of predicted vs measured."""
+    from scipy import stats
+
+    pred, meas = np.asarray(pred, float), np.asarray(meas, float)
+    rel = (pred - meas) / meas
+    out = {"n": int(len(meas)),
+           "within_5pct": float(np.mean(np.abs(rel) <= 0.05)) if len(meas) else math.nan,
+           "within_10pct": float(np.mean(np.abs(rel) <= 0.10)) if len(meas) else math.nan,
+           "mape_pct": 100 * float(np.mean(np.abs(rel))) if len(meas) else math.nan,
+           "rmspe_pct": 100 * float(np.sqrt(np.mean(rel ** 2))) if len(meas) else math.nan}
+    if len(meas) >= 3 and np.ptp(meas) > 0 and np.ptp(pred) > 0:
+        out["spearman"] = float(stats.spearmanr(pred, meas).statistic)
+        out["kendall"] = float(stats.kendalltau(pred, meas).statistic)
+    else:
+        out["spearman"] = out["kendall"] = math.nan
+    return out
+
+
+class _ArchTable:
+    """Prices of one (backbone, task): image blocks per stage and each (stage, choice)."""
+
+    def __init__(self, model: "BlockwiseModel", backbone: BackboneSpec, task: VideoTask):
+        self.model, self.backbone, self.task = model, backbone, task
+        self.stage_ids = backbone.stage_ids
+        blocks = image_blocks(backbone, task)
+        ms = model.block_ms([b.sig for b in blocks])
+        self.image_stage_ms: dict[str, float] = {s: 0.0 for s in ("stem", *self.stage_ids, "head")}
+        for b, t in zip(blocks, ms):
+            self.image_stage_ms[b.stage] = self.image_stage_ms.get(b.stage, 0.0) + float(t)
+        self.image_ms = float(sum(self.image_stage_ms.values()))
+        self.image_count = len(blocks)
+        # per stage: StageChoice -> summed ms of its temporal blocks
+        self.choice_ms: dict[str, dict[StageChoice, float]] = {s: {NO_TEMPORAL: 0.0} for s in self.stage_ids}
+        # identity-keyed fast path: id(choice) -> (choice, ms); holding ``choice`` keeps ids unique
+        self._by_id: dict[int, tuple[StageChoice, float]] = {}
+
+    def temporal_sigs(self, stage: str, choice: StageChoice) -> tuple[BlockSignature, ...]:
+        arch = ArchConfig(self.backbone.name, self.task,
+                          tuple((s, choice if s == stage else NO_TEMPORAL) for s in self.stage_ids))
+        return tuple(b.sig for b in network_blocks(self.backbone, self.task, arch)
+                     if b.stage == stage and b.op is BlockOp.TEMPORAL)
+
+    def price(self, stage: str, choice: StageChoice) -> float:
+        ent = self._by_id.get(id(choice))
+        if ent is not None and ent[0] is choice:
+            return ent[1]
+        table = self.choice_ms.get(stage)
+        if table is None:
+            raise TemponasError(f"arch stage {stage!r} is not a stage of backbone "
+                                f"{self.backbone.name!r} ({', '.join(self.stage_ids)})")
+        ms = table.get(choice)
+        if ms is None:
+            ms = float(np.sum(self.model.block_ms(list(self.temporal_sigs(stage, choice)))))
+            table[choice] = ms
+        if len(self._by_id) > 200_000:
+            self._by_id.clear()
+        self._by_id[id(choice)] = (choice, ms)
+        return ms
+
+
+class BlockwiseModel:
+    """Base of ``lut``/``roofline``/``regression``: see the module docstring."""
+
+    name = "blockwise"
+
+    def __init__(self) -> None:
+        self.composition = Composition()
+        self.interval_log = (math.log(0.9), math.log(1.1))
+        self.interval_source = "default ±10% (not estimated)"
+        self._meta: dict[str, Any] = {"kind": "unfitted"}
+        self._sig_ms: dict[BlockSignature, float] = {}
+        self._tables: dict[Any, _ArchTable] = {}
+        self._tables_by_id: dict[tuple[int, int], tuple[Any, Any, str, _ArchTable]] = {}
+        self._last: tuple[Any, Any, str, _ArchTable] | None = None
+
+    # ---- to implement -----------------------------------------------------------------------
+    def _predict_sigs(self, sigs: Sequence[BlockSignature]) -> np.ndarray:
+        raise NotImplementedError
+
+    def _fit_core(self, sigs: list[BlockSignature], y_ms: np.ndarray,
+                  nets: list[NetworkRow], net_ms: np.ndarray) -> bool:
+        """Fit the block predictor. Return True if it was fitted on network rows (then the
+        composition correction stays the identity)."""
+        raise NotImplementedError
+
+    def _spawn(self) -> "BlockwiseModel":
+        """A fresh unfitted model with the same hyper-parameters (and prior)."""
+        raise NotImplementedError
+
+    def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """JSON-able parameters and numpy arrays to save."""
+        raise NotImplementedError
+
+    def _set_state(self, params: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
+        raise NotImplementedError
+
+    # ---- block level ----------------------------------------------------------------------------
+    def block_ms(self, sigs: Sequence[BlockSignature]) -> np.ndarray:
+        """Predicted latency (ms) of each block signature (memoized)."""
+        todo = [s for s in dict.fromkeys(sigs) if s not in self._sig_ms]
+        if todo:
+            for s, t in zip(todo, self._predict_sigs(todo)):
+                self._sig_ms[s] = float(t)
+        return np.array([self._sig_ms[s] for s in sigs], dtype=float)
+
+    def _reset_cache(self) -> None:
+        self._sig_ms.clear()
+        self._tables.clear()
+        self._tables_by_id.clear()
+        self._last = None
+
+    # ---- network level ------------------------------------------------------------------------
+    def _table(self, arch: ArchConfig, backbone: BackboneSpec | None) -> _ArchTable:
+        last = self._last
+        if last is not None and last[0] is backbone and last[1] is arch.task and (
+                backbone is not None or last[2] == arch.backbone):
+            return last[3]
+        # identity-keyed (holding the objects keeps their ids unique), then value-keyed
+        key_id = (id(backbone), id(arch.task))
+        ent = self._tables_by_id.get(key_id)
+        if ent is not None and ent[0] is backbone and ent[1] is arch.task and (
+                backbone is not None or ent[2] == arch.backbone):
+            tab = ent[3]
+        else:
+            key = (arch.backbone, arch.task) if backbone is None else (backbone, arch.task)
+            tab = self._tables.get(key)
+            if tab is None:
+                bb = get_backbone(arch.backbone) if backbone is None else backbone
+                tab = _ArchTable(self, bb, arch.task)
+                self._tables[key] = tab
+            if len(self._tables_by_id) > 10_000:
+                self._tables_by_id.clear()
+            self._tables_by_id[key_id] = (backbone, arch.task, arch.backbone, tab)
+        self._last = (backbone, arch.task, arch.backbone, tab)
+        return tab
+
+    def raw_ms(self, arch: ArchConfig, backbone: BackboneSpec | None = None) -> float:
+        """Sum of block predictions (before the composition correction)."""
+        tab = self._table(arch, backbone)
+        return tab.image_ms + sum(tab.price(s, c) for s, c in arch.stages if c.count)
+
+    def predict(self, arch: ArchConfig, backbone: BackboneSpec | None = None) -> LatencyEstimate:
+        tab = self._table(arch, backbone)
+        per = dict(tab.image_stage_ms)
+        raw = tab.image_ms
+        for s, c in arch.stages:
+            if c.count:
+                t = tab.price(s, c)
+                per[s] = per.get(s, 0.0) + t
+                raw += t
+        return self._estimate(raw, per)
+
+    def _estimate(self, raw: float, per: dict[str, float]) -> LatencyEstimate:
+        mean = self.composition.apply(raw)
+        f = mean / raw if raw > 0 else 1.0
+        if f != 1.0:
+            per = {k: v * f for k, v in per.items()}
+        return LatencyEstimate(mean, mean * self._lo_f, mean * self._hi_f, per)
+
+    @property
+    def _lo_f(self) -> float:
+        return math.exp(self.interval_log[0])
+
+    @property
+    def _hi_f(self) -> float:
+        return math.exp(self.interval_log[1])
+
+    def predict_many(self, archs: Sequence[ArchConfig],
+                     backbone: BackboneSpec | None = None) -> list[LatencyEstimate]:
+        """Estimates for many archs (tables and per-choice prices are shared)."""
+        comp, lo_f, hi_f = self.composition, self._lo_f, self._hi_f
+        out = []
+        for a in archs:
+            tab = self._table(a, backbone)
+            per = tab.image_stage_ms.copy()
+            raw = tab.image_ms
+            by_id = tab._by_id
+            for s, c in a.stages:
+                if c.count:
+                    ent = by_id.get(id(c))
+                    t = ent[1] if ent is not None and ent[0] is c else tab.price(s, c)
+                    per[s] += t
+                    raw += t
+            mean = comp.apply(raw)
+            f = mean / raw
+            if f != 1.0:
+                per = {k: v * f for k, v in per.items()}
+            out.append(LatencyEstimate(mean, mean * lo_f, mean * hi_f, per))
+        return out
+
+    def predict_mean_ms(self, archs: Sequence[ArchConfig],
+                        backbone: BackboneSpec | None = None) -> np.ndarray:
+        """Vectorized mean latency (ms) of many archs, without the per-stage breakdown."""
+        out = np.empty(len(archs))
+        comp = self.composition
+        last_key, tab = None, None
+        for i, a in enumerate(archs):
+            key = (a.backbone, a.task)
+            if key != last_key:
+                tab, last_key = self._table(a, backbone), key
+            out[i] = tab.image_ms + sum(tab.price(s, c) for s, c in a.stages if c.count)
+        return np.maximum(comp.alpha * out + comp.beta, 1e-6)
+
+    def network_sigs(self, row: NetworkRow) -> list[BlockSignature]:
+        return [b.sig for b in network_blocks(row.backbone, row.arch.task, row.arch)]
+
+    def raw_network_ms(self, nets: Sequence[NetworkRow]) -> np.ndarray:
+        return np.array([self.raw_ms(r.arch, r.backbone) for r in nets], dtype=float)
+
+    # ---- fitting --------------------------------------------------------------------------------
+    def fit(self, measurements: Measurements, *, folds: int = 5, seed: int = 0,
+            evaluate: bool = True) -> "BlockwiseModel":
+        """Fit on ``measurements`` (one device); with ``evaluate``, cross-validate to get
+        held-out accuracy and the prediction interval."""
+        sigs, y = measurements.block_medians()
+        nets, ny = measurements.network_medians()
+        if not sigs and not nets:
+            raise TemponasError(f"{measurements.source or 'measurements'}: nothing to fit on")
+        self._reset_cache()
+        used_nets = self._fit_core(sigs, y, nets, ny)
+        self._reset_cache()
+        self.composition = Composition()
+        if nets and not used_nets:
+            self.composition = fit_composition(self.raw_network_ms(nets), ny)
+        info = measurements.info
+        self._meta = {"kind": "calibrated", "device": info.device, "backend": info.backend,
+                      "compute_units": info.compute_units, "precision": info.precision,
+                      "os": info.os, "chip": info.chip, "versions": info.versions,
+                      "threads": info.threads,
+                      "fitted_on": {"source": measurements.source, "blocks": len(sigs),
+                                    "networks": len(nets)},
+                      "noise_floor_pct": measurements.noise_floor_pct()}
+        if evaluate:
+            self._meta["heldout"] = self._cross_validate(measurements, sigs, y, nets, ny, used_nets,
+                                                         folds, seed)
+        return self
+
+    def _cross_validate(self, m: Measurements, sigs, y, nets, ny, used_nets: bool, folds: int,
+                        seed: int) -> dict[str, Any]:
+        out: dict[str, Any] = {"folds": folds}
+        log_res: np.ndarray | None = None
+        if len(sigs) >= max(folds, 3) and not used_nets:
+            pred = np.empty(len(sigs))
+            for test in split_folds(len(sigs), folds, seed):
+                test_set = {sigs[i] for i in test}
+                keep = [i for i, r in enumerate(m.blocks) if r.sig not in test_set]
+                sub = self._spawn()
+                sub.fit(m.subset(blocks=keep, networks=[]), evaluate=False)
+                pred[test] = sub.block_ms([sigs[i] for i in test])
+            out["block"] = accuracy(pred, y)
+            log_res = np.log(y / pred)
+            out["by_op"] = _by_op(sigs, pred, y)
+        if len(nets) >= max(folds, 3):
+            pred = np.empty(len(nets))
+            ids = [r.arch.arch_id for r in nets]
+            for test in split_folds(len(nets), folds, seed + 1):
+                test_ids = {ids[i] for i in test}
+                keep = [i for i, r in enumerate(m.networks) if r.arch.arch_id not in test_ids]
+                sub = self._spawn()
+                sub.fit(m.subset(networks=keep), evaluate=False)
+                pred[test] = [sub.predict(nets[i].arch, nets[i].backbone).mean_ms for i in test]
+            out["network"] = accuracy(pred, ny)
+            log_res = np.log(ny / pred)
+            self.interval_source = f"5-95% of {len(nets)} cross-validated network residuals"
+        elif log_res is not None:
+            self.interval_source = (f"5-95% of {len(sigs)} cross-validated block residuals "
+                                    f"(no whole-network rows)")
+        if log_res is not None and len(log_res) >= 3:
+            lo, hi = np.quantile(log_res, [0.05, 0.95])
+            # the interval brackets the prediction: measured = predicted * exp(residual)
+            self.interval_log = (float(min(lo, 0.0)), float(max(hi, 0.0)))
+        out["interval_log"] = list(self.interval_log)
+        return out
+
+    # ---- metadata and persistence -------------------------------------------------------------
+    @property
+    def metadata(self) -> Mapping[str, object]:
+        return {**self._meta, "predictor": self.name, "composition": self.composition.to_dict(),
+                "interval": {"low_factor": math.exp(self.interval_log[0]),
+                             "high_factor": math.exp(self.interval_log[1]),
+                             "source": self.interval_source}}
+
+    def set_metadata(self, **kw: Any) -> None:
+        self._meta.update(kw)
+
+    def to_json_dict(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        params, arrays = self._state()
+        doc = {"format": FORMAT, "format_version": FORMAT_VERSION, "predictor": self.name,
+               "metadata": dict(self._meta), "composition": self.composition.to_dict(),
+               "interval": {"log_low": self.interval_log[0], "log_high": self.interval_log[1],
+                            "source": self.interval_source},
+               "params": params}
+        return doc, arrays
+
+    def save(self, directory: str | Path) -> None:
+        """Write ``model.json`` (+ ``arrays.npz`` when the predictor has arrays) atomically."""
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        doc, arrays = self.to_json_dict()
+        _atomic_write(d / "model.json", (json.dumps(doc, indent=2, sort_keys=True, default=_jsonable)
+                                         + "\n").encode())
+        if arrays:
+            fd, tmp = tempfile.mkstemp(prefix=".arrays.", suffix=".npz", dir=d)
+            os.close(fd)
+            try:
+                np.savez(tmp, **arrays)
+                os.replace(tmp, d / "arrays.npz")
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+
+    def _load_doc(self, doc: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
+        self._meta = dict(doc.get("metadata") or {})
+        c = doc.get("composition") or {}
+        self.composition = Composition(float(c.get("alpha", 1.0)), float(c.get("beta", 0.0)),
+                                       int(c.get("fitted_on", 0)))
+        iv = doc.get("interval") or {}
+        self.interval_log = (float(iv.get("log_low", math.log(0.9))),
+                             float(iv.get("log_high", math.log(1.1))))
+        self.interval_source = str(iv.get("source", ""))
+        self._set_state(doc.get("params") or {}, arrays)
+        self._reset_cache()
+
+
+def _by_op(sigs: Sequence[BlockSignature], pred: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    groups: dict[str, list[int]] = {}
+    for i, s in enumerate(sigs):
+        groups.setdefault(s.op_name, []).append(i)
+    return {op: {"n": len(ix), "median_rel_error_pct": 100 * float(np.median((pred[ix] - y[ix]) / y[ix])),
+                 "mape_pct": 100 * float(np.mean(np.abs(pred[ix] - y[ix]) / y[ix]))}
+            for op, ix in sorted(groups.items())}
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, (np.floating, np.integer)):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    raise TypeError(f"not JSON serializable: {type(x).__name__}")
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,356 @@
+"""The measurement CSV: one row per timed block (``scope=block``) or whole network (``scope=network``).
+
+Columns (all written, in this order; see ``docs/latency.md``):
+
+============== ==================================================================================
+column         meaning
+============== ==================================================================================
+schema_version ``1``
+device         what was measured on, e.g. ``iPhone15,3`` / ``Apple M2`` / ``torch-cpu:<cpu>:t2``.
+               One fit uses ONE device: mixing devices in a file is an error.
+backend        ``torch-cpu`` or ``coreml``
+compute_units  ``cpu`` (torch) or the Core ML compute units (``cpu_and_ne``, ``all`` …)
+precision      ``fp32`` / ``fp16`` / ``w6a16`` …
+os, chip       OS version and chip name (free text)
+versions       tool versions, ``torch=2.13.0;numpy=2.3.5`` style
+threads        CPU threads used (0 = not applicable)
+scope          ``block`` or ``network``
+probe_id       stable id of the block signature (``block``) or the arch id (``network``)
+arch_id        network rows: the :attr:`ArchConfig.arch_id`; empty for blocks
+arch_json      network rows: canonical ``ArchConfig`` JSON
+backbone_json  network rows: ``BackboneSpec`` JSON, empty when ``arch.backbone`` is a preset
+op … linear_projection   block rows: every :class:`BlockSignature` field (``kind`` is the
+               temporal kind); empty for network rows
+latency_ms     median latency of one call (ms, > 0)
+p10_ms, p90_ms 10th/90th percentile over the timed runs
+runs, warmup   number of timed and warm-up calls
+repeat         0, 1, …: independent repetitions of the same probe (noise floor); a
+               (scope, probe, repeat) triple may appear once
+load_ms        model load/compile time (Core ML; 0 for torch)
+timestamp      ISO-8601 UTC
+============== ==================================================================================
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from search_space.arch import ArchConfig
+from search_space.backbone import BackboneSpec
+from search_space.errors import ConfigError, TemponasError
+from search_space.geometry import BlockSignature
+from search_space.presets import get_backbone
+
+SCHEMA_VERSION = 1
+
+
+class MeasurementError(TemponasError):
+    """A measurement file is malformed (the message names file, line and column)."""
+
+
+SIG_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(BlockSignature))
+META_COLUMNS = ("schema_version", "device", "backend", "compute_units", "precision", "os", "chip",
+                "versions", "threads")
+ROW_COLUMNS = ("scope", "probe_id", "arch_id", "arch_json", "backbone_json")
+VALUE_COLUMNS = ("latency_ms", "p10_ms", "p90_ms", "runs", "warmup", "repeat", "load_ms",
+                 "timestamp")
+COLUMNS: tuple[str, ...] = META_COLUMNS + ROW_COLUMNS + SIG_COLUMNS + VALUE_COLUMNS
+REQUIRED_COLUMNS = ("device", "backend", "scope", "latency_ms") + SIG_COLUMNS
+
+
+def probe_id(sig: BlockSignature) -> str:
+    """Stable 12-hex id of a block signature (sha256 of its canonical JSON)."""
+    return hashlib.sha256(json.dumps(sig.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """Where and how a set of measurements was taken."""
+
+    device: str
+    backend: str
+    compute_units: str = ""
+    precision: str = ""
+    os: str = ""
+    chip: str = ""
+    versions: str = ""
+    threads: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True)
+class BlockRow:
+    sig: BlockSignature
+    latency_ms: float
+    p10_ms: float = math.nan
+    p90_ms: float = math.nan
+    runs: int = 0
+    warmup: int = 0
+    repeat: int = 0
+    load_ms: float = 0.0
+    timestamp: str = ""
+
+
+@dataclass(frozen=True)
+class NetworkRow:
+    arch: ArchConfig
+    backbone: BackboneSpec
+    latency_ms: float
+    p10_ms: float = math.nan
+    p90_ms: float = math.nan
+    runs: int = 0
+    warmup: int = 0
+    repeat: int = 0
+    load_ms: float = 0.0
+    timestamp: str = ""
+    backbone_is_preset: bool = True
+
+
+@dataclass
+class Measurements:
+    """Timed blocks and networks of ONE device (see the module docstring for the CSV)."""
+
+    info: DeviceInfo
+    blocks: list[BlockRow] = field(default_factory=list)
+    networks: list[NetworkRow] = field(default_factory=list)
+    source: str = ""
+
+    # ---- aggregation -------------------------------------------------------------------------
+    def block_medians(self) -> tuple[list[BlockSignature], np.ndarray]:
+        """Distinct signatures (first-seen order) and the median latency over their repeats."""
+        groups: dict[BlockSignature, list[float]] = {}
+        for r in self.blocks:
+            groups.setdefault(r.sig, []).append(r.latency_ms)
+        sigs = list(groups)
+        return sigs, np.array([float(np.median(groups[s])) for s in sigs])
+
+    def network_medians(self) -> tuple[list[NetworkRow], np.ndarray]:
+        """One representative row per arch id and the median latency over its repeats."""
+        groups: dict[str, list[NetworkRow]] = {}
+        for r in self.networks:
+            groups.setdefault(r.arch.arch_id, []).append(r)
+        reps = [g[0] for g in groups.values()]
+        return reps, np.array([float(np.median([r.latency_ms for r in g])) for g in groups.values()])
+
+    def noise_floor_pct(self) -> float | None:
+        """Median relative spread of repeated measurements: median over probes with >= 2 repeats
+        of ``|x_i - median| / median`` (in %). ``None`` without repeats."""
+        groups: dict[Any, list[float]] = {}
+        for r in self.blocks:
+            groups.setdefault(("b", r.sig), []).append(r.latency_ms)
+        for r in self.networks:
+            groups.setdefault(("n", r.arch.arch_id), []).append(r.latency_ms)
+        dev = []
+        for v in groups.values():
+            if len(v) >= 2:
+                m = float(np.median(v))
+                dev.extend(abs(x - m) / m for x in v)
+        return 100.0 * float(np.median(dev)) if dev else None
+
+    def merged(self, other: "Measurements") -> "Measurements":
+        if other.info.device != self.info.device:
+            raise MeasurementError(f"{other.source or 'measurements'}: device {other.info.device!r} "
+                                   f"differs from {self.info.device!r} ({self.source}); fit one "
+                                   f"device at a time")
+        return Measurements(self.info, self.blocks + other.blocks, self.networks + other.networks,
+                            self.source or other.source)
+
+    def subset(self, blocks: Iterable[int] | None = None,
+               networks: Iterable[int] | None = None) -> "Measurements":
+        """A copy keeping the block/network rows at the given indices (all when ``None``)."""
+        b = self.blocks if blocks is None else [self.blocks[i] for i in blocks]
+        n = self.networks if networks is None else [self.networks[i] for i in networks]
+        return Measurements(self.info, list(b), list(n), self.source)
+
+    # ---- CSV -----------------------------------------------------------------------------------
+    def to_rows(self) -> list[dict[str, Any]]:
+        base = {"schema_version": SCHEMA_VERSION, **self.info.to_dict()}
+        rows = []
+        for r in self.blocks:
+            d = {**base, "scope": "block", "probe_id": probe_id(r.sig), "arch_id": "",
+                 "arch_json": "", "backbone_json": "", **r.sig.to_dict()}
+            rows.append({**d, **_values(r)})
+        empty_sig = {c: "" for c in SIG_COLUMNS}
+        for r in self.networks:
+            bb = "" if r.backbone_is_preset else json.dumps(r.backbone.to_dict(), sort_keys=True)
+            d = {**base, "scope": "network", "probe_id": r.arch.arch_id, "arch_id": r.arch.arch_id,
+                 "arch_json": r.arch.to_json(), "backbone_json": bb, **empty_sig}
+            rows.append({**d, **_values(r)})
+        return rows
+
+    def to_csv(self, path: str | Path) -> None:
+        """Write atomically (temp file + rename)."""
+        write_rows(path, self.to_rows())
+
+    @classmethod
+    def from_csv(cls, path: str | Path) -> "Measurements":
+        return read_csv(path)
+
+
+def _values(r: BlockRow | NetworkRow) -> dict[str, Any]:
+    return {"latency_ms": f"{r.latency_ms:.6g}", "p10_ms": _fmt(r.p10_ms), "p90_ms": _fmt(r.p90_ms),
+            "runs": r.runs, "warmup": r.warmup, "repeat": r.repeat, "load_ms": _fmt(r.load_ms),
+            "timestamp": r.timestamp}
+
+
+def _fmt(x: float) -> str:
+    return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.6g}"
+
+
+def write_rows(path: str | Path, rows: Sequence[Mapping[str, Any]], append: bool = False) -> None:
+    """Write measurement rows (dicts keyed by :data:`COLUMNS`) atomically.
+
+    ``append`` keeps the rows already in ``path`` (the file is rewritten, never half-written).
+    """
+    path = Path(path)
+    old: list[dict[str, str]] = []
+    if append and path.exists():
+        with open(path, newline="", encoding="utf-8") as f:
+            old = list(csv.DictReader(f))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=list(COLUMNS), extrasaction="ignore")
+            w.writeheader()
+            for r in list(old) + list(rows):
+                w.writerow({c: r.get(c, "") for c in COLUMNS})
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _num(raw: dict[str, str], col: str, where: str, *, positive: bool = False,
+         default: float | None = None) -> float:
+    v = (raw.get(col) or "").strip()
+    if v == "":
+        if default is not None:
+            return default
+        raise MeasurementError(f"{where}, column {col}: empty value")
+    try:
+        x = float(v)
+    except ValueError:
+        raise MeasurementError(f"{where}, column {col}: not a number ({v!r})") from None
+    if math.isnan(x) or math.isinf(x):
+        raise MeasurementError(f"{where}, column {col}: {v} is not a finite number")
+    if positive and x <= 0:
+        raise MeasurementError(f"{where}, column {col}: must be > 0, got {v}")
+    return x
+
+
+def read_csv(path: str | Path) -> Measurements:
+    """Read and validate a measurement CSV (errors name file, line and column)."""
+    path = Path(path)
+    try:
+        f = open(path, newline="", encoding="utf-8")
+    except OSError as e:
+        raise MeasurementError(f"{path}: cannot read ({e.strerror})") from None
+    with f:
+        reader = csv.DictReader(f)
+        header = reader.fieldnames or []
+        missing = [c for c in REQUIRED_COLUMNS if c not in header]
+        if missing:
+            raise MeasurementError(f"{path}: missing column {missing[0]!r} (a measurement CSV needs "
+                                   f"{', '.join(REQUIRED_COLUMNS)})")
+        rows = list(reader)
+    if not rows:
+        raise MeasurementError(f"{path}: no measurement rows")
+    info: DeviceInfo | None = None
+    first_line = 0
+    blocks: list[BlockRow] = []
+    nets: list[NetworkRow] = []
+    seen: dict[tuple[str, str, int], int] = {}
+    for i, raw in enumerate(rows):
+        line = i + 2
+        where = f"{path}: line {line}"
+        dev = DeviceInfo(device=(raw.get("device") or "").strip(), backend=(raw.get("backend") or "").strip(),
+                         compute_units=(raw.get("compute_units") or "").strip(),
+                         precision=(raw.get("precision") or "").strip(), os=(raw.get("os") or "").strip(),
+                         chip=(raw.get("chip") or "").strip(), versions=(raw.get("versions") or "").strip(),
+                         threads=int(_num(raw, "threads", where, default=0)))
+        if not dev.device:
+            raise MeasurementError(f"{where}, column device: empty value")
+        if not dev.backend:
+            raise MeasurementError(f"{where}, column backend: empty value")
+        if info is None:
+            info, first_line = dev, line
+        else:
+            for col in ("device", "backend", "compute_units", "precision"):
+                if getattr(dev, col) != getattr(info, col):
+                    raise MeasurementError(
+                        f"{where}, column {col}: {getattr(dev, col)!r} differs from "
+                        f"{getattr(info, col)!r} on line {first_line}; one file holds one device "
+                        f"(split it per {col})")
+        lat = _num(raw, "latency_ms", where, positive=True)
+        vals = dict(latency_ms=lat, p10_ms=_num(raw, "p10_ms", where, default=math.nan),
+                    p90_ms=_num(raw, "p90_ms", where, default=math.nan),
+                    runs=int(_num(raw, "runs", where, default=0)),
+                    warmup=int(_num(raw, "warmup", where, default=0)),
+                    repeat=int(_num(raw, "repeat", where, default=0)),
+                    load_ms=_num(raw, "load_ms", where, default=0.0),
+                    timestamp=(raw.get("timestamp") or "").strip())
+        scope = (raw.get("scope") or "").strip()
+        if scope == "block":
+            try:
+                sig = BlockSignature.from_dict({c: raw.get(c, "") for c in SIG_COLUMNS}, where)
+            except ConfigError as e:
+                msg = str(e).replace(f"{where}.", f"{where}, column ", 1)
+                raise MeasurementError(msg) from None
+            key = ("block", probe_id(sig), vals["repeat"])
+            blocks.append(BlockRow(sig, **vals))
+        elif scope == "network":
+            arch_json = (raw.get("arch_json") or "").strip()
+            if not arch_json:
+                raise MeasurementError(f"{where}, column arch_json: a network row needs the arch JSON")
+            try:
+                arch = ArchConfig.from_json(arch_json, where=f"{where}, column arch_json")
+            except ConfigError as e:
+                raise MeasurementError(str(e)) from None
+            aid = (raw.get("arch_id") or "").strip()
+            if aid and aid != arch.arch_id:
+                raise MeasurementError(f"{where}, column arch_id: {aid!r} does not match arch_json "
+                                       f"({arch.arch_id})")
+            bb_json = (raw.get("backbone_json") or "").strip()
+            try:
+                if bb_json:
+                    backbone = BackboneSpec.from_dict(json.loads(bb_json), f"{where}, column backbone_json")
+                else:
+                    backbone = get_backbone(arch.backbone)
+            except (ConfigError, json.JSONDecodeError) as e:
+                raise MeasurementError(f"{where}, column backbone_json: {e}") from None
+            key = ("network", arch.arch_id, vals["repeat"])
+            nets.append(NetworkRow(arch, backbone, backbone_is_preset=not bb_json, **vals))
+        else:
+            raise MeasurementError(f"{where}, column scope: expected 'block' or 'network', got {scope!r}")
+        if key in seen:
+            what = "signature" if key[0] == "block" else "arch"
+            raise MeasurementError(f"{where}, column {'probe_id' if key[0] == 'block' else 'arch_id'}: "
+                                   f"duplicate {what} {key[1]} (repeat {key[2]}) already on line "
+                                   f"{seen[key]}; give repeats distinct 'repeat' values")
+        seen[key] = line
+    assert info is not None
+    return Measurements(info, blocks, nets, str(path))
+
+
+def read_many(paths: Sequence[str | Path]) -> Measurements:
+    """Read several CSVs of the same device and merge them."""
+    if not paths:
+        raise MeasurementError("no measurement files given")
+    m = read_csv(paths[0])
+    for p in paths[1:]:
+        m = m.merged(read_csv(p))
+    return m
