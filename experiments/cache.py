@@ -1,0 +1,106 @@
+"""The evaluation cache: one JSON line per completed evaluation, in the run directory.
+
+Keyed by ``(arch_id, evaluator config_key, budget, seed)``: many Optuna parameter vectors map to
+the same architecture, and a resumed search must never repeat an evaluation that already
+finished (even if the driver died before telling Optuna about it).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from experiments.fsio import append_jsonl, read_jsonl
+
+CACHE_FILE = "evaluations.jsonl"
+
+
+@dataclass(frozen=True)
+class EvalKey:
+    arch_id: str
+    config_key: str
+    budget: int
+    seed: int
+
+    @property
+    def text(self) -> str:
+        return f"{self.arch_id}/{self.config_key}/b{self.budget}/s{self.seed}"
+
+
+@dataclass(frozen=True)
+class CachedEval:
+    """A finished evaluation: score, extras, where and how long it ran."""
+
+    key: EvalKey
+    value: float
+    extras: Mapping[str, float] = field(default_factory=dict)
+    wall_time_s: float = 0.0
+    node_id: str = ""
+    host: str = ""
+    pid: int = 0
+
+    def to_record(self) -> dict[str, Any]:
+        return {"arch_id": self.key.arch_id, "config_key": self.key.config_key,
+                "budget": self.key.budget, "seed": self.key.seed, "value": self.value,
+                "extras": {k: v for k, v in self.extras.items() if _finite(v)},
+                "wall_time_s": self.wall_time_s, "node_id": self.node_id, "host": self.host,
+                "pid": self.pid}
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+class EvalCache:
+    """Append-only cache file + in-memory index. A truncated last line (crash) is skipped."""
+
+    def __init__(self, run_dir: str | Path):
+        self.path = Path(run_dir) / CACHE_FILE
+        self._items: dict[EvalKey, CachedEval] = {}
+        self.skipped_lines: list[int] = []
+        for lineno, rec in read_jsonl(self.path):
+            item = _from_record(rec) if rec is not None else None
+            if item is None:
+                self.skipped_lines.append(lineno)
+                continue
+            self._items[item.key] = item
+
+    def get(self, key: EvalKey) -> CachedEval | None:
+        return self._items.get(key)
+
+    def __contains__(self, key: EvalKey) -> bool:
+        return key in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __iter__(self) -> Iterator[CachedEval]:
+        return iter(self._items.values())
+
+    def put(self, item: CachedEval) -> None:
+        if item.key in self._items:
+            return
+        append_jsonl(self.path, item.to_record())
+        self._items[item.key] = item
+
+
+def _from_record(rec: Mapping[str, Any]) -> CachedEval | None:
+    try:
+        key = EvalKey(str(rec["arch_id"]), str(rec["config_key"]), int(rec["budget"]),
+                      int(rec["seed"]))
+        value = float(rec["value"])
+        if not math.isfinite(value):
+            return None
+        extras = {str(k): float(v) for k, v in dict(rec.get("extras") or {}).items() if _finite(v)}
+        return CachedEval(key, value, extras, float(rec.get("wall_time_s", 0.0)),
+                          str(rec.get("node_id", "")), str(rec.get("host", "")),
+                          int(rec.get("pid", 0)))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def read_records(run_dir: str | Path) -> list[dict[str, Any]]:
+    """All parseable cache records in file order (for tests and reports)."""
+    return [r for _, r in read_jsonl(Path(run_dir) / CACHE_FILE) if r is not None]

@@ -1,0 +1,134 @@
+"""Ray side of a search: starting/joining Ray and the evaluation task.
+
+Ray is imported lazily (only a search needs it). A local Ray binds to loopback with its
+dashboard off and token auth disabled; ``address`` joins an existing cluster instead.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import time
+from typing import Any, Mapping
+
+from search_space.errors import TemponasError
+
+_LOCAL_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+class RayError(TemponasError):
+    """Ray could not be started or joined."""
+
+
+def ensure_ray(address: str | None, num_cpus: int) -> bool:
+    """Start a local Ray (``num_cpus``) or join ``address``. True if this call started/joined
+    it (so the caller shuts it down); False if Ray was already initialized in this process."""
+    for k, v in _LOCAL_ENV.items():
+        os.environ.setdefault(k, v)
+    import ray
+
+    if ray.is_initialized():
+        return False
+    kw: dict[str, Any] = dict(include_dashboard=False, log_to_driver=True, logging_level="warning",
+                              configure_logging=True)
+    try:
+        if address:
+            ray.init(address=address, **kw)
+        else:
+            ray.init(num_cpus=num_cpus, _node_ip_address="127.0.0.1", **kw)
+    except Exception as e:  # ray raises ConnectionError/RuntimeError/ValueError
+        where = f"address {address!r}" if address else "a local Ray instance"
+        raise RayError(f"--ray-address: cannot join {where} ({type(e).__name__}: {e})"
+                       if address else f"cannot start {where} ({type(e).__name__}: {e})") from None
+    return True
+
+
+def shutdown_ray() -> None:
+    import ray
+
+    ray.shutdown()
+
+
+# ---- the evaluation task ---------------------------------------------------------------------
+
+_EVALUATORS: dict[str, Any] = {}  # per worker process: evaluator spec json -> Evaluator
+
+
+def evaluate_task(spec: Mapping[str, Any], arch_json: str, seed: int, budget: int,
+                  threads: int) -> dict[str, Any]:
+    """Run one evaluation (body of the Ray task).
+
+    ``spec`` = ``{"name", "backbone" (BackboneSpec dict), "options"}``. Returns the score and
+    where it ran. Evaluators are built once per worker process and reused.
+    """
+    import torch
+
+    torch.set_num_threads(max(1, int(threads)))
+    from evaluators.registry import create_evaluator
+    from search_space.arch import ArchConfig
+    from search_space.backbone import BackboneSpec
+
+    key = json.dumps(spec, sort_keys=True)
+    ev = _EVALUATORS.get(key)
+    if ev is None:
+        ev = create_evaluator(spec["name"], BackboneSpec.from_dict(spec["backbone"]),
+                              spec.get("options") or {})
+        _EVALUATORS[key] = ev
+    arch = ArchConfig.from_json(arch_json)
+    t0 = time.perf_counter()
+    res = ev.evaluate(arch, seed=int(seed), budget=int(budget))
+    wall = time.perf_counter() - t0
+    node_id = ""
+    try:
+        import ray
+
+        node_id = ray.get_runtime_context().get_node_id()
+    except Exception:
+        pass
+    extras = {}
+    for k, v in dict(res.extras or {}).items():
+        try:
+            fv = float(v)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(fv):
+            extras[str(k)] = fv
+    return {"value": float(res.value), "extras": extras,
+            "wall_time_s": float(res.wall_time_s or wall), "node_id": node_id,
+            "host": socket.gethostname(), "pid": os.getpid()}
+
+
+_REMOTE: Any = None
+
+
+def remote_evaluate() -> Any:
+    """``evaluate_task`` as a Ray remote function (created once per driver process)."""
+    global _REMOTE
+    if _REMOTE is None:
+        import ray
+
+        _REMOTE = ray.remote(evaluate_task)
+    return _REMOTE
+
+
+def failure_reason(exc: BaseException) -> str:
+    """One line saying why an evaluation failed (the evaluator's own exception if it raised)."""
+    import ray.exceptions as rex
+
+    if isinstance(exc, rex.RayTaskError):
+        cause = getattr(exc, "cause", None)
+        if cause is not None and not isinstance(cause, rex.RayTaskError):
+            return f"evaluator raised {type(cause).__name__}: {_one_line(str(cause))}"
+        return f"evaluator raised: {_one_line(str(exc).splitlines()[-1] if str(exc) else '')}"
+    if isinstance(exc, (rex.WorkerCrashedError, getattr(rex, "NodeDiedError", rex.WorkerCrashedError))):
+        return f"worker died ({type(exc).__name__}) after all retries"
+    if isinstance(exc, rex.TaskCancelledError):
+        return "cancelled"
+    return f"{type(exc).__name__}: {_one_line(str(exc))}"
+
+
+def _one_line(s: str, limit: int = 300) -> str:
+    s = " ".join(s.split())
+    return s if len(s) <= limit else s[: limit - 3] + "..."

@@ -1,0 +1,189 @@
+"""Export one architecture of a run: ``json`` (arch + metrics), ``torch`` (safetensors state
+dict + arch + loader note), ``coreml`` (an ``.mlpackage`` of the whole denoiser).
+
+Weights are those of a freshly built network (seed 0): the search scores architectures; it does
+not train the final model. The export gives the network to train, measure or ship.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from experiments.fsio import RunDirError, atomic_write_bytes, atomic_write_json, atomic_write_text
+from search_space.arch import ArchConfig
+from search_space.errors import TemponasError
+
+FORMATS = ("json", "torch", "coreml")
+
+LOADER_NOTE = """\
+# Loading `{aid}`
+
+```python
+from safetensors.torch import load_file
+from search_space.arch import ArchConfig
+from search_space.modules import build_model
+from search_space.presets import get_backbone   # or BackboneSpec.from_dict(json.load(open("backbone.json")))
+
+arch = ArchConfig.load("{aid}.json")
+model = build_model(get_backbone(arch.backbone), arch.task, arch)
+model.load_state_dict(load_file("model.safetensors"))
+# forward(latents (B,C,T,H,W), timesteps (B,), text (B,tokens,dim)) -> (B,C,T,H,W)
+```
+
+The weights are the freshly initialised network (torch seed 0); train it before use.
+Spatial parameter names do not depend on the temporal choices, so pretrained image-UNet weights
+load with `model.load_spatial_state_dict(...)`; temporal ones live under
+`stages.<stage>.temporal.<i>`.
+"""
+
+
+class ExportError(TemponasError):
+    """An export cannot be done (unknown arch id, converter failure)."""
+
+
+def _find_trial(run: Any, arch_id: str) -> Any:
+    for t in run.study.get_trials(deepcopy=False):
+        if t.user_attrs.get("arch_id") == arch_id and t.state.name == "COMPLETE":
+            return t
+    for t in run.study.get_trials(deepcopy=False):
+        if t.user_attrs.get("arch_id") == arch_id:
+            return t
+    return None
+
+
+def load_run_arch(run_dir: Path, arch_id: str) -> tuple[Any, ArchConfig, dict[str, Any]]:
+    """``(run, arch, metrics)`` of ``arch_id`` in ``run_dir``."""
+    from experiments.outputs import open_run
+
+    run = open_run(run_dir)
+    t = _find_trial(run, arch_id)
+    if t is None:
+        known = sorted({x.user_attrs.get("arch_id") for x in run.study.best_trials})[:5]
+        raise ExportError(f"--arch-id: {arch_id!r} is not an architecture of {run_dir} "
+                          f"(front members: {', '.join(known) or 'none'}; see pareto.csv)")
+    arch = ArchConfig.from_json(t.user_attrs["arch"], where=f"{run_dir} trial {t.number} arch")
+    objs = list(run.study.user_attrs.get("objectives", run.cfg.objectives))
+    metrics: dict[str, Any] = {"arch_id": arch_id, "trial": t.number, "state": t.state.name,
+                               "run": str(run_dir), "evaluator": run.cfg.evaluator.name,
+                               "latency_model": run.cfg.latency_model}
+    if t.values is not None:
+        metrics.update(dict(zip(objs, t.values)))
+    for k in ("latency_ms", "latency_low_ms", "latency_high_ms", "per_stage_ms", "memory_mb",
+              "params", "flops", "quality"):
+        if k in t.user_attrs:
+            metrics.setdefault(k, t.user_attrs[k])
+    return run, arch, metrics
+
+
+def export_arch(run_dir: Path, arch_id: str, fmt: str, out: Path) -> list[Path]:
+    if fmt not in FORMATS:
+        raise ExportError(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}")
+    run, arch, metrics = load_run_arch(run_dir, arch_id)
+    out = Path(out)
+    backbone = run.cfg.backbone_spec
+    written = [out / f"{arch_id}.json", out / f"{arch_id}.metrics.json"]
+    atomic_write_text(written[0], json.dumps({**arch.to_dict(), "arch_id": arch_id}, indent=2,
+                                             sort_keys=True) + "\n")
+    atomic_write_json(written[1], metrics)
+    if fmt == "json":
+        return written
+    if fmt == "torch":
+        return written + export_torch(backbone, arch, out)
+    return written + export_coreml(backbone, arch, out)
+
+
+def _model(backbone: Any, arch: ArchConfig) -> Any:
+    import torch
+
+    from search_space.modules import build_model
+
+    torch.manual_seed(0)
+    return build_model(backbone, arch.task, arch).eval()
+
+
+def export_torch(backbone: Any, arch: ArchConfig, out: Path) -> list[Path]:
+    from safetensors.torch import save
+
+    model = _model(backbone, arch)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    paths = [out / "model.safetensors", out / "backbone.json", out / "LOADING.md"]
+    atomic_write_bytes(paths[0], save(state, metadata={"arch_id": arch.arch_id,
+                                                       "format": "temponas-state-dict"}))
+    atomic_write_json(paths[1], backbone.to_dict())
+    atomic_write_text(paths[2], LOADER_NOTE.format(aid=arch.arch_id))
+    return paths
+
+
+def example_inputs(arch: ArchConfig) -> tuple[Any, Any, Any]:
+    """``(latents (B,C,T,H,W), timesteps (B,), text (B,tokens,D))`` for tracing."""
+    import torch
+
+    t = arch.task
+    g = torch.Generator().manual_seed(0)
+    return (torch.randn(t.batch, t.latent_channels, t.num_frames, t.latent_height,
+                        t.latent_width, generator=g),
+            torch.full((t.batch,), 500.0),
+            torch.randn(t.batch, t.text_tokens, t.text_dim, generator=g))
+
+
+def export_coreml(backbone: Any, arch: ArchConfig, out: Path) -> list[Path]:
+    """Convert the whole denoiser to ``<out>/<arch_id>.mlpackage`` (mlprogram, fp16, iOS18).
+
+    Uses the latency engineer's converter when present, else coremltools directly via
+    ``torch.export`` + ``run_decompositions`` (the route that works with any numpy here)."""
+    import torch
+
+    model = _model(backbone, arch)
+    inputs = example_inputs(arch)
+    target = out / f"{arch.arch_id}.mlpackage"
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{arch.arch_id}.", suffix=".mlpackage.tmp", dir=out))
+    try:
+        mlmodel = _convert(model, inputs)
+        pkg = tmp / "model.mlpackage"
+        mlmodel.short_description = f"temponas {arch.arch_id} ({arch.backbone})"
+        mlmodel.save(str(pkg))
+        if target.exists():
+            old = target.with_name(target.name + ".old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(target, old)
+            os.replace(pkg, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(pkg, target)
+    except TemponasError:
+        raise
+    except OSError as e:
+        raise RunDirError(f"{target}: cannot write ({e.strerror})") from None
+    except Exception as e:
+        raise ExportError(f"coreml export of {arch.arch_id} failed ({type(e).__name__}: "
+                          f"{' '.join(str(e).split())[:300]})") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return [target]
+
+
+def _convert(model: Any, inputs: tuple[Any, ...]) -> Any:
+    try:  # the latency engineer's converter, if it exposes a whole-model entry point
+        from latency_models import coreml_export as lm  # type: ignore[attr-defined]
+
+        conv = getattr(lm, "convert_module", None)
+        if conv is not None:
+            return conv(model, inputs)
+    except ImportError:
+        pass
+    import coremltools as ct
+    import torch
+
+    with torch.no_grad():
+        ep = torch.export.export(model, inputs).run_decompositions({})
+    names = ("latents", "timesteps", "text")
+    return ct.convert(ep, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS18,
+                      compute_precision=ct.precision.FLOAT16,
+                      inputs=[ct.TensorType(name=n, shape=tuple(x.shape)) for n, x in zip(names, inputs)],
+                      outputs=[ct.TensorType(name="noise_pred")])

@@ -1,0 +1,114 @@
+"""Optuna side of a search: storage, sampler, study creation and resume bookkeeping.
+
+Only the driver touches the storage. The default is a journal file in the run directory
+(``study.journal``; cheap per trial, safe to copy, opens in optuna-dashboard); any Optuna
+storage URL (``sqlite:///...``, ``postgresql://...``) is accepted.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any, Mapping
+
+from search_space.errors import ConfigError, TemponasError
+
+JOURNAL_FILE = "study.journal"
+INTERRUPTED = "interrupted"  # failure_reason prefix of trials a stopped driver left behind
+
+_SAMPLER_CLASSES = {"nsga2": "NSGAIISampler", "tpe": "TPESampler", "random": "RandomSampler",
+                    "gp": "GPSampler", "exhaustive": "RandomSampler"}
+#: sampler options a config may set (the rest are objects, not YAML values)
+_SAMPLER_OPTIONS = {
+    "nsga2": {"population_size", "mutation_prob", "crossover_prob", "swapping_prob"},
+    "tpe": {"n_startup_trials", "n_ei_candidates", "multivariate", "group", "constant_liar",
+            "consider_endpoints", "prior_weight"},
+    "random": set(),
+    "gp": {"n_startup_trials", "deterministic_objective"},
+    "exhaustive": set(),
+}
+#: defaults temponas uses where Optuna's do not suit a static categorical space
+_SAMPLER_DEFAULTS: dict[str, dict[str, Any]] = {
+    "tpe": {"multivariate": True, "constant_liar": True},
+    "gp": {"deterministic_objective": True},
+}
+
+
+class StorageError(TemponasError):
+    """The study storage cannot be opened or is not a temponas study."""
+
+
+def storage_location(url: str | None, run_dir: Path) -> str:
+    """A printable location (for the report and the optuna-dashboard command)."""
+    return url or str(run_dir / JOURNAL_FILE)
+
+
+def open_storage(url: str | None, run_dir: Path) -> Any:
+    """The Optuna storage: a journal file in ``run_dir`` by default, else ``url``."""
+    import optuna
+    from optuna.storages import JournalStorage, RDBStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    try:
+        if url is None or url.endswith(".journal") or url.startswith("journal:"):
+            path = run_dir / JOURNAL_FILE if url is None else Path(url.removeprefix("journal:").removeprefix("//"))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return JournalStorage(JournalFileBackend(str(path)))
+        if "://" not in url:
+            raise ConfigError(f"search.storage: {url!r} is neither an Optuna storage URL "
+                              f"(sqlite:///file.db, postgresql://...) nor a .journal path")
+        return RDBStorage(url, skip_compatibility_check=False)
+    except TemponasError:
+        raise
+    except Exception as e:
+        where = url or str(run_dir / JOURNAL_FILE)
+        raise StorageError(f"{where}: cannot open the study storage "
+                           f"({type(e).__name__}: {' '.join(str(e).split())[:300]})") from None
+
+
+def make_sampler(name: str, options: Mapping[str, Any], seed: int) -> Any:
+    import optuna.samplers as S
+
+    allowed = _SAMPLER_OPTIONS[name]
+    for k in options:
+        if k not in allowed:
+            raise ConfigError(f"search.sampler_options.{k}: not an option of the {name} sampler "
+                              f"(options: {', '.join(sorted(allowed)) or 'none'})")
+    kw = {**_SAMPLER_DEFAULTS.get(name, {}), **dict(options)}
+    cls = getattr(S, _SAMPLER_CLASSES[name])
+    try:
+        inspect.signature(cls).bind(seed=seed, **kw)
+        return cls(seed=seed, **kw)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"search.sampler_options: {e}") from None
+
+
+def trial_done(t: Any) -> bool:
+    """A trial that counts toward ``n_trials``: finished, and not left behind by a stopped driver."""
+    from optuna.trial import TrialState
+
+    if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
+        return True
+    if t.state is TrialState.FAIL:
+        return not str(t.user_attrs.get("failure_reason", "")).startswith(INTERRUPTED)
+    return False
+
+
+def recover_stale_trials(study: Any, reason: str = f"{INTERRUPTED}: the driver stopped "
+                                                     f"before this trial finished") -> list[int]:
+    """Mark trials left RUNNING by a dead driver FAIL and enqueue their parameters again.
+
+    Optuna's heartbeat only works inside ``study.optimize``; in ask-and-tell a killed driver
+    leaves its in-flight trials RUNNING forever. Returns the numbers of the recovered trials.
+    """
+    from optuna.trial import TrialState
+
+    recovered = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        study._storage.set_trial_user_attr(t._trial_id, "failure_reason", reason)
+        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        if t.params:
+            study.enqueue_trial(dict(t.params), user_attrs={"requeued_from": t.number},
+                                skip_if_exists=False)
+        recovered.append(t.number)
+    return recovered
