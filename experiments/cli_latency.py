@@ -146,3 +146,98 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 _EXTRA: list = []  # further sub-command registrars (appended below as they are defined)
+
+
+# ---- probes -------------------------------------------------------------------------------------
+def _cmd_probes(args: argparse.Namespace) -> int:
+    from latency_models.probes import iter_signature_rows, probes
+
+    space = _space(args)
+    items = probes(space, include_image=not args.temporal_only)
+    rows = list(iter_signature_rows(items))
+    if args.json:
+        _print_json(rows)
+        return 0
+    print(f"{len(items)} distinct block signatures for {space.backbone.name} "
+          f"(T={space.task.num_frames}, {space.task.latent_height}x{space.task.latent_width}, "
+          f"B={space.task.batch}); the space holds {space.size():,} architectures")
+    print(f"{'probe_id':12s} {'op':22s} {'C':>5s} {'HxW':>7s} {'heads':>5s} {'kt':>3s} {'ks':>3s} stages")
+    for p in items:
+        s = p.sig
+        print(f"{p.id:12s} {p.op_name:22s} {s.in_channels + s.skip_channels:5d} "
+              f"{s.height:3d}x{s.width:<3d} {s.heads:5d} {s.kernel_t:3d} {s.kernel_s:3d} {','.join(p.stages)}")
+    return 0
+
+
+def _reg_probes(sub) -> None:
+    p = sub.add_parser("probes", help="list the distinct block signatures a search space produces")
+    p.add_argument("config", nargs="?", help="experiment YAML with a 'space' section (default: "
+                                             "the default space of --preset)")
+    _add_task_args(p)
+    p.add_argument("--temporal-only", action="store_true", help="leave out the fixed image blocks")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_probes)
+
+
+_EXTRA.append(_reg_probes)
+
+
+# ---- measure ------------------------------------------------------------------------------------
+def _cmd_measure(args: argparse.Namespace) -> int:
+    from latency_models.backends.torch_cpu import TimingPolicy, TorchCpuBackend, measure
+    from latency_models.measurements import Measurements
+    from latency_models.probes import probes, random_archs
+
+    space = _space(args)
+    if args.threads < 1:
+        raise ConfigError(f"--threads: must be >= 1, got {args.threads}")
+    if args.repeats < 1:
+        raise ConfigError(f"--repeats: must be >= 1, got {args.repeats}")
+    items = [] if args.networks_only else probes(space, include_image=not args.temporal_only)
+    if args.limit:
+        items = items[: args.limit]
+    archs = [(space.backbone, a) for a in random_archs(space, args.networks, args.seed)]
+    policy = TimingPolicy(warmup=args.warmup, min_runs=args.min_runs, max_runs=args.max_runs,
+                          rel_precision=args.precision, time_limit_s=args.time_limit)
+    backend = TorchCpuBackend(args.threads, policy)
+    out = Measurements(backend.info, source=args.out)
+    done = [0]
+
+    def checkpoint(row) -> None:  # keep what was measured if the run is interrupted
+        (out.blocks if hasattr(row, "sig") else out.networks).append(row)
+        done[0] += 1
+        if done[0] % 10 == 0:
+            out.to_csv(args.out)
+
+    measure(backend, [p.sig for p in items], archs, repeats=args.repeats, seed=args.seed,
+            progress=not args.no_progress, desc=f"torch-cpu t{args.threads}", on_row=checkpoint)
+    out.to_csv(args.out)
+    nf = out.noise_floor_pct()
+    print(f"wrote {len(out.blocks)} block and {len(out.networks)} network rows to {args.out}"
+          + (f"; noise floor {nf:.1f}% (median |repeat - median|)" if nf is not None else ""))
+    return 0
+
+
+def _reg_measure(sub) -> None:
+    p = sub.add_parser("measure", help="time the probe set (and random whole networks) with torch on this CPU")
+    p.add_argument("config", nargs="?", help="experiment YAML with a 'space' section")
+    _add_task_args(p)
+    p.add_argument("--out", required=True, help="measurement CSV to write")
+    p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (pinned)")
+    p.add_argument("--repeats", type=int, default=1, help="interleaved repeats (noise floor)")
+    p.add_argument("--networks", type=int, default=0, help="also time N random whole architectures")
+    p.add_argument("--networks-only", action="store_true")
+    p.add_argument("--temporal-only", action="store_true")
+    p.add_argument("--limit", type=int, default=0, help="only the first N probes")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--min-runs", type=int, default=7)
+    p.add_argument("--max-runs", type=int, default=200)
+    p.add_argument("--precision", type=float, default=0.01,
+                   help="stop when the median's standard error is below this fraction")
+    p.add_argument("--time-limit", type=float, default=5.0, help="seconds per probe")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_measure)
+
+
+_EXTRA.append(_reg_measure)

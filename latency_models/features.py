@@ -35,6 +35,7 @@ class OpClass(IntEnum):
 
 OP_CLASSES: tuple[str, ...] = tuple(c.name.lower() for c in OpClass)
 COMPUTE_CLASSES = (OpClass.CONV, OpClass.LINEAR, OpClass.ATTN)
+FFN_MULT = 4
 
 
 @dataclass(frozen=True)
@@ -109,43 +110,48 @@ class _Ops:
         return OpTable(a[:, 0].astype(np.int64), a[:, 1], a[:, 2], a[:, 3])
 
 
-def _transformer_layer(o: _Ops, seqs: int, tokens: int, c: int, heads: int, ctx_tokens: int,
-                       ctx_dim: int, self_attn: bool, cross: bool, ff_mult: int = 4) -> None:
-    """One BasicTransformerBlock: [LN, self-attn], [LN, cross-attn], LN, GEGLU FFN (+residuals)."""
-    rows = seqs * tokens
+def _attention(o: _Ops, rows: int, c: int, heads: int, groups: int, s_q: int, s_kv: int,
+               kv_rows: int, kv_dim: int) -> None:
+    """``Attention`` of ``search_space.modules.common``: q on ``rows`` tokens, k/v on ``kv_rows``
+    rows of ``kv_dim``, core over ``groups`` sequences of ``s_q`` x ``s_kv``, out projection."""
+    o.linear(rows, c, c)
+    o.linear(kv_rows, kv_dim, c)
+    o.linear(kv_rows, kv_dim, c)
+    o.attention(groups, s_q, s_kv, c, heads)
+    o.linear(rows, c, c)
+
+
+def _transformer_layer(o: _Ops, groups: int, tokens: int, c: int, heads: int, self_attn: bool,
+                       cross: tuple[int, int, int] | None) -> None:
+    """BasicTransformerBlock on ``groups`` sequences of ``tokens``: [LN, self-attn], [LN,
+    cross-attn], LN, GEGLU FFN, each residual. ``cross = (kv_groups, ctx_tokens, ctx_dim)``."""
+    rows = groups * tokens
     el = rows * c
     if self_attn:
         o.norm(el, c)
-        for _ in range(3):
-            o.linear(rows, c, c)
-        o.attention(seqs, tokens, tokens, c, heads)
-        o.linear(rows, c, c)
+        _attention(o, rows, c, heads, groups, tokens, tokens, rows, c)
         o.eltwise(el, 2)
-    if cross:
+    if cross is not None:
+        kv_groups, ctx_tokens, ctx_dim = cross
         o.norm(el, c)
-        o.linear(rows, c, c)
-        for _ in range(2):
-            o.linear(seqs * ctx_tokens, ctx_dim, c)
-        o.attention(seqs, tokens, ctx_tokens, c, heads)
-        o.linear(rows, c, c)
+        _attention(o, rows, c, heads, kv_groups, rows // kv_groups, ctx_tokens,
+                   kv_groups * ctx_tokens, ctx_dim)
         o.eltwise(el, 2)
     o.norm(el, c)
-    o.linear(rows, c, 2 * ff_mult * c)
-    o.eltwise(rows * ff_mult * c, 2)  # gelu(gate) * x
-    o.linear(rows, ff_mult * c, c)
+    o.linear(rows, c, 2 * FFN_MULT * c)
+    o.eltwise(rows * FFN_MULT * c, 2)  # a * gelu(gate)
+    o.linear(rows, FFN_MULT * c, c)
     o.eltwise(el, 2)
 
 
 def _resnet(o: _Ops, s: BlockSignature) -> None:
     n, h, w = s.images, s.height, s.width
-    cin = s.in_channels + s.skip_channels
-    if s.skip_channels:
-        o.layout(n * cin * h * w)  # concat with the skip tensor
+    cin = s.in_channels + s.skip_channels  # the standalone block gets the concatenated input
     o.norm(n * cin * h * w, cin)
     o.eltwise(n * cin * h * w)
     o.conv(n, cin, s.out_channels, h, w, 3)
     o.eltwise(n * s.temb_dim)
-    o.linear(s.batch, s.temb_dim, s.out_channels)
+    o.linear(n, s.temb_dim, s.out_channels)
     o.eltwise(n * s.out_channels * h * w, 2)  # + time embedding
     o.norm(n * s.out_channels * h * w, s.out_channels)
     o.eltwise(n * s.out_channels * h * w)
@@ -160,42 +166,41 @@ def _spatial_transformer(o: _Ops, s: BlockSignature) -> None:
     el = n * c * hw
     o.norm(el, c)
     o.layout(el)  # NCHW -> (N, HW, C)
-    o.linear(n * hw, c, c)  # proj_in (linear or 1x1 conv: same maths)
+    o.linear(n * hw, c, c)  # proj_in (Linear or 1x1 conv: same maths)
     for _ in range(max(1, s.depth)):
-        _transformer_layer(o, n, hw, c, s.heads, s.context_tokens, s.context_dim, s.self_attn, True)
+        _transformer_layer(o, n, hw, c, s.heads, s.self_attn, (n, s.context_tokens, s.context_dim))
     o.linear(n * hw, c, c)
     o.layout(el)
     o.eltwise(el, 2)
 
 
 def _temporal(o: _Ops, s: BlockSignature) -> None:
+    """Temporal blocks of ``search_space.modules.temporal`` (input/output ``(B*T, C, H, W)``)."""
     b, c, t, h, w = s.batch, s.in_channels, s.frames, s.height, s.width
     el = b * c * t * h * w
     k = s.kind
-    if k.is_conv:
-        o.norm(el, c)
+    o.norm(el, c)
+    o.eltwise(el) if k.is_conv else None  # SiLU
+    if k is TemporalKind.CONV2P1D:
+        o.conv(b * t, c, c, h, w, s.kernel_s)
         o.eltwise(el)
-        if k is TemporalKind.CONV1D:
-            o.conv(b, c, c, h, w, 1, kt=s.kernel_t, t=t)
-        elif k is TemporalKind.CONV3D:
-            o.conv(b, c, c, h, w, s.kernel_s, kt=s.kernel_t, t=t)
-        else:  # (2+1)D: spatial 1 x ks x ks, SiLU, temporal kt x 1 x 1
-            o.conv(b * t, c, c, h, w, s.kernel_s)
-            o.eltwise(el)
-            o.conv(b, c, c, h, w, 1, kt=s.kernel_t, t=t)
+    if k.is_conv:
+        o.layout(el)  # frames -> (B, C, T, H, W)
+        ks = s.kernel_s if k is TemporalKind.CONV3D else 1
+        o.conv(b, c, c, h, w, ks, kt=s.kernel_t, t=t)
+        o.layout(el)  # back to frames
         o.eltwise(el, 2)
         return
-    o.norm(el, c)
-    o.layout(el)  # (B, C, T, H, W) -> tokens
-    if k.is_3d:
-        seqs, tokens = b, t * h * w
-    else:
-        seqs, tokens = b * h * w, t
-    o.linear(seqs * tokens, c, c)  # proj_in
-    _transformer_layer(o, seqs, tokens, c, s.heads, s.context_tokens, s.context_dim,
-                       True, k.has_cross_attention)
-    o.linear(seqs * tokens, c, c)  # proj_out
-    o.layout(el)
+    o.layout(el)  # frames -> tokens
+    o.linear(b * t * h * w, c, c)  # proj_in
+    o.eltwise(el, 2)  # + position table
+    groups, tokens = (b, t * h * w) if k.is_3d else (b * h * w, t)
+    cross = (b, s.context_tokens, s.context_dim) if k.has_cross_attention else None
+    if cross is not None and not k.is_3d:
+        o.layout(el)  # queries regrouped per video for the text attention
+    _transformer_layer(o, groups, tokens, c, s.heads, True, cross)
+    o.linear(b * t * h * w, c, c)  # proj_out
+    o.layout(el)  # tokens -> frames
     o.eltwise(el, 2)
 
 
@@ -209,6 +214,7 @@ def op_table(sig: BlockSignature) -> OpTable:
         o.linear(sig.batch, sig.in_channels, sig.out_channels)
         o.eltwise(sig.batch * sig.out_channels)
         o.linear(sig.batch, sig.out_channels, sig.out_channels)
+        o.layout(n * sig.out_channels)  # repeated for every frame
     elif sig.op is BlockOp.CONV_IN:
         o.conv(n, sig.in_channels, sig.out_channels, sig.height, sig.width, 3)
     elif sig.op is BlockOp.CONV_OUT:

@@ -1,0 +1,1 @@
+"""Measurement backends: ``torch_cpu`` (here) and ``coreml`` (export + macOS runner)."""
