@@ -241,3 +241,106 @@ def _reg_measure(sub) -> None:
 
 
 _EXTRA.append(_reg_measure)
+
+
+# ---- fit ----------------------------------------------------------------------------------------
+def _fmt_acc(acc: dict | None) -> str:
+    if not acc:
+        return "n/a"
+    return (f"n={acc['n']} ±5% {acc['within_5pct']:.0%} ±10% {acc['within_10pct']:.0%} "
+            f"MAPE {acc['mape_pct']:.1f}% RMSPE {acc['rmspe_pct']:.1f}% "
+            f"Spearman {acc['spearman']:.3f} Kendall {acc['kendall']:.3f}")
+
+
+def _cmd_fit(args: argparse.Namespace) -> int:
+    from latency_models import create_model, load_latency_model
+    from latency_models._roofline import RooflineModel
+    from latency_models.measurements import read_many
+
+    m = read_many(args.measurements)
+    if args.prior:
+        if args.predictor != "roofline":
+            raise ConfigError("--prior: only the roofline predictor calibrates from a prior")
+        prior = load_latency_model(args.prior)
+        if not isinstance(prior, RooflineModel):
+            raise ConfigError(f"--prior {args.prior}: not a roofline model/profile")
+        model = RooflineModel.calibrating(prior, prior_log_sd=args.prior_log_sd)
+    else:
+        model = create_model(args.predictor)
+    model.fit(m, folds=args.folds, seed=args.seed)
+    if args.prior:
+        model.set_metadata(calibrated_from=str(args.prior))
+    model.save(args.out)
+    meta = model.metadata
+    h = meta.get("heldout", {})
+    print(f"fitted {model.name} on {meta['fitted_on']['blocks']} block signatures and "
+          f"{meta['fitted_on']['networks']} networks of {meta['device']} -> {args.out}")
+    print(f"  held-out blocks   ({h.get('folds')}-fold CV): {_fmt_acc(h.get('block'))}")
+    print(f"  held-out networks ({h.get('folds')}-fold CV): {_fmt_acc(h.get('network'))}")
+    nf = meta.get("noise_floor_pct")
+    print(f"  composition: network = {model.composition.alpha:.4f} x sum(blocks) "
+          f"+ {model.composition.beta:.3f} ms; interval x[{meta['interval']['low_factor']:.3f}, "
+          f"{meta['interval']['high_factor']:.3f}] ({meta['interval']['source']})"
+          + (f"; noise floor {nf:.1f}%" if nf is not None else ""))
+    return 0
+
+
+def _reg_fit(sub) -> None:
+    p = sub.add_parser("fit", help="fit a latency predictor on measurement CSV(s) of one device")
+    p.add_argument("measurements", nargs="+", help="measurement CSV file(s), one device")
+    p.add_argument("--predictor", default="roofline", choices=["lut", "roofline", "regression"])
+    p.add_argument("--prior", help="roofline only: calibrate from this profile/model (few-shot)")
+    p.add_argument("--prior-log-sd", type=float, default=0.5,
+                   help="prior width in log units (smaller = trust the prior more)")
+    p.add_argument("--folds", type=int, default=5, help="cross-validation folds for held-out accuracy")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="directory to write model.json (+ arrays.npz)")
+    p.set_defaults(func=_cmd_fit)
+
+
+_EXTRA.append(_reg_fit)
+
+
+# ---- report -------------------------------------------------------------------------------------
+def _cmd_report(args: argparse.Namespace) -> int:
+    from latency_models import load_latency_model
+    from latency_models.measurements import read_many
+    from latency_models.report import evaluate, parity_plot, public, write_json
+
+    model = load_latency_model(args.model)
+    m = read_many(args.measurements)
+    res = evaluate(model, m)
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        write_json(public(res), out / "latency_report.json")
+        parity_plot(res, out / "parity.png",
+                    title=f"{model.metadata.get('predictor')} ({model.metadata.get('device')}) vs {m.source}")
+    if args.json:
+        _print_json(public(res))
+        return 0
+    if res.get("warning"):
+        print(f"warning: {res['warning']}")
+    print(f"blocks:   {_fmt_acc(res.get('block'))}")
+    print(f"networks: {_fmt_acc(res.get('network'))}"
+          + (f", interval coverage {res['network']['interval_coverage']:.0%}" if res.get("network") else ""))
+    nf = res.get("noise_floor_pct")
+    print(f"noise floor (repeats): {nf:.1f}%" if nf is not None else "noise floor: no repeated rows")
+    if res.get("by_op"):
+        print("residuals by block type (median signed error, MAPE):")
+        for op, r in res["by_op"].items():
+            print(f"  {op:22s} n={r['n']:3d} {r['median_rel_error_pct']:+7.1f}% {r['mape_pct']:6.1f}%")
+    if out is not None:
+        print(f"wrote {out / 'latency_report.json'} and {out / 'parity.png'}")
+    return 0
+
+
+def _reg_report(sub) -> None:
+    p = sub.add_parser("report", help="accuracy of a model on held-out measurements (+ parity plot)")
+    p.add_argument("model", help="model directory or device profile name")
+    p.add_argument("measurements", nargs="+", help="measurement CSV(s) NOT used for fitting")
+    p.add_argument("--out", help="directory for latency_report.json and parity.png")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_report)
+
+
+_EXTRA.append(_reg_report)

@@ -391,6 +391,7 @@ class BlockwiseModel:
             os.close(fd)
             try:
                 np.savez(tmp, **arrays)
+                os.chmod(tmp, 0o644)
                 os.replace(tmp, d / "arrays.npz")
             finally:
                 if os.path.exists(tmp):
@@ -431,6 +432,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

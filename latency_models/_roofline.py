@@ -36,6 +36,7 @@ PARAMS: tuple[str, ...] = (
     "ms_per_mweight", "ms_per_op", "ms_per_block",
 )
 _N_CLS = len(OpClass)
+SCALE_LOG_SD = 3.0  # prior on the device-wide speed factor: e^3 = 20x either way
 
 
 class _OpBatch:
@@ -189,23 +190,30 @@ class RooflineModel(BlockwiseModel):
         return x0
 
     def _fit_map(self, predict, y: np.ndarray) -> np.ndarray:
+        """MAP fit around the prior: one device-wide log scale ``s`` (weak prior, sd
+        ``SCALE_LOG_SD``) plus per-constant log deviations ``d`` (sd ``prior_log_sd``):
+        ``k = k_prior * exp(s + d)``. A few measurements mostly move ``s`` (a new device is
+        mainly faster or slower); more data also reshapes the ratios."""
         from scipy.optimize import least_squares
 
         prior = self.prior
         assert prior is not None
         free = prior > 0
-        lp = np.log(prior[free])
+        nf = int(free.sum())
 
         def unpack(z: np.ndarray) -> np.ndarray:
             k = prior.copy()
-            k[free] = np.exp(z)
+            k[free] = prior[free] * np.exp(z[0] + z[1:])
             return k
 
         def res(z: np.ndarray) -> np.ndarray:
             pred = predict(unpack(z))
-            return np.concatenate([np.log(np.maximum(pred, 1e-12) / y), (z - lp) / self.prior_log_sd])
+            return np.concatenate([np.log(np.maximum(pred, 1e-12) / y), [z[0] / SCALE_LOG_SD],
+                                   z[1:] / self.prior_log_sd])
 
-        sol = least_squares(res, lp.copy(), max_nfev=400)
+        z0 = np.zeros(nf + 1)
+        z0[0] = float(np.median(np.log(y / np.maximum(predict(prior), 1e-12))))
+        sol = least_squares(res, z0, max_nfev=400)
         return unpack(sol.x)
 
     # ---- persistence -------------------------------------------------------------------------

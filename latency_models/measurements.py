@@ -227,6 +227,7 @@ def write_rows(path: str | Path, rows: Sequence[Mapping[str, Any]], append: bool
             w.writeheader()
             for r in list(old) + list(rows):
                 w.writerow({c: r.get(c, "") for c in COLUMNS})
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -1,0 +1,130 @@
+"""``regression``: features -> log latency (private).
+
+``log t = log roofline(x) + w . phi(x) + b``: a roofline fitted by NNLS gives the physics, and a
+ridge regression on standardized features ``phi`` (log FLOPs per class, log bytes per class,
+log weights, op counts, T, heads, kernels, tokens per sequence, one-hot block type) learns what
+it misses (kernel efficiencies that vary with shape, attention layout costs …). The ridge
+strength is chosen by closed-form leave-one-out error, so with few or uninformative features
+the model shrinks back to the roofline. Everything is stored as JSON + ``.npz`` arrays.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from search_space.arch import TemporalKind
+from search_space.geometry import BlockOp, BlockSignature
+
+from latency_models._blockwise import BlockwiseModel, ModelFileError
+from latency_models._roofline import RooflineModel
+from latency_models.features import OpClass, op_table
+from latency_models.measurements import NetworkRow
+
+OP_NAMES: tuple[str, ...] = tuple(
+    [o.value for o in BlockOp if o is not BlockOp.TEMPORAL]
+    + [f"temporal:{k.value}" for k in TemporalKind if k is not TemporalKind.NONE])
+ALPHAS = np.logspace(-3, 3, 25)
+
+
+def feature_names() -> list[str]:
+    names = [f"log_{c.name.lower()}_gflop" for c in (OpClass.CONV, OpClass.LINEAR, OpClass.ATTN)]
+    names += [f"log_{c.name.lower()}_mact" for c in OpClass]
+    names += ["log_mweight", "log_n_ops", "log_frames", "log_heads", "kernel_t", "kernel_s",
+              "log_seq_tokens", "log_channels", "log_hw"]
+    return names + [f"op={o}" for o in OP_NAMES]
+
+
+def features(sig: BlockSignature) -> np.ndarray:
+    t = op_table(sig)
+    f = []
+    for c in (OpClass.CONV, OpClass.LINEAR, OpClass.ATTN):
+        f.append(np.log1p(t.flops[t.cls == c].sum() / 1e6))
+    for c in OpClass:
+        f.append(np.log1p(t.act[t.cls == c].sum() / 1e3))
+    f.append(np.log1p(t.weights.sum() / 1e3))
+    f.append(np.log1p(t.n_ops))
+    seq = (sig.frames * sig.height * sig.width if sig.kind.is_3d else sig.frames) \
+        if sig.op is BlockOp.TEMPORAL and sig.kind.is_attention else sig.height * sig.width
+    f += [np.log(sig.frames), np.log1p(sig.heads), sig.kernel_t, sig.kernel_s, np.log(seq),
+          np.log1p(sig.in_channels + sig.skip_channels), np.log(sig.height * sig.width)]
+    f += [1.0 if sig.op_name == o else 0.0 for o in OP_NAMES]
+    return np.asarray(f, dtype=float)
+
+
+class RegressionModel(BlockwiseModel):
+    """Roofline times a ridge-regression correction in log space; see the module docstring."""
+
+    name = "regression"
+
+    def __init__(self, alphas: Sequence[float] | None = None) -> None:
+        super().__init__()
+        self.base = RooflineModel()
+        self.alphas = np.asarray(ALPHAS if alphas is None else alphas, float)
+        self.mu = np.zeros(len(feature_names()))
+        self.sd = np.ones(len(feature_names()))
+        self.w = np.zeros(len(feature_names()))
+        self.b = 0.0
+        self.alpha = 0.0
+
+    def _design(self, sigs: Sequence[BlockSignature]) -> np.ndarray:
+        return np.stack([features(s) for s in sigs]) if sigs else np.zeros((0, len(self.w)))
+
+    def _predict_sigs(self, sigs: Sequence[BlockSignature]) -> np.ndarray:
+        base = self.base.block_ms(list(sigs))
+        z = (self._design(sigs) - self.mu) / self.sd
+        return base * np.exp(np.clip(z @ self.w + self.b, -5, 5))
+
+    def _fit_core(self, sigs: list[BlockSignature], y_ms: np.ndarray,
+                  nets: list[NetworkRow], net_ms: np.ndarray) -> bool:
+        if not sigs:
+            raise ModelFileError("regression: needs block measurements (scope=block rows)")
+        self.base = RooflineModel()
+        self.base._fit_core(sigs, y_ms, [], np.zeros(0))
+        self.base._reset_cache()
+        r = np.log(np.asarray(y_ms, float) / self.base.block_ms(sigs))
+        x = self._design(sigs)
+        self.mu = x.mean(0)
+        sd = x.std(0)
+        self.sd = np.where(sd > 1e-12, sd, 1.0)
+        z = (x - self.mu) / self.sd
+        self.b = float(r.mean())
+        rc = r - self.b
+        # closed-form leave-one-out error of ridge for each alpha (SVD of z)
+        u, s, vt = np.linalg.svd(z, full_matrices=False)
+        uty = u.T @ rc
+        best = (np.inf, 0.0, np.zeros(z.shape[1]))
+        for a in self.alphas:
+            d = s / (s ** 2 + a)
+            w = vt.T @ (d * uty)
+            h = np.einsum("ij,j,ij->i", u, s * d, u)  # diagonal of the hat matrix
+            loo = np.mean(((rc - z @ w) / np.maximum(1 - h - 1.0 / len(rc), 1e-6)) ** 2)
+            if loo < best[0]:
+                best = (loo, float(a), w)
+        self.alpha, self.w = best[1], best[2]
+        self._meta["ridge_alpha"] = self.alpha
+        return False
+
+    def _spawn(self) -> "RegressionModel":
+        return RegressionModel(self.alphas)
+
+    def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        base, _ = self.base._state()
+        return ({"base": base, "features": feature_names(), "intercept": self.b,
+                 "alpha": self.alpha},
+                {"mu": self.mu, "sd": self.sd, "w": self.w, "alphas": self.alphas})
+
+    def _set_state(self, params: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
+        if list(params.get("features") or []) != feature_names():
+            raise ModelFileError("regression: the saved feature list differs from this temponas "
+                                 "version's; refit the model")
+        try:
+            self.mu, self.sd, self.w = (np.asarray(arrays[k], float) for k in ("mu", "sd", "w"))
+        except KeyError as e:
+            raise ModelFileError(f"regression: arrays.npz lacks {e.args[0]!r}") from None
+        self.alphas = np.asarray(arrays.get("alphas", ALPHAS), float)
+        self.b = float(params.get("intercept", 0.0))
+        self.alpha = float(params.get("alpha", 0.0))
+        self.base = RooflineModel()
+        self.base._set_state(params.get("base") or {"constants": {}}, {})

@@ -1,0 +1,118 @@
+"""Contract test every registered latency predictor runs (Optuna-style shared test).
+
+Fitting code is tested on SYNTHETIC measurements from a known roofline plus noise (see
+``lat_helpers``): the truth is known, so accuracy assertions can fail.
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from latency_models import LatencyEstimate, LatencyModel, available, create_model, load_latency_model
+from latency_models.probes import random_archs
+
+from lat_helpers import NET_ALPHA, NET_BETA, synthetic, tiny_space, truth
+
+REQUIRED_META = {"device", "backend", "compute_units", "precision", "kind", "fitted_on", "heldout",
+                 "predictor", "composition", "interval", "noise_floor_pct"}
+
+
+@pytest.fixture(scope="module")
+def data():
+    return synthetic()
+
+
+@pytest.fixture(scope="module", params=available())
+def fitted(request, data):
+    return create_model(request.param).fit(data)
+
+
+def test_registry_lists_the_three_predictors():
+    assert set(available()) == {"lut", "roofline", "regression"}
+
+
+def test_protocol_and_metadata(fitted, data):
+    assert isinstance(fitted, LatencyModel)
+    meta = fitted.metadata
+    assert REQUIRED_META <= set(meta)
+    assert meta["kind"] == "calibrated" and meta["device"] == "synthetic-device"
+    assert meta["fitted_on"]["blocks"] == len(data.block_medians()[0])
+    assert meta["heldout"]["network"]["n"] == len(data.network_medians()[0])
+    assert meta["noise_floor_pct"] is not None
+
+
+def test_heldout_network_accuracy(fitted):
+    acc = fitted.metadata["heldout"]["network"]
+    assert acc["within_10pct"] >= 0.9, acc
+    assert acc["spearman"] >= 0.9, acc
+
+
+def test_predictions_match_truth_on_unseen_archs(fitted):
+    space = tiny_space()
+    t = truth()
+    archs = random_archs(space, 40, seed=123)
+    pred = fitted.predict_mean_ms(archs, space.backbone)
+    true = np.array([NET_ALPHA * t.raw_ms(a, space.backbone) + NET_BETA for a in archs])
+    rel = np.abs(pred - true) / true
+    assert np.mean(rel <= 0.10) >= 0.9, np.sort(rel)[-5:]
+
+
+def test_composition_correction_is_fitted(fitted):
+    c = fitted.composition
+    assert c.fitted_on > 0
+    assert 0.9 < c.alpha < 1.3
+
+
+def test_estimate_shape(fitted):
+    space = tiny_space()
+    archs = random_archs(space, 10, seed=5)
+    many = fitted.predict_many(archs)
+    means = fitted.predict_mean_ms(archs)
+    for a, e, mm in zip(archs, many, means):
+        single = fitted.predict(a, space.backbone)
+        assert isinstance(single, LatencyEstimate)
+        assert single.low_ms <= single.mean_ms <= single.high_ms
+        assert single.mean_ms == pytest.approx(e.mean_ms) == pytest.approx(mm)
+        assert math.isclose(sum(single.per_stage_ms.values()), single.mean_ms, rel_tol=1e-9)
+        assert set(space.backbone.stage_ids) <= set(single.per_stage_ms)
+        for sid, c in a.stages:
+            if c.count:  # a stage with temporal blocks costs more than the image stage alone
+                assert single.per_stage_ms[sid] > fitted.predict(space.arch({})).per_stage_ms[sid] * 0.999
+
+
+def test_save_load_roundtrip_without_pickle(fitted, tmp_path):
+    fitted.save(tmp_path)
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert set(files) <= {"model.json", "arrays.npz"}, files
+    if "arrays.npz" in files:
+        with np.load(tmp_path / "arrays.npz", allow_pickle=False) as z:
+            assert all(z[k].dtype != object for k in z.files)
+    loaded = load_latency_model(tmp_path)
+    space = tiny_space()
+    archs = random_archs(space, 15, seed=9)
+    np.testing.assert_allclose(loaded.predict_mean_ms(archs), fitted.predict_mean_ms(archs), rtol=1e-12)
+    assert loaded.metadata["heldout"] == fitted.metadata["heldout"]
+    assert loaded.predict(archs[0]).low_ms == pytest.approx(fitted.predict(archs[0]).low_ms)
+
+
+def test_loaded_model_is_torch_free(fitted, tmp_path):
+    fitted.save(tmp_path)
+    code = ("import sys; from latency_models import load_latency_model;"
+            "from latency_models.probes import random_archs;"
+            "from lat_helpers import tiny_space;"
+            f"m = load_latency_model({str(tmp_path)!r});"
+            "m.predict_many(random_archs(tiny_space(), 5));"
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    here = __file__.rsplit("/", 1)[0]
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=here)
+
+
+def test_refuses_mixed_fit_sources(data):
+    other = synthetic(device="another-device", n_networks=0)
+    with pytest.raises(Exception, match="device"):
+        data.merged(other)
