@@ -49,7 +49,8 @@ SNAPGEN_V_NOTES = """\
 Stand-in for SnapGen-V's image backbone (the paper does not publish widths). Assumptions:
 1. Derived from the SD-v1.5 UNet compressed ~2.5x (third-party summaries of the paper):
    the 8x-downsampled 1280-channel level without attention is removed (3 levels instead of 4),
-   widths are (256, 512, 896).
+   widths are (320, 576, 896): full resolution keeps SD-v1.5's 320 channels (pruned in depth
+   only), the two lower levels are narrowed from 640/1280.
 2. SnapFusion/SnapGen-style pruning: no spatial transformer at full resolution (down0/up2),
    1 ResNet per down stage at full resolution, 2 elsewhere; up stages keep one more ResNet than
    their down stage so every skip is consumed.
@@ -57,12 +58,14 @@ Stand-in for SnapGen-V's image backbone (the paper does not publish widths). Ass
 4. Default task: 16 frames of 40x64 latents (320x512 px video with an 8x VAE), batch 1
    (the 4-step adversarially distilled model runs without classifier-free guidance),
    77 text tokens.
-The image backbone has ~0.34B parameters; with temporal layers the whole video UNet lands
-in the 0.5-0.7B range of the paper's 0.6B model for mid-sized configurations."""
+The image backbone has ~0.34B parameters (342,947,652: SD-v1.5's 859,520,964 / 2.51; checked
+in the tests). Temporal layers of the default space add 0 to ~0.34B: a uniformly random
+architecture has ~0.44B in total (median), all-xattn1d everywhere 0.51B, conv3d (5x3x3)
+everywhere 0.68B, so the space brackets the paper's 0.6B video model."""
 
 
 def _snapgen_v() -> BackboneSpec:
-    return unet("snapgen_v", (256, 512, 896), down_resnets=(1, 2, 2), up_resnets=(2, 3, 3),
+    return unet("snapgen_v", (320, 576, 896), down_resnets=(1, 2, 2), up_resnets=(2, 3, 3),
                 down_transformers=(0, 2, 2), up_transformers=(0, 3, 3), head_dim=64,
                 cross_attention_dim=768, norm_groups=32, linear_projection=True,
                 notes=SNAPGEN_V_NOTES)
