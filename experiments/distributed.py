@@ -37,7 +37,10 @@ def ensure_ray(address: str | None, num_cpus: int) -> bool:
         if address:
             ray.init(address=address, **kw)
         else:
-            ray.init(num_cpus=num_cpus, _node_ip_address="127.0.0.1", **kw)
+            # address="local": always a NEW local instance. Without it ray.init() joins whatever
+            # cluster RAY_ADDRESS or /tmp/ray/ray_current_cluster names (another user's Ray on a
+            # shared machine) and then refuses num_cpus.
+            ray.init(address="local", num_cpus=num_cpus, _node_ip_address="127.0.0.1", **kw)
     except Exception as e:  # ray raises ConnectionError/RuntimeError/ValueError
         where = f"address {address!r}" if address else "a local Ray instance"
         raise RayError(f"--ray-address: cannot join {where} ({type(e).__name__}: {e})"
