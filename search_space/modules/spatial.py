@@ -30,7 +30,7 @@ class TimeEmbedding(nn.Module):
         self.linear_2 = nn.Linear(sig.out_channels, sig.out_channels)
 
     def forward(self, timesteps: torch.Tensor) -> torch.Tensor:
-        ang = timesteps.to(self.freqs.dtype)[:, None] * self.freqs[None, :]
+        ang = timesteps.float()[:, None] * self.freqs.float()[None, :]  # fp32 even in a half model
         emb = torch.cat([torch.cos(ang), torch.sin(ang)], dim=-1)
         emb = self.linear_2(F.silu(self.linear_1(emb.to(self.linear_1.weight.dtype))))
         return emb.repeat_interleave(self.frames, dim=0)
