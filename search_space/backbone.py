@@ -10,7 +10,7 @@ saved at their resolution (one per unit while skips of that resolution remain).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from enum import Enum
 from typing import Any, Mapping
 

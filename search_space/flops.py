@@ -29,8 +29,14 @@ from dataclasses import dataclass
 
 from search_space.arch import ArchConfig, TemporalKind
 from search_space.backbone import BackboneSpec
-from search_space.geometry import (BlockInstance, BlockOp, BlockSignature, image_blocks,
-                                   network_blocks, skip_routes)
+from search_space.geometry import (
+    BlockInstance,
+    BlockOp,
+    BlockSignature,
+    image_blocks,
+    network_blocks,
+    skip_routes,
+)
 from search_space.task import VideoTask
 
 BYTES_PER_ELEMENT = 2  # fp16 device model

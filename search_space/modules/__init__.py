@@ -5,8 +5,13 @@ Public API: :func:`build_model`, :func:`build_image_model`, :func:`build_block`,
 :func:`input_specs`, :func:`example_inputs`, :func:`output_shape`, :class:`VideoUNet`.
 """
 
-from search_space.modules.blocks import (SPATIAL_BLOCKS, build_block, example_inputs, input_specs,
-                                         output_shape)
+from search_space.modules.blocks import (
+                                         SPATIAL_BLOCKS,
+                                         build_block,
+                                         example_inputs,
+                                         input_specs,
+                                         output_shape,
+)
 from search_space.modules.builder import VideoUNet, build_image_model, build_model, is_temporal_name
 from search_space.modules.temporal import TEMPORAL_BLOCKS, register_temporal
 

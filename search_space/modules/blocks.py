@@ -18,7 +18,7 @@ conv_out                    ``x (N, C0, H, W)``                                 
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn

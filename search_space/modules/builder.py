@@ -8,7 +8,7 @@ temporal parameters are exactly those under ``stages.<sid>.temporal.``.
 
 from __future__ import annotations
 
-from typing import Iterator, Mapping
+from collections.abc import Iterator, Mapping
 
 import torch
 from torch import nn

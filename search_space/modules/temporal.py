@@ -17,7 +17,7 @@ Attention kinds add a sinusoidal temporal position table (non-persistent buffer 
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

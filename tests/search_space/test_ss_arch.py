@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from ss_helpers import TEMPORAL_KINDS, K, choice_for, mixed_arch
 
-from search_space.arch import ArchConfig, StageChoice, TemporalKind
+from search_space.arch import ArchConfig, StageChoice
 from search_space.errors import ConfigError
 from search_space.geometry import validate_arch
-from ss_helpers import K, TEMPORAL_KINDS, choice_for, mixed_arch
 
 # The canonical JSON of GOLDEN_ARCH hashes to this id. If it changes, every stored study,
 # cache and exported arch file is orphaned: bump SCHEMA_VERSION instead of editing this.

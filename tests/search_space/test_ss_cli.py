@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from ss_helpers import K, mixed_arch
 
 from experiments.cli import main
 from search_space.arch import ArchConfig, StageChoice
 from search_space.presets import default_task, get_backbone
-from ss_helpers import K, mixed_arch
 
 
 def run(capsys, *argv):

@@ -5,16 +5,21 @@ from __future__ import annotations
 
 import pytest
 import torch
+from ss_helpers import TEMPORAL_KINDS, K, choice_for, mixed_arch, tiny_variant
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from search_space.arch import ArchConfig, StageChoice
-from search_space.flops import (backbone_params, block_activation_elements, block_cost,
-                                image_cost, network_cost)
+from search_space.flops import (
+    backbone_params,
+    block_activation_elements,
+    block_cost,
+    image_cost,
+    network_cost,
+)
 from search_space.geometry import BlockOp, image_blocks, network_blocks
 from search_space.modules import build_block, build_model, example_inputs
 from search_space.presets import SNAPGEN_V_NOTES, default_task, get_backbone, preset_names
-from ss_helpers import K, TEMPORAL_KINDS, choice_for, mixed_arch, tiny_variant
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
@@ -133,6 +138,6 @@ def test_peak_includes_live_skips(tiny, tiny_task):
 def test_per_stage_sums_to_total(tiny, tiny_task):
     cost = network_cost(tiny, tiny_task, mixed_arch(tiny, tiny_task))
     per = cost.per_stage()
-    assert list(per)[0] == "stem" and list(per)[-1] == "head"
+    assert next(iter(per)) == "stem" and list(per)[-1] == "head"
     assert sum(d["params"] for d in per.values()) == cost.params
     assert sum(d["flops"] for d in per.values()) == cost.flops

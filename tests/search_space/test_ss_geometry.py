@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from ss_helpers import mixed_arch
 
 from search_space.arch import ArchConfig, StageChoice, TemporalKind
 from search_space.geometry import BlockOp, image_blocks, network_blocks, skip_routes
 from search_space.presets import default_task, get_backbone, preset_names
-from ss_helpers import mixed_arch
 
 
 def test_torch_free_modules_do_not_import_torch():
@@ -45,7 +46,7 @@ def test_skip_routes_match_channels_and_resolutions():
 def test_shapes_chain_block_to_block(tiny, tiny_task):
     blocks = [b for b in network_blocks(tiny, tiny_task, mixed_arch(tiny, tiny_task))
               if b.op is not BlockOp.TIME_EMBED]
-    for prev, nxt in zip(blocks, blocks[1:]):
+    for prev, nxt in itertools.pairwise(blocks):
         assert (prev.sig.out_channels, prev.sig.out_height, prev.sig.out_width) == \
             (nxt.sig.in_channels, nxt.sig.height, nxt.sig.width), nxt.path
     assert blocks[-1].sig.out_shape == (tiny_task.batch, tiny_task.latent_channels,

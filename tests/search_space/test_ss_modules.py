@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import pytest
 import torch
+from ss_helpers import TEMPORAL_KINDS, K, choice_for, mixed_arch, tiny_variant
 
-from search_space.arch import ArchConfig, StageChoice, TemporalKind
+from search_space.arch import ArchConfig, TemporalKind
 from search_space.geometry import BlockOp, BlockSignature, network_blocks
-from search_space.modules import (SPATIAL_BLOCKS, TEMPORAL_BLOCKS, build_block, build_image_model,
-                                  build_model, example_inputs, input_specs, is_temporal_name,
-                                  output_shape)
+from search_space.modules import (
+    SPATIAL_BLOCKS,
+    TEMPORAL_BLOCKS,
+    build_block,
+    build_image_model,
+    build_model,
+    example_inputs,
+    input_specs,
+    is_temporal_name,
+    output_shape,
+)
 from search_space.presets import get_backbone
-from ss_helpers import K, TEMPORAL_KINDS, choice_for, mixed_arch, tiny_variant
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
@@ -176,7 +184,7 @@ def test_spatial_names_do_not_depend_on_temporal_choices(tiny, small_task, tiny_
     other = build_model(tiny, small_task, ArchConfig.create(
         tiny.name, small_task, {"down0": choice_for(K.CONV3D), "mid": choice_for(K.ATTN1D, 2)},
         tiny.stage_ids))
-    names = lambda m: {n for n, _ in m.named_parameters() if not is_temporal_name(n)}  # noqa: E731
+    names = lambda m: {n for n, _ in m.named_parameters() if not is_temporal_name(n)}
     assert names(video) == names(other) == {n for n, _ in image.named_parameters()}
     temporal = {n.split(".temporal.")[0] for n, _ in other.named_parameters() if is_temporal_name(n)}
     assert temporal == {"stages.down0", "stages.mid"}
