@@ -16,8 +16,9 @@ is materialized twice (logits and softmax probabilities). A block's working set 
 sum, over the phases of its forward, of the tensors alive in that phase: the block input (kept
 for the residual), the residual stream, the phase's inputs and outputs (e.g. for a ResNet
 ``max(2*in + out, in + 3*out)``; for an attention phase ``x + h + norm(h) + q + k + v + 2 *
-scores``; for a GEGLU FFN ``x + h + norm(h) + 8C + 4C + 4C`` channels; layout changes of
-temporal blocks add one copy). The network peak is the maximum over execution of: latents +
+scores + out``; for a GEGLU FFN ``x + h + norm(h) + 8C + 4C + 4C`` channels; temporal convs
+``x + 4`` activations (norm, layout copy, conv, copy back), temporal attention adds one layout
+copy to its first phase). The network peak is the maximum over execution of: latents +
 text (+ per-frame text when spatial transformers exist) + time embedding + skip tensors alive
 at that point (saved, not yet consumed; see :func:`search_space.geometry.skip_routes`) + the
 running block's working set. ``memory_mb`` = fp16 weights + peak activations.
