@@ -344,3 +344,45 @@ def _reg_report(sub) -> None:
 
 
 _EXTRA.append(_reg_report)
+
+
+# ---- export-probes ------------------------------------------------------------------------------
+def _cmd_export(args: argparse.Namespace) -> int:
+    from latency_models.backends.coreml_export import export_bundle
+    from latency_models.probes import probes, random_archs
+
+    space = _space(args)
+    items = probes(space, include_image=not args.temporal_only)
+    if args.limit:
+        items = items[: args.limit]
+    nets = [(space.backbone, a) for a in random_archs(space, args.networks, args.seed)]
+    out = Path(args.out)
+    if (out / "manifest.json").exists() and not args.force:
+        raise ConfigError(f"{out}: already holds a probe bundle (use --force to overwrite)")
+    man = export_bundle(out, items, nets, target=args.target, progress=not args.no_progress,
+                        description={"preset": space.backbone.name, "task": space.task.to_dict(),
+                                     "space": space.to_dict()})
+    print(f"wrote {len(man['probes'])} Core ML packages ({args.target}, fp16 mlprogram) to {out}")
+    print(f"on a Mac: python {out / 'run_on_device.py'} {out} --compute-units cpu_and_ne --repeats 3")
+    print(f"then:     temponas latency fit {out}/measurements_cpu_and_ne.csv --prior iphone16pm --out MODEL_DIR")
+    return 0
+
+
+def _reg_export(sub) -> None:
+    p = sub.add_parser("export-probes", help="write a Core ML probe bundle (+ macOS runner script)")
+    p.add_argument("config", nargs="?", help="experiment YAML with a 'space' section")
+    _add_task_args(p)
+    p.add_argument("--out", required=True, help="bundle directory")
+    p.add_argument("--target", default="iOS18", choices=["iOS17", "iOS18"],
+                   help="minimum deployment target (iOS18 has a native SDPA op)")
+    p.add_argument("--networks", type=int, default=0,
+                   help="also export N random whole networks (composition correction)")
+    p.add_argument("--temporal-only", action="store_true")
+    p.add_argument("--limit", type=int, default=0, help="only the first N probes")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_export)
+
+
+_EXTRA.append(_reg_export)

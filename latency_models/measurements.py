@@ -26,7 +26,9 @@ p10_ms, p90_ms 10th/90th percentile over the timed runs
 runs, warmup   number of timed and warm-up calls
 repeat         0, 1, …: independent repetitions of the same probe (noise floor); a
                (scope, probe, repeat) triple may appear once
-load_ms        model load/compile time (Core ML; 0 for torch)
+load_ms        Core ML: first load of the compiled model (includes device specialization);
+               0 for torch
+compile_ms     Core ML: ``.mlpackage`` -> ``.mlmodelc`` compile time (informational)
 timestamp      ISO-8601 UTC
 ============== ==================================================================================
 """
@@ -63,7 +65,7 @@ META_COLUMNS = ("schema_version", "device", "backend", "compute_units", "precisi
                 "versions", "threads")
 ROW_COLUMNS = ("scope", "probe_id", "arch_id", "arch_json", "backbone_json")
 VALUE_COLUMNS = ("latency_ms", "p10_ms", "p90_ms", "runs", "warmup", "repeat", "load_ms",
-                 "timestamp")
+                 "compile_ms", "timestamp")
 COLUMNS: tuple[str, ...] = META_COLUMNS + ROW_COLUMNS + SIG_COLUMNS + VALUE_COLUMNS
 REQUIRED_COLUMNS = ("device", "backend", "scope", "latency_ms") + SIG_COLUMNS
 
