@@ -199,7 +199,7 @@ def _cmd_measure(args: argparse.Namespace) -> int:
     archs = [(space.backbone, a) for a in random_archs(space, args.networks, args.seed)]
     policy = TimingPolicy(warmup=args.warmup, min_runs=args.min_runs, max_runs=args.max_runs,
                           rel_precision=args.precision, time_limit_s=args.time_limit)
-    backend = TorchCpuBackend(args.threads, policy)
+    backend = TorchCpuBackend(args.threads, policy, clock=args.clock)
     out = Measurements(backend.info, source=args.out)
     done = [0]
 
@@ -235,6 +235,9 @@ def _reg_measure(sub) -> None:
     p.add_argument("--precision", type=float, default=0.01,
                    help="stop when the median's standard error is below this fraction")
     p.add_argument("--time-limit", type=float, default=5.0, help="seconds per probe")
+    p.add_argument("--clock", default="wall", choices=["wall", "cpu"],
+                   help="wall: elapsed time (a dedicated machine); cpu: CPU time of the timing "
+                        "thread/process, robust on a machine shared with other jobs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_measure)

@@ -58,10 +58,11 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def device_info(threads: int) -> DeviceInfo:
+def device_info(threads: int, clock: str = "wall") -> DeviceInfo:
     import torch
 
-    return DeviceInfo(device=f"torch-cpu:{cpu_name()}:t{threads}", backend="torch-cpu",
+    suffix = "" if clock == "wall" else f":{clock}-clock"
+    return DeviceInfo(device=f"torch-cpu:{cpu_name()}:t{threads}{suffix}", backend="torch-cpu",
                       compute_units="cpu", precision="fp32",
                       os=f"{platform.system()} {platform.release()}", chip=cpu_name(),
                       versions=f"torch={torch.__version__};numpy={np.__version__};"
@@ -69,8 +70,24 @@ def device_info(threads: int) -> DeviceInfo:
                       threads=threads)
 
 
-def time_callable(fn: Callable[[], object], policy: TimingPolicy) -> Timing:
-    """Warm up, then time ``fn`` until its median is stable (see the module docstring)."""
+CLOCKS = ("wall", "cpu")
+
+
+def clock_ns(clock: str, threads: int) -> Callable[[], int]:
+    """``wall``: ``perf_counter_ns`` (what a user waits; distorted when other processes share
+    the cores). ``cpu``: CPU time of the timing thread (``threads == 1``: torch runs the ops
+    inline) or of the whole process (``threads > 1``: summed over torch's worker threads) --
+    insensitive to time slices lost to other processes on a shared machine."""
+    if clock == "wall":
+        return time.perf_counter_ns
+    if clock == "cpu":
+        return time.thread_time_ns if threads == 1 else time.process_time_ns
+    raise ValueError(f"unknown clock {clock!r} (choose {', '.join(CLOCKS)})")
+
+
+def time_callable(fn: Callable[[], object], policy: TimingPolicy,
+                  clock: Callable[[], int] = time.perf_counter_ns) -> Timing:
+    """Warm up, then time ``fn`` with ``clock`` until its median is stable (module docstring)."""
     start = time.perf_counter()
     nw = 0
     while nw < policy.warmup or (time.perf_counter() - start < policy.warmup_s and nw < 50):
@@ -81,9 +98,9 @@ def time_callable(fn: Callable[[], object], policy: TimingPolicy) -> Timing:
     times: list[float] = []
     t_begin = time.perf_counter()
     while True:
-        t0 = time.perf_counter_ns()
+        t0 = clock()
         fn()
-        times.append((time.perf_counter_ns() - t0) / 1e6)
+        times.append((clock() - t0) / 1e6)
         n = len(times)
         if n >= policy.max_runs or time.perf_counter() - t_begin > policy.time_limit_s:
             break
@@ -104,13 +121,14 @@ def _now() -> str:
 class TorchCpuBackend:
     """Times blocks and networks with torch on the CPU, ``threads`` pinned."""
 
-    def __init__(self, threads: int = 1, policy: TimingPolicy | None = None):
+    def __init__(self, threads: int = 1, policy: TimingPolicy | None = None, clock: str = "wall"):
         import torch
 
         self.threads = int(threads)
         self.policy = policy or TimingPolicy()
+        self.clock = clock_ns(clock, self.threads)
         torch.set_num_threads(self.threads)
-        self.info = device_info(self.threads)
+        self.info = device_info(self.threads, clock)
         self._modules: dict[BlockSignature, tuple[object, tuple]] = {}
 
     def _block(self, sig: BlockSignature):
@@ -133,7 +151,7 @@ class TorchCpuBackend:
         torch.set_num_threads(self.threads)
         m, inputs = self._block(sig)
         with torch.inference_mode():
-            t = time_callable(lambda: m(*inputs), self.policy)
+            t = time_callable(lambda: m(*inputs), self.policy, self.clock)
         return BlockRow(sig, t.median_ms, t.p10_ms, t.p90_ms, t.runs, t.warmup, repeat, 0.0, _now())
 
     def time_network(self, backbone: BackboneSpec, arch: ArchConfig, repeat: int = 0,
@@ -151,7 +169,7 @@ class TorchCpuBackend:
         ts = torch.rand((task.batch,), generator=g) * 1000
         text = torch.randn((task.batch, task.text_tokens, task.text_dim), generator=g)
         with torch.inference_mode():
-            t = time_callable(lambda: model(lat, ts, text), self.policy)
+            t = time_callable(lambda: model(lat, ts, text), self.policy, self.clock)
         return NetworkRow(arch, backbone, t.median_ms, t.p10_ms, t.p90_ms, t.runs, t.warmup, repeat,
                           0.0, _now(), is_preset)
 
