@@ -6,6 +6,7 @@ dashboard off and token auth disabled; ``address`` joins an existing cluster ins
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -40,12 +41,36 @@ def ensure_ray(address: str | None, num_cpus: int) -> bool:
             # address="local": always a NEW local instance. Without it ray.init() joins whatever
             # cluster RAY_ADDRESS or /tmp/ray/ray_current_cluster names (another user's Ray on a
             # shared machine) and then refuses num_cpus.
-            ray.init(address="local", num_cpus=num_cpus, _node_ip_address="127.0.0.1", **kw)
+            with _loopback_only():
+                ray.init(address="local", num_cpus=num_cpus, _node_ip_address="127.0.0.1", **kw)
     except Exception as e:  # ray raises ConnectionError/RuntimeError/ValueError
         where = f"address {address!r}" if address else "a local Ray instance"
         raise RayError(f"--ray-address: cannot join {where} ({type(e).__name__}: {e})"
                        if address else f"cannot start {where} ({type(e).__name__}: {e})") from None
     return True
+
+
+@contextlib.contextmanager
+def _loopback_only():
+    """Make a local Ray bind to loopback only.
+
+    On Linux Ray maps ``_node_ip_address="127.0.0.1"`` to the routable IP and its GCS, raylet
+    and workers listen on all interfaces (``::``) -- with token auth disabled that lets anyone
+    on the network submit tasks. With ``ray_constants.ENABLE_RAY_CLUSTER`` off (what Ray does on
+    macOS/Windows) it keeps 127.0.0.1 and every socket is on loopback (checked by
+    tests/reliability/test_rel_faults.py::test_local_ray_binds_loopback_with_dashboard_off).
+    """
+    try:
+        import ray._private.ray_constants as rc
+    except ImportError:  # a Ray without that module: the test above tells
+        yield
+        return
+    prev = getattr(rc, "ENABLE_RAY_CLUSTER", True)
+    rc.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        rc.ENABLE_RAY_CLUSTER = prev
 
 
 def shutdown_ray() -> None:
