@@ -31,6 +31,7 @@ bench: setup
 	$(BIN)/python benchmarks/proxy_fidelity.py --json
 	$(BIN)/python benchmarks/search_efficiency.py --json
 	$(BIN)/python benchmarks/overhead.py --json
+	$(BIN)/python benchmarks/memory_model.py --json
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -15,10 +15,11 @@ for attention without a fused kernel, the attention score matrix ``(batch, heads
 is materialized twice (logits and softmax probabilities). A block's working set is the largest
 sum, over the phases of its forward, of the tensors alive in that phase: the block input (kept
 for the residual), the residual stream, the phase's inputs and outputs (e.g. for a ResNet
-``max(2*in + out, in + 3*out)``; for an attention phase ``x + h + norm(h) + q + k + v + 2 *
-scores + out``; for a GEGLU FFN ``x + h + norm(h) + 8C + 4C + 4C`` channels; temporal convs
-``x + 4`` activations (norm, layout copy, conv, copy back), temporal attention adds one layout
-copy to its first phase). The network peak is the maximum over execution of: latents +
+``max(3*in, 2*in + out, in + 3*out)``; for an attention phase ``x + h + norm(h) + q + q*scale
++ k + v + 2 * scores + out``; for a GEGLU FFN ``x + h + norm(h) + 8C + 4C + 4C`` channels;
+temporal convs ``x`` + 2 activations (layout copy, conv output; 3 for (2+1)D), temporal
+attention adds one layout copy to its first phase). ``benchmarks/memory_model.py`` compares
+this model with the live-tensor peak of eager PyTorch (math attention). The network peak is the maximum over execution of: latents +
 text (+ per-frame text when spatial transformers exist) + time embedding + skip tensors alive
 at that point (saved, not yet consumed; see :func:`search_space.geometry.skip_routes`) + the
 running block's working set. ``memory_mb`` = fp16 weights + peak activations.
@@ -215,9 +216,9 @@ def block_flops(sig: BlockSignature) -> int:
 
 # ---- activation memory ----------------------------------------------------------------------
 def _attention_phase(x: int, act: int, kv: int, scores: int) -> int:
-    """Live elements during one attention: block input, residual stream, norm(h), q, k, v,
-    logits and probabilities, output."""
-    return x + 3 * act + 2 * kv + 2 * scores + act
+    """Live elements during one attention: block input, residual stream, norm(h), q (and its
+    scaled copy), k, v, logits and probabilities, output."""
+    return x + 4 * act + 2 * kv + 2 * scores + act
 
 
 def _ffn_phase(x: int, act: int) -> int:
@@ -236,9 +237,9 @@ def block_activation_elements(sig: BlockSignature) -> int:
     if op is BlockOp.UPSAMPLE:
         return x_in + 4 * x_in + out
     if op is BlockOp.CONV_OUT:
-        return 2 * x_in + out
+        return max(3 * x_in, 2 * x_in + out)  # x, norm, SiLU; then x, SiLU, conv
     if op is BlockOp.RESNET:
-        return max(2 * x_in + out, x_in + 3 * out)
+        return max(3 * x_in, 2 * x_in + out, x_in + 3 * out)
     c = sig.in_channels
     act = n * a * c
     if op is BlockOp.SPATIAL_TRANSFORMER:
@@ -251,8 +252,10 @@ def block_activation_elements(sig: BlockSignature) -> int:
         return max(phases)
     if op is BlockOp.TEMPORAL:
         k, b, t = sig.kind, sig.batch, sig.frames
+        if k is TemporalKind.CONV2P1D:
+            return x_in + 3 * act  # x, spatial conv out, SiLU, layout copy
         if k.is_conv:
-            return x_in + 4 * act  # norm, layout copy, conv out, copy back
+            return x_in + 2 * act  # x, layout copy, conv out (then copy back)
         heads = sig.heads
         scores = b * heads * (t * a) ** 2 if k.is_3d else b * a * heads * t * t
         phases = [x_in + 4 * act,  # norm, layout copy, proj_in (+ position table)
