@@ -18,6 +18,10 @@ from search_space.geometry import validate_arch
 #: Bump when a change to the evaluators' code changes scores: it is part of every cache key.
 CODE_VERSION = "evaluators-1"
 
+#: option keys that say where/how fast an evaluation runs but never change its score:
+#: they are left out of config keys (so caches are shared across machines and thread counts).
+NON_SCORING_KEYS = ("resources", "threads", "cache_dir", "cache_results")
+
 
 @dataclass(frozen=True)
 class BaseOptions:
@@ -56,7 +60,8 @@ class BuiltinEvaluator:
     @property
     def config_key(self) -> str:
         opts = options_dict(self.options)
-        opts.pop("resources", None)  # where it runs does not change the score
+        for k in NON_SCORING_KEYS:
+            opts.pop(k, None)
         blob = json.dumps({"name": self.name, "options": opts, "backbone": self.backbone.to_dict(),
                            "code": CODE_VERSION}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]

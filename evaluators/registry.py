@@ -31,6 +31,12 @@ ENTRY_POINT_GROUP = "temponas.evaluators"
 BUILTIN: dict[str, str] = {
     "params": "evaluators._baselines:ParamsEvaluator",
     "flops": "evaluators._baselines:FlopsEvaluator",
+    "grad_norm": "evaluators._saliency:GradNormEvaluator",
+    "snip": "evaluators._saliency:SnipEvaluator",
+    "synflow": "evaluators._synflow:SynflowEvaluator",
+    "naswot": "evaluators._naswot:NaswotEvaluator",
+    "zico": "evaluators._zico:ZicoEvaluator",
+    "short_train": "evaluators._short_train:ShortTrainEvaluator",
 }
 
 #: The zero-cost proxy a fast search uses by default. Chosen by the fidelity audit

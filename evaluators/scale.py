@@ -26,10 +26,10 @@ class ProxyScale:
     ``text_tokens`` tokens of the scaled cross-attention width.
     """
 
-    width_mult: float = 0.125
+    width_mult: float = 0.0625
     num_frames: int = 8
-    latent_height: int = 16
-    latent_width: int = 16
+    latent_height: int = 12
+    latent_width: int = 12
     text_tokens: int = 8
 
     def __post_init__(self) -> None:

@@ -1,0 +1,232 @@
+"""``short_train``: the paper's proxy at small scale.
+
+The scaled spatial backbone is pretrained once as an image denoiser (``_pretrain``), loaded
+into the candidate and frozen; only the temporal blocks (zero-initialized, so training starts
+from the image model exactly) train for ``budget`` steps on the bundled training videos.
+Score = held-out video denoising loss of the image-only model minus that of the candidate
+(higher is better; 0 for a candidate without temporal blocks).
+
+The learning rate is constant after a short linear warm-up, so the model after ``A`` steps of
+a ``B``-step run is the model of an ``A``-step run: :meth:`ShortTrainEvaluator.evaluate_budgets`
+scores several budgets in one run. Results are cached as JSON by
+``(config_key, arch_id, budget, seed)``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from evaluators._common import BuiltinEvaluator
+from evaluators._pretrain import _atomic_write_json, pretrained_spatial
+from evaluators._torch_setup import (NUM_TRAIN_TIMESTEPS, TorchOptions, cache_root, data_splits,
+                                     denoise_loss, mean_loss, scaled_arch, torch_session,
+                                     validation_batches)
+from evaluators.base import EvalResult
+from search_space.arch import ArchConfig
+from search_space.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ShortTrainOptions(TorchOptions):
+    """``default_budget``: steps when ``evaluate(budget=0)``; ``lr``/``warmup``: AdamW on the
+    temporal parameters; ``ema``: decay of the exponential moving average of the temporal
+    weights that is evaluated (0 = the last iterate; averaging removes most of the
+    last-step noise); ``val_timesteps``: noise levels per validation video;
+    ``cache_results``: read/write the JSON result cache (does not change scores)."""
+
+    default_budget: int = 40
+    lr: float = 3e-3
+    warmup: int = 5
+    ema: float = 0.9
+    val_timesteps: int = 2
+    cache_results: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.default_budget < 1:
+            raise ConfigError(f"default_budget: must be >= 1, got {self.default_budget}")
+        if self.lr <= 0:
+            raise ConfigError(f"lr: must be > 0, got {self.lr}")
+        if self.warmup < 0:
+            raise ConfigError(f"warmup: must be >= 0, got {self.warmup}")
+        if self.val_timesteps < 1:
+            raise ConfigError(f"val_timesteps: must be >= 1, got {self.val_timesteps}")
+        if not 0 <= self.ema < 1:
+            raise ConfigError(f"ema: must be in [0, 1), got {self.ema}")
+
+
+class ShortTrainEvaluator(BuiltinEvaluator):
+    """Train only the temporal layers of the scaled candidate; score the held-out loss gain."""
+
+    name = "short_train"
+    Options = ShortTrainOptions
+    uses_budget = True
+
+    def __init__(self, backbone, options=None, where=None) -> None:
+        super().__init__(backbone, options, where)
+        self._image_loss: dict[str, float] = {}
+
+    def describe(self) -> dict[str, Any]:
+        d = super().describe()
+        d["options"].pop("cache_results", None)
+        return d
+
+    # ---- cache ------------------------------------------------------------------------------
+    def _cache_path(self, arch: ArchConfig, budget: int, seed: int) -> str:
+        d = os.path.join(cache_root(self.options), "results", self.name, self.config_key)
+        return os.path.join(d, f"{arch.arch_id}.b{budget}.s{seed}.json")
+
+    def cached(self, arch: ArchConfig, budget: int, seed: int) -> EvalResult | None:
+        if not self.options.cache_results:
+            return None
+        path = self._cache_path(arch, budget, seed)
+        try:
+            with open(path, encoding="utf-8") as f:
+                d = json.load(f)
+        except (OSError, json.JSONDecodeError):
+            return None
+        return EvalResult(float(d["value"]), {**d["extras"], "cache_hit": 1.0}, float(d["wall_time_s"]))
+
+    def _store(self, arch: ArchConfig, budget: int, seed: int, r: EvalResult) -> None:
+        if not self.options.cache_results:
+            return
+        path = self._cache_path(arch, budget, seed)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        _atomic_write_json(path, {"arch_id": arch.arch_id, "arch": arch.to_dict(), "budget": budget,
+                                  "seed": seed, "evaluator": self.describe(), "value": r.value,
+                                  "extras": dict(r.extras), "wall_time_s": r.wall_time_s})
+
+    # ---- evaluation ------------------------------------------------------------------------
+    def evaluate(self, arch: ArchConfig, *, seed: int = 0, budget: int = 0) -> EvalResult:
+        return self.evaluate_budgets(arch, seed=seed, budgets=[budget])[budget or self.options.default_budget]
+
+    def evaluate_budgets(self, arch: ArchConfig, *, seed: int, budgets: Sequence[int]
+                         ) -> dict[int, EvalResult]:
+        """Scores at several budgets from ONE training run (see module docstring)."""
+        self.check_arch(arch)
+        want = sorted({int(b) or self.options.default_budget for b in budgets})
+        if any(b < 0 for b in want):
+            raise ConfigError(f"budget: must be >= 0, got {min(want)}")
+        out: dict[int, EvalResult] = {}
+        for b in want:
+            hit = self.cached(arch, b, seed)
+            if hit is not None:
+                out[b] = hit
+        missing = [b for b in want if b not in out]
+        if missing:
+            for b, r in self._train(arch, int(seed), missing).items():
+                self._store(arch, b, seed, r)
+                out[b] = r
+        return out
+
+    def image_only_loss(self, latent_channels: int) -> float:
+        """Held-out video denoising loss of the (pretrained) image model, frame by frame."""
+        key = f"{latent_channels}"
+        if key not in self._image_loss:
+            from search_space.modules import build_image_model
+            bb = self.options.scale.backbone(self.backbone)
+            _, val = data_splits(self.backbone, self.options, latent_channels)
+            with torch_session(0, self.options.threads):
+                s = self.options.scale
+                from search_space.task import VideoTask
+                task = VideoTask(latent_channels, s.num_frames, s.latent_height, s.latent_width,
+                                 self.options.batch, s.text_tokens, bb.cross_attention_dim)
+                model = build_image_model(bb, task)
+                if self.options.spatial == "pretrained":
+                    state, _ = pretrained_spatial(self.backbone, self.options, latent_channels)
+                    model.load_spatial_state_dict(state)
+                self._image_loss[key] = mean_loss(
+                    model, validation_batches(val, self.options.batch, self.options.val_timesteps))
+        return self._image_loss[key]
+
+    def trained_model(self, arch: ArchConfig, *, seed: int, budget: int) -> torch.nn.Module:
+        """The scaled candidate after ``budget`` training steps (not cached; for inspection)."""
+        self.check_arch(arch)
+        return self._run(arch, int(seed), [int(budget) or self.options.default_budget])[1]
+
+    def _train(self, arch: ArchConfig, seed: int, budgets: list[int]) -> dict[int, EvalResult]:
+        return self._run(arch, seed, budgets)[0]
+
+    def _run(self, arch: ArchConfig, seed: int, budgets: list[int]
+             ) -> tuple[dict[int, EvalResult], torch.nn.Module]:
+        from search_space.modules import build_model
+
+        o = self.options
+        C = arch.task.latent_channels
+        t0 = time.perf_counter()
+        base = self.image_only_loss(C)
+        train, val = data_splits(self.backbone, o, C)
+        vbatches = validation_batches(val, o.batch, o.val_timesteps)
+        bb, sarch = scaled_arch(self.backbone, o, arch)
+        state = pretrained_spatial(self.backbone, o, C)[0] if o.spatial == "pretrained" else None
+        t_setup = time.perf_counter() - t0
+        out: dict[int, EvalResult] = {}
+        with torch_session(seed, o.threads):
+            model = build_model(bb, sarch.task, sarch)
+            if state is not None:
+                model.load_spatial_state_dict(state)
+            model.freeze_spatial()
+            params = list(model.temporal_parameters())
+            n_temporal = sum(p.numel() for p in params)
+            if not params:  # the image model itself: nothing to train
+                for b in budgets:
+                    out[b] = EvalResult(0.0, {"val_loss": base, "val_loss_image": base,
+                                              "rel_improvement": 0.0, "temporal_params": 0.0,
+                                              "budget": float(b)}, time.perf_counter() - t0)
+                return out, model
+            opt = torch.optim.AdamW(params, lr=o.lr, weight_decay=0.0)
+            warm = max(1, o.warmup)
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
+            gen = torch.Generator().manual_seed(seed)
+            avg = [p.detach().clone() for p in params]
+            ema = None
+            step = 0
+            for b in budgets:
+                while step < b:
+                    idx = torch.randint(0, len(train), (o.batch,), generator=gen)
+                    x0 = train.latents[idx]
+                    t = torch.randint(0, NUM_TRAIN_TIMESTEPS, (o.batch,), generator=gen)
+                    noise = torch.randn(x0.shape, generator=gen)
+                    loss = denoise_loss(model, x0, train.text[idx], t, noise)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(params, 1.0)
+                    opt.step()
+                    sched.step()
+                    with torch.no_grad():
+                        for a, p in zip(avg, params):
+                            a.mul_(o.ema).add_(p.detach(), alpha=1 - o.ema)
+                    lv = float(loss.detach())
+                    ema = lv if ema is None else 0.9 * ema + 0.1 * lv
+                    step += 1
+                vl = self._eval_averaged(model, params, avg, vbatches)
+                out[b] = EvalResult(base - vl, {
+                    "val_loss": vl, "val_loss_image": base, "rel_improvement": (base - vl) / base,
+                    "train_loss_ema": float(ema) if ema is not None else float("nan"),
+                    "temporal_params": float(n_temporal), "budget": float(b),
+                    "setup_s": t_setup}, time.perf_counter() - t0)
+        return out, model
+
+    @staticmethod
+    def _eval_averaged(model, params, avg, vbatches) -> float:
+        """Validation loss with the averaged temporal weights swapped in (then swapped back)."""
+        with torch.no_grad():
+            live = [p.detach().clone() for p in params]
+            for p, a in zip(params, avg):
+                p.copy_(a)
+        try:
+            return mean_loss(model, vbatches)
+        finally:
+            with torch.no_grad():
+                for p, v in zip(params, live):
+                    p.copy_(v)
+
+    def _score(self, arch, seed, budget):  # pragma: no cover - evaluate() is overridden
+        r = self.evaluate(arch, seed=seed, budget=budget)
+        return r.value, r.extras

@@ -1,0 +1,93 @@
+"""Base of the zero-cost proxies: the scaled candidate at initialization plus one fixed batch.
+
+Every proxy sees the same setup: the scaled candidate (``ProxyScale``) with the pretrained
+(or seeded random) spatial backbone, frozen; temporal blocks drawn from the seeded default
+init; and ``num_batches`` fixed denoising batches of training videos (epsilon prediction,
+SD noise schedule) drawn from the seed. Temporal blocks are built zero-initialized (an
+identity at start); a proxy that differentiated them as built would see zero gradients almost
+everywhere, so their zero-initialized layers are re-drawn with PyTorch's default init
+(``reset_parameters``) before scoring. Gradient-based scores sum over temporal parameters
+only: the spatial part is shared by every candidate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Mapping
+
+import torch
+from torch import nn
+
+from evaluators._common import BuiltinEvaluator
+from evaluators._pretrain import pretrained_spatial
+from evaluators._torch_setup import (TorchOptions, data_splits, fixed_batches, scaled_arch,
+                                     torch_session)
+from search_space.arch import ArchConfig
+from search_space.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ZeroCostOptions(TorchOptions):
+    """``num_batches``: fixed batches the proxy uses (ZiCo needs >= 2)."""
+
+    num_batches: int = 1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.num_batches < 1:
+            raise ConfigError(f"num_batches: must be >= 1, got {self.num_batches}")
+
+
+def reinit_zero_layers(model: nn.Module) -> int:
+    """Re-draw (default init) every temporal leaf layer whose parameters are all zero.
+    Returns how many layers were re-initialized."""
+    n = 0
+    for name, m in model.named_modules():
+        parts = name.split(".")
+        if not (len(parts) > 3 and parts[0] == "stages" and parts[2] == "temporal"):
+            continue
+        own = list(m.parameters(recurse=False))
+        if own and hasattr(m, "reset_parameters") and all(not p.detach().any() for p in own):
+            m.reset_parameters()
+            n += 1
+    return n
+
+
+class ZeroCostEvaluator(BuiltinEvaluator):
+    """Subclasses implement ``_proxy(model, batches) -> (value, extras)``."""
+
+    Options: ClassVar[type] = ZeroCostOptions
+
+    def prepare(self, arch: ArchConfig, seed: int) -> tuple[nn.Module, list]:
+        """The scaled candidate (spatial frozen, temporal re-drawn) and the fixed batches.
+        Call inside :func:`torch_session`."""
+        from search_space.modules import build_model
+
+        o = self.options
+        C = arch.task.latent_channels
+        bb, sarch = scaled_arch(self.backbone, o, arch)
+        model = build_model(bb, sarch.task, sarch)
+        if o.spatial == "pretrained":
+            model.load_spatial_state_dict(pretrained_spatial(self.backbone, o, C)[0])
+        model.freeze_spatial()
+        reinit_zero_layers(model)
+        train, _ = data_splits(self.backbone, o, C)
+        return model, fixed_batches(train, o.num_batches, o.batch, seed)
+
+    def _score(self, arch: ArchConfig, seed: int, budget: int) -> tuple[float, Mapping[str, float]]:
+        o = self.options
+        if o.spatial == "pretrained":  # outside the timed/seeded section: cached artefact
+            pretrained_spatial(self.backbone, o, arch.task.latent_channels)
+        data_splits(self.backbone, o, arch.task.latent_channels)
+        with torch_session(seed, o.threads):
+            model, batches = self.prepare(arch, seed)
+            value, extras = self._proxy(model, batches)
+        return value, extras
+
+    def _proxy(self, model: nn.Module, batches: list) -> tuple[float, Mapping[str, float]]:
+        raise NotImplementedError
+
+
+def temporal_named_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    from search_space.modules import is_temporal_name
+    return [(n, p) for n, p in model.named_parameters() if is_temporal_name(n)]

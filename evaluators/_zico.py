@@ -1,0 +1,57 @@
+"""``zico`` (Li et al., ICLR 2023): zero-shot proxy from gradient coefficients of variation.
+
+Over ``num_batches`` (>= 2) fixed batches, collect the gradient of the denoising loss w.r.t.
+every temporal parameter tensor; per tensor ``l``: ``log( sum_theta mean_b|g| / std_b(g) )``
+over entries with non-zero std; score = sum over tensors. High mean / low variance gradients
+mean a layer trains fast and stably (the paper's argument).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Mapping
+
+import torch
+
+from evaluators._torch_setup import denoise_loss
+from evaluators._zero_cost import ZeroCostEvaluator, ZeroCostOptions, temporal_named_parameters
+from search_space.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ZicoOptions(ZeroCostOptions):
+    num_batches: int = 3
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.num_batches < 2:
+            raise ConfigError(f"num_batches: zico needs >= 2, got {self.num_batches}")
+
+
+class ZicoEvaluator(ZeroCostEvaluator):
+    name = "zico"
+    Options = ZicoOptions
+
+    def _proxy(self, model, batches) -> tuple[float, Mapping[str, float]]:
+        params = temporal_named_parameters(model)
+        if not params:
+            return 0.0, {"tensors": 0.0}
+        grads: dict[str, list[torch.Tensor]] = {n: [] for n, _ in params}
+        for x0, text, t, noise in batches:
+            model.zero_grad(set_to_none=True)
+            denoise_loss(model, x0, text, t, noise).backward()
+            for n, p in params:
+                grads[n].append(torch.zeros_like(p) if p.grad is None else p.grad.detach().clone())
+        score, used = 0.0, 0
+        for n, gs in grads.items():
+            g = torch.stack(gs).double()
+            std = g.std(dim=0)
+            mask = std > 0
+            if not bool(mask.any()):
+                continue
+            s = float((g.abs().mean(dim=0)[mask] / std[mask]).sum())
+            if s > 0:
+                score += math.log(s)
+                used += 1
+        return score, {"tensors": float(used)}
