@@ -62,6 +62,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     if s.recovered:
         print(f"recovered {len(s.recovered)} trial(s) an earlier driver left running: "
               f"{', '.join(map(str, s.recovered))} (re-queued)")
+    for note in getattr(s, "repairs", []):
+        print(f"repaired {note}")
     if s.interrupted:
         print(f"interrupted; everything finished so far is saved. Continue with:\n"
               f"  temponas search {args.config} --out {s.run_dir} --resume", file=sys.stderr)

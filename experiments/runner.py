@@ -24,11 +24,11 @@ import numpy as np
 
 from experiments.cache import CachedEval, EvalCache, EvalKey
 from experiments.config import ExperimentConfig, dump_config, load_config, parse_config
-from experiments.fsio import RunDirError, RunLock, atomic_write_json, atomic_write_text
+from experiments.fsio import RunDirError, RunLock, _io_error, atomic_write_json, atomic_write_text
 from experiments.study import (INTERRUPTED, make_sampler, open_storage, recover_stale_trials,
-                               storage_location, trial_done)
+                               repair_run_journal, storage_location, trial_done)
 from search_space.arch import ArchConfig
-from search_space.errors import ConfigError
+from search_space.errors import ConfigError, TemponasError
 
 RUN_FORMAT_VERSION = 1
 RUN_FILE = "run.json"
@@ -62,6 +62,7 @@ class SearchSummary:
     evaluations_run: int = 0
     cache_hits: int = 0
     recovered: list[int] = field(default_factory=list)
+    repairs: list[str] = field(default_factory=list)
     interrupted: bool = False
     wall_time_s: float = 0.0
 
@@ -157,6 +158,11 @@ class Driver:
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         cfg = self.cfg
+        if cfg.search.storage is None:  # our own journal; we hold the run-dir lock
+            try:
+                self.summary.repairs = repair_run_journal(self.run_dir)
+            except OSError as e:
+                raise _io_error(self.run_dir / "study.journal", e) from None
         self.storage = open_storage(cfg.search.storage, self.run_dir)
         sampler = make_sampler(cfg.search.sampler, cfg.search.sampler_options, cfg.search.seed)
         names = optuna.get_all_study_names(self.storage)
@@ -196,6 +202,7 @@ class Driver:
         lock = RunLock(self.run_dir).acquire()
         started_ray = False
         old_term = None
+        fatal = False
         try:
             self._prepare_run_dir()
             self._setup()
@@ -220,12 +227,24 @@ class Driver:
         except KeyboardInterrupt:
             self.summary.interrupted = True
             self._stop_active(f"{INTERRUPTED}: the search was stopped (Ctrl-C/SIGTERM)")
+        except OSError as e:  # the study storage could not be written (disk full, read-only)
+            fatal = True
+            if isinstance(e, ConnectionError):
+                raise
+            where = storage_location(self.cfg.search.storage, self.run_dir)
+            raise _io_error(Path(getattr(e, "filename", None) or where), e) from None
+        except BaseException:
+            fatal = True
+            raise
         finally:
             if old_term is not None:
                 signal.signal(signal.SIGTERM, old_term)
             try:
                 if hasattr(self, "study"):
                     self._write_outputs(final=True)
+            except (OSError, TemponasError):
+                if not fatal:  # else keep the first error: it says what went wrong
+                    raise
             finally:
                 if started_ray:
                     from experiments.distributed import shutdown_ray

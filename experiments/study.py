@@ -66,6 +66,40 @@ def open_storage(url: str | None, run_dir: Path) -> Any:
                            f"({type(e).__name__}: {' '.join(str(e).split())[:300]})") from None
 
 
+def repair_run_journal(run_dir: Path) -> list[str]:
+    """Make the run's own journal (``<run>/study.journal``) safe to append to after a crash.
+
+    Call only while holding the run-directory lock (no other driver can be writing it):
+    * a partial last line (a driver killed, or a full disk, in the middle of an append) is
+      cut off: Optuna skips it when reading, but the next append would be glued to it and
+      make the whole journal unreadable;
+    * the journal lock file a killed driver left behind is removed (Optuna would wait its 30 s
+      grace period on every resume).
+    Returns one note per repair.
+    """
+    import os
+
+    notes = []
+    path = run_dir / JOURNAL_FILE
+    lock = Path(str(path) + ".lock")
+    if lock.is_symlink() or lock.exists():
+        lock.unlink()
+        notes.append(f"{lock}: removed the journal lock a stopped driver left behind")
+    if path.exists() and path.stat().st_size:
+        with open(path, "rb+") as f:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                f.seek(0)
+                data = f.read()
+                keep = data.rfind(b"\n") + 1
+                f.truncate(keep)
+                f.flush()
+                os.fsync(f.fileno())
+                notes.append(f"{path}: dropped a partial last record ({len(data) - keep} bytes) "
+                             f"left by an interrupted write")
+    return notes
+
+
 def make_sampler(name: str, options: Mapping[str, Any], seed: int) -> Any:
     import optuna.samplers as S
 
