@@ -19,7 +19,7 @@ from search_space.geometry import BlockOp, BlockSignature
 
 from latency_models._blockwise import BlockwiseModel, ModelFileError
 from latency_models._roofline import RooflineModel
-from latency_models.features import OpClass, op_table
+from latency_models.features import COMPUTE_CLASSES, OpClass, op_table
 from latency_models.measurements import NetworkRow
 
 OP_NAMES: tuple[str, ...] = tuple(
@@ -29,7 +29,7 @@ ALPHAS = np.logspace(-3, 3, 25)
 
 
 def feature_names() -> list[str]:
-    names = [f"log_{c.name.lower()}_gflop" for c in (OpClass.CONV, OpClass.LINEAR, OpClass.ATTN)]
+    names = [f"log_{c.name.lower()}_gflop" for c in COMPUTE_CLASSES]
     names += [f"log_{c.name.lower()}_mact" for c in OpClass]
     names += ["log_mweight", "log_n_ops", "log_frames", "log_heads", "kernel_t", "kernel_s",
               "log_seq_tokens", "log_channels", "log_hw"]
@@ -39,7 +39,7 @@ def feature_names() -> list[str]:
 def features(sig: BlockSignature) -> np.ndarray:
     t = op_table(sig)
     f = []
-    for c in (OpClass.CONV, OpClass.LINEAR, OpClass.ATTN):
+    for c in COMPUTE_CLASSES:
         f.append(np.log1p(t.flops[t.cls == c].sum() / 1e6))
     for c in OpClass:
         f.append(np.log1p(t.act[t.cls == c].sum() / 1e3))

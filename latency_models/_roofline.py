@@ -27,15 +27,18 @@ import numpy as np
 from search_space.geometry import BlockSignature
 
 from latency_models._blockwise import BlockwiseModel, ModelFileError
-from latency_models.features import OpClass, op_table
+from latency_models.features import COMPUTE_CLASSES, OpClass, op_table
 from latency_models.measurements import NetworkRow
 
+_COMPUTE = tuple(COMPUTE_CLASSES)
 PARAMS: tuple[str, ...] = (
-    "conv_ms_per_gflop", "linear_ms_per_gflop", "attn_ms_per_gflop",
-    "ms_per_mact", "norm_ms_per_mact", "layout_ms_per_mact",
-    "ms_per_mweight", "ms_per_op", "ms_per_block",
-)
+    tuple(f"{c.name.lower()}_ms_per_gflop" for c in _COMPUTE)
+    + tuple(f"{c.name.lower()}_ms_per_mact" for c in OpClass)
+    + ("ms_per_mweight", "ms_per_op", "ms_per_block"))
 _N_CLS = len(OpClass)
+_NC = len(_COMPUTE)
+_I_ACT = _NC                 # first per-class activation constant
+_I_W = _NC + _N_CLS          # weights, then per-op, then per-block
 SCALE_LOG_SD = 3.0  # prior on the device-wide speed factor: e^3 = 20x either way
 
 
@@ -51,22 +54,24 @@ class _OpBatch:
         self.gflop = cat([t.flops for t in tabs]) / 1e9
         self.mact = cat([t.act for t in tabs]) / 1e6
         self.mweight = cat([t.weights for t in tabs]) / 1e6
+        self._lin: np.ndarray | None = None
 
     def linear_features(self) -> np.ndarray:
         """(n_sigs, len(PARAMS)) design matrix of the ``p = 1`` model."""
+        if self._lin is not None:
+            return self._lin
         f = np.zeros((self.n, len(PARAMS)))
         c = self.cls
-        for j, cl in enumerate((OpClass.CONV, OpClass.LINEAR, OpClass.ATTN)):
+        for j, cl in enumerate(_COMPUTE):
             m = c == cl
             f[:, j] = np.bincount(self.seg[m], self.gflop[m], self.n)
-        m_norm, m_lay = c == OpClass.NORM, c == OpClass.LAYOUT
-        m_act = ~(m_norm | m_lay)
-        f[:, 3] = np.bincount(self.seg[m_act], self.mact[m_act], self.n)
-        f[:, 4] = np.bincount(self.seg[m_norm], self.mact[m_norm], self.n)
-        f[:, 5] = np.bincount(self.seg[m_lay], self.mact[m_lay], self.n)
-        f[:, 6] = np.bincount(self.seg, self.mweight, self.n)
-        f[:, 7] = np.bincount(self.seg, None, self.n)
-        f[:, 8] = 1.0
+        for cl in OpClass:
+            m = c == cl
+            f[:, _I_ACT + int(cl)] = np.bincount(self.seg[m], self.mact[m], self.n)
+        f[:, _I_W] = np.bincount(self.seg, self.mweight, self.n)
+        f[:, _I_W + 1] = np.bincount(self.seg, None, self.n)
+        f[:, _I_W + 2] = 1.0
+        self._lin = f
         return f
 
     def times(self, k: np.ndarray, p: float) -> np.ndarray:
@@ -74,15 +79,14 @@ class _OpBatch:
         if p == 1.0:
             return self.linear_features() @ k
         per_cls_flop = np.zeros(_N_CLS)
-        per_cls_flop[[OpClass.CONV, OpClass.LINEAR, OpClass.ATTN]] = k[:3]
-        per_cls_act = np.full(_N_CLS, k[3])
-        per_cls_act[OpClass.NORM], per_cls_act[OpClass.LAYOUT] = k[4], k[5]
+        per_cls_flop[list(_COMPUTE)] = k[:_NC]
+        per_cls_act = k[_I_ACT:_I_ACT + _N_CLS]
         comp = self.gflop * per_cls_flop[self.cls]
-        mem = self.mact * per_cls_act[self.cls] + self.mweight * k[6]
+        mem = self.mact * per_cls_act[self.cls] + self.mweight * k[_I_W]
         hi = np.maximum(comp, mem)
         safe = np.where(hi > 0, hi, 1.0)
         t = np.where(hi > 0, safe * ((comp / safe) ** p + (mem / safe) ** p) ** (1.0 / p), 0.0)
-        return np.bincount(self.seg, t + k[7], self.n) + k[8]
+        return np.bincount(self.seg, t + k[_I_W + 1], self.n) + k[_I_W + 2]
 
 
 class RooflineModel(BlockwiseModel):

@@ -91,11 +91,18 @@ def sd21_image_arch() -> ArchConfig:
 
 
 def constants(dev: AppleDevice, eff: float) -> dict[str, float]:
+    from latency_models._roofline import PARAMS
+
     comp = 1.0 / (dev.peak_tflops_fp16 * eff)  # ms per GFLOP
     act = ACT_BYTES / dev.bandwidth_gbs           # ms per M elements (1e6 B / 1e9 B/s = 1 ms per GB/s)
-    return {"conv_ms_per_gflop": comp, "linear_ms_per_gflop": comp, "attn_ms_per_gflop": comp,
-            "ms_per_mact": act, "norm_ms_per_mact": act, "layout_ms_per_mact": act,
-            "ms_per_mweight": WEIGHT_BYTES / dev.bandwidth_gbs, "ms_per_op": 0.0, "ms_per_block": 0.0}
+    out = {}
+    for name in PARAMS:
+        if name.endswith("_ms_per_gflop"):
+            out[name] = comp
+        elif name.endswith("_ms_per_mact"):
+            out[name] = act
+    out.update(ms_per_mweight=WEIGHT_BYTES / dev.bandwidth_gbs, ms_per_op=0.0, ms_per_block=0.0)
+    return out
 
 
 def _model(dev: AppleDevice, eff: float) -> RooflineModel:

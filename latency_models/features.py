@@ -25,16 +25,17 @@ from search_space.geometry import BlockOp, BlockSignature
 class OpClass(IntEnum):
     """Operator classes a roofline model gives separate efficiencies to."""
 
-    CONV = 0       # 2-D/3-D convolutions (k > 1)
-    LINEAR = 1     # dense projections and 1x1 convolutions
-    ATTN = 2       # attention core: QK^T, softmax, AV
-    NORM = 3       # GroupNorm / LayerNorm (lowered to ~8 ops on Core ML)
-    ELTWISE = 4    # activations, residual adds, GEGLU gating
-    LAYOUT = 5     # transposes/reshapes that copy, concat, nearest upsample
+    CONV = 0       # 2-D convolutions (k > 1)
+    CONV3D = 1     # 5-D convolutions over T (``kernel_t > 1``: conv1d/conv3d/conv2p1d's temporal part)
+    LINEAR = 2     # dense projections and 1x1 convolutions
+    ATTN = 3       # attention core: QK^T, softmax, AV
+    NORM = 4       # GroupNorm / LayerNorm (lowered to ~8 ops on Core ML)
+    ELTWISE = 5    # activations, residual adds, GEGLU gating
+    LAYOUT = 6     # transposes/reshapes that copy, concat, nearest upsample
 
 
 OP_CLASSES: tuple[str, ...] = tuple(c.name.lower() for c in OpClass)
-COMPUTE_CLASSES = (OpClass.CONV, OpClass.LINEAR, OpClass.ATTN)
+COMPUTE_CLASSES = (OpClass.CONV, OpClass.CONV3D, OpClass.LINEAR, OpClass.ATTN)
 FFN_MULT = 4
 
 
@@ -84,7 +85,7 @@ class _Ops:
         w_in = w_out if w_in is None else w_in
         k = kernel * kernel * kt
         out_el = n * t * cout * h_out * w_out
-        cls = OpClass.LINEAR if k == 1 else OpClass.CONV
+        cls = OpClass.LINEAR if k == 1 else (OpClass.CONV3D if kt > 1 else OpClass.CONV)
         self.add(cls, 2.0 * out_el * cin * k, n * t * cin * h_in * w_in + out_el, cin * cout * k + cout)
 
     def linear(self, rows: int, din: int, dout: int) -> None:

@@ -11,8 +11,10 @@ from latency_models.probes import probes, random_archs
 from search_space.presets import default_task, get_backbone
 from search_space.space import default_space
 
-TRUE_CONSTANTS = {"conv_ms_per_gflop": 9.0, "linear_ms_per_gflop": 6.0, "attn_ms_per_gflop": 14.0,
-                  "ms_per_mact": 0.8, "norm_ms_per_mact": 2.5, "layout_ms_per_mact": 1.2,
+TRUE_CONSTANTS = {"conv_ms_per_gflop": 9.0, "conv3d_ms_per_gflop": 12.0, "linear_ms_per_gflop": 6.0,
+                  "attn_ms_per_gflop": 14.0, "conv_ms_per_mact": 0.8, "conv3d_ms_per_mact": 0.8,
+                  "linear_ms_per_mact": 0.8, "attn_ms_per_mact": 1.5, "eltwise_ms_per_mact": 0.8,
+                  "norm_ms_per_mact": 2.5, "layout_ms_per_mact": 1.2,
                   "ms_per_mweight": 0.5, "ms_per_op": 0.004, "ms_per_block": 0.03}
 NET_ALPHA, NET_BETA = 1.1, 0.4
 

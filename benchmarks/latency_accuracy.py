@@ -1,0 +1,240 @@
+#!/usr/bin/env python3
+"""Latency-predictor accuracy on REAL torch-cpu measurements of the ``small`` preset.
+
+    python benchmarks/latency_accuracy.py [--quick] [--json] [--data DIR] [--reuse]
+
+What it does (every number comes from timings taken during the run, or from ``--reuse``d CSVs
+of an earlier run, which are committed next to the results):
+
+1. Space: ``small`` backbone, 8 frames of 16x16 latents, batch 1 (blocks take ~0.1-300 ms on
+   one core), all temporal kinds, heads {2,4,8}, kernel_t {3,5,7} (quick: {4,8}, {3,5}).
+2. Device 1 = this CPU, 1 thread, CPU-time clock (the machine is shared with other jobs: the
+   timing thread's CPU time is insensitive to lost time slices; wall time is not). Every probe
+   signature and ``networks`` random whole architectures are timed ``repeats`` times
+   (interleaved: each repeat visits all blocks and networks in a new shuffled order).
+3. ``block_within_10pct``: 5-fold cross-validation over signatures (the held-out signature was
+   never measured for the fit), predictor ``regression`` (the roofline is reported too).
+4. ``network_within_10pct`` / ``network_spearman``: ``lut`` on all block signatures (as the
+   paper's lookup table: every probe measured) + composition correction, cross-validated over
+   the networks (the tested network's own measurement is never in the fit).
+5. ``fewshot``: device 2 = the same CPU with 2 threads (process CPU clock, i.e. CPU-seconds
+   summed over both threads, ``OMP_WAIT_POLICY=PASSIVE``). The device-1
+   roofline is the prior; k = 5, 10, 20 device-2 network measurements calibrate it (MAP); the
+   remaining device-2 networks are predicted. Mean over 10 random draws of the k networks.
+6. ``noise_floor_pct``: median |repeat - median| / median over repeated probes and networks.
+7. ``predict_us_single`` / ``predict_per_s_batched``: steady-state cost of predicting distinct
+   random architectures with a fitted model (no torch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from latency_models import create_model  # noqa: E402
+from latency_models._blockwise import accuracy, split_folds  # noqa: E402
+from latency_models._roofline import RooflineModel  # noqa: E402
+from latency_models.measurements import Measurements, read_csv  # noqa: E402
+from latency_models.probes import probes, random_archs  # noqa: E402
+from search_space.presets import default_task, get_backbone  # noqa: E402
+from search_space.space import SearchSpace  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+ARCH_SEED = 7
+
+
+def space_dims(quick: bool) -> dict:
+    return {"heads": [4, 8], "kernel_t": [3, 5]} if quick else {"heads": [2, 4, 8], "kernel_t": [3, 5, 7]}
+
+
+def make_space(quick: bool) -> SearchSpace:
+    bb = get_backbone("small")
+    task = default_task("small").replace(latent_height=16, latent_width=16, num_frames=8, batch=1)
+    return SearchSpace.from_dict(bb, task, {"defaults": space_dims(quick)})
+
+
+def measure_device1(space, archs, repeats: int, path: Path, quick: bool) -> Measurements:
+    """1 thread, CPU clock; blocks and networks interleaved in every repeat."""
+    from latency_models.backends.torch_cpu import TimingPolicy, TorchCpuBackend, measure
+
+    pol = TimingPolicy(warmup=2, min_runs=5 if quick else 7, max_runs=60, rel_precision=0.01,
+                       time_limit_s=1.5 if quick else 3.0)
+    be = TorchCpuBackend(1, pol, clock="cpu")
+    sigs = [p.sig for p in probes(space)]
+    b_rows, n_rows = measure(be, sigs, [(space.backbone, a) for a in archs], repeats=repeats,
+                             seed=0, desc="device 1 (1 thread)")
+    m = Measurements(be.info, b_rows, n_rows, str(path))
+    m.to_csv(path)
+    return m
+
+
+def measure_device2(space_yaml: Path, n_nets: int, path: Path, quick: bool) -> Measurements:
+    """2 threads, process CPU clock, whole networks only, in a subprocess with
+    ``OMP_WAIT_POLICY=PASSIVE`` (spinning OpenMP workers would bill idle waiting as CPU time)."""
+    import subprocess
+
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    cmd = [sys.executable, "-m", "experiments.cli", "latency", "measure", str(space_yaml),
+           "--preset", "small", "--height", "16", "--width", "16", "--frames", "8", "--batch", "1",
+           "--threads", "2", "--clock", "cpu", "--networks-only", "--networks", str(n_nets),
+           "--seed", str(ARCH_SEED), "--warmup", "1", "--min-runs", "3" if quick else "5",
+           "--max-runs", "15", "--time-limit", "3" if quick else "6", "--out", str(path)]
+    subprocess.run(cmd, check=True, env=env, cwd=ROOT)
+    return read_csv(path)
+
+
+def block_accuracy(m: Measurements, name: str, folds: int = 5, seed: int = 0) -> dict:
+    sigs, y = m.block_medians()
+    pred = np.empty(len(sigs))
+    for test in split_folds(len(sigs), folds, seed):
+        held = {sigs[i] for i in test}
+        keep = [i for i, r in enumerate(m.blocks) if r.sig not in held]
+        model = create_model(name).fit(m.subset(blocks=keep, networks=[]), evaluate=False)
+        pred[test] = model.block_ms([sigs[i] for i in test])
+    return accuracy(pred, y)
+
+
+def network_accuracy(m: Measurements, name: str, folds: int = 5, seed: int = 0) -> dict:
+    nets, y = m.network_medians()
+    pred = np.empty(len(nets))
+    ids = [r.arch.arch_id for r in nets]
+    for test in split_folds(len(nets), folds, seed):
+        held = {ids[i] for i in test}
+        keep = [i for i, r in enumerate(m.networks) if r.arch.arch_id not in held]
+        model = create_model(name).fit(m.subset(networks=keep), evaluate=False)
+        pred[test] = [model.predict(nets[i].arch, nets[i].backbone).mean_ms for i in test]
+    return accuracy(pred, y)
+
+
+def fewshot(dev1: Measurements, dev2: Measurements, ks=(5, 10, 20), draws: int = 10) -> dict:
+    prior = create_model("roofline").fit(dev1, evaluate=False)
+    nets, y = dev2.network_medians()
+    out = {}
+    base_pred = np.array([prior.predict(r.arch, r.backbone).mean_ms for r in nets])
+    out["0"] = {k: v for k, v in accuracy(base_pred, y).items()
+                if k in ("spearman", "within_10pct", "mape_pct", "n")}
+    rng = np.random.default_rng(0)
+    for k in ks:
+        if k >= len(nets) - 3:
+            continue
+        sp, hit, mape = [], [], []
+        for _ in range(draws):
+            pick = set(rng.choice(len(nets), size=k, replace=False).tolist())
+            ids = {nets[i].arch.arch_id for i in pick}
+            train = dev2.subset(blocks=[], networks=[i for i, r in enumerate(dev2.networks)
+                                                     if r.arch.arch_id in ids])
+            cal = RooflineModel.calibrating(prior).fit(train, evaluate=False)
+            test = [i for i in range(len(nets)) if i not in pick]
+            pred = np.array([cal.predict(nets[i].arch, nets[i].backbone).mean_ms for i in test])
+            acc = accuracy(pred, y[test])
+            sp.append(acc["spearman"])
+            hit.append(acc["within_10pct"])
+            mape.append(acc["mape_pct"])
+        out[str(k)] = {"spearman": float(np.mean(sp)), "within_10pct": float(np.mean(hit)),
+                       "mape_pct": float(np.mean(mape)), "spearman_min": float(np.min(sp)),
+                       "n_test": len(nets) - k, "draws": draws}
+    return out
+
+
+def predict_speed(model, space, n: int = 20000) -> tuple[float, float]:
+    rng = np.random.default_rng(123)
+    warm = [space.sample(rng) for _ in range(5000)]
+    model.predict_many(warm, space.backbone)  # fill the per-(stage, choice) price tables
+    fresh = [space.sample(rng) for _ in range(n)]
+    t0 = time.perf_counter()
+    for a in fresh[:3000]:
+        model.predict(a, space.backbone)
+    single_us = (time.perf_counter() - t0) / 3000 * 1e6
+    best = 0.0
+    for _ in range(3):
+        t0 = time.perf_counter()
+        model.predict_many(fresh, space.backbone)
+        best = max(best, n / (time.perf_counter() - t0))
+    return single_us, best
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer probes/networks/repeats (< 5 min)")
+    ap.add_argument("--json", action="store_true", help="print one JSON object")
+    ap.add_argument("--data", type=Path, help="where the measurement CSVs go (default: "
+                    "benchmarks/results/latency_data[_quick])")
+    ap.add_argument("--reuse", action="store_true", help="reuse the CSVs in --data instead of measuring")
+    ap.add_argument("--networks", type=int, help="random whole networks (default 40, quick 12)")
+    a = ap.parse_args(argv)
+    quick = a.quick
+    data = a.data or RESULTS / ("latency_data_quick" if quick else "latency_data")
+    data.mkdir(parents=True, exist_ok=True)
+    space = make_space(quick)
+    n_nets = a.networks or (10 if quick else 40)
+    archs = random_archs(space, n_nets, seed=ARCH_SEED)
+    t_start = time.time()
+    p1, p2 = data / "device1_t1.csv", data / "device2_t2.csv"
+    if a.reuse:
+        dev1, dev2 = read_csv(p1), read_csv(p2)
+    else:
+        import yaml
+
+        space_yaml = data / "space.yaml"
+        space_yaml.write_text(yaml.safe_dump({"space": {"defaults": space_dims(quick)}}), encoding="utf-8")
+        dev1 = measure_device1(space, archs, 2 if quick else 3, p1, quick)
+        dev2 = measure_device2(space_yaml, n_nets, p2, quick)
+        if [r.arch.arch_id for r in dev2.network_medians()[0]] and \
+                {r.arch.arch_id for r in dev2.networks} != {a.arch_id for a in archs}:
+            raise SystemExit("device 2 measured different architectures than device 1")
+    measure_s = time.time() - t_start
+
+    res: dict = {"benchmark": "latency_accuracy", "quick": quick,
+                 "space": {"preset": "small", "task": space.task.to_dict(),
+                           "probes": len(dev1.block_medians()[0]),
+                           "networks_device1": len(dev1.network_medians()[0]),
+                           "networks_device2": len(dev2.network_medians()[0])},
+                 "device1": dev1.info.device, "device2": dev2.info.device,
+                 "clock": "cpu (thread CPU time for 1 thread, process CPU time for 2 threads)",
+                 "measure_wall_s": round(measure_s, 1)}
+    blk = {n: block_accuracy(dev1, n) for n in ("roofline", "regression")}
+    net = {n: network_accuracy(dev1, n) for n in ("lut", "roofline", "regression")}
+    res["block_within_10pct"] = blk["regression"]["within_10pct"]
+    res["network_within_10pct"] = net["lut"]["within_10pct"]
+    res["network_spearman"] = net["lut"]["spearman"]
+    res["noise_floor_pct"] = dev1.noise_floor_pct()
+    res["fewshot"] = fewshot(dev1, dev2)
+    model = create_model("lut").fit(dev1, evaluate=False)
+    single, batched = predict_speed(model, space)
+    res["predict_us_single"] = single
+    res["predict_per_s_batched"] = batched
+    res["detail"] = {"block": blk, "network": net,
+                     "block_noise_floor_pct": dev1.subset(networks=[]).noise_floor_pct(),
+                     "network_noise_floor_pct": dev1.subset(blocks=[]).noise_floor_pct()}
+    res["targets"] = {"block_within_10pct": ">= 0.95", "network_within_10pct": ">= 0.90",
+                      "network_spearman": ">= 0.95", "fewshot.10.spearman": ">= 0.90",
+                      "predict_us_single": "<= 100", "predict_per_s_batched": ">= 100000"}
+    res["total_wall_s"] = round(time.time() - t_start, 1)
+    if not quick:
+        out = RESULTS / "latency_accuracy.json"
+        tmp = out.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(res, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        os.replace(tmp, out)
+    if a.json:
+        print(json.dumps(res, sort_keys=True))
+    else:
+        for k in ("block_within_10pct", "network_within_10pct", "network_spearman", "noise_floor_pct",
+                  "predict_us_single", "predict_per_s_batched"):
+            print(f"{k:24s} {res[k]}")
+        print("fewshot", json.dumps(res["fewshot"], indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
