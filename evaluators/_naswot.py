@@ -20,6 +20,8 @@ from evaluators._zero_cost import ZeroCostEvaluator
 
 
 class NaswotEvaluator(ZeroCostEvaluator):
+    """log|det K| of the frames' activation-pattern kernel (see module docstring)."""
+
     name = "naswot"
 
     @torch.no_grad()

@@ -39,6 +39,8 @@ def _strip_norms(model: nn.Module) -> None:
 
 
 class SynflowEvaluator(ZeroCostEvaluator):
+    """Data-free synaptic flow through the temporal parameters (see module docstring)."""
+
     name = "synflow"
 
     def _proxy(self, model, batches) -> tuple[float, Mapping[str, float]]:

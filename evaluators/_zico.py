@@ -30,6 +30,8 @@ class ZicoOptions(ZeroCostOptions):
 
 
 class ZicoEvaluator(ZeroCostEvaluator):
+    """Sum over temporal tensors of log(sum mean|g| / std(g)) across batches (see module docstring)."""
+
     name = "zico"
     Options = ZicoOptions
 

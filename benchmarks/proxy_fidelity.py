@@ -1,0 +1,93 @@
+"""Proxy fidelity benchmark: do the zero-cost proxies rank snapgen_v candidates like short
+training does, and is short training itself reproducible?
+
+Runs the audit of ``evaluators.audit`` on architectures sampled from the ``snapgen_v`` default
+search space at the default proxy scale (width x0.0625, 8 frames of 12x12 latents):
+short training at two budgets and two seeds, every zero-cost proxy and the params/FLOPs
+baselines. Prints one JSON object:
+
+    seed_kendall, budget_kendall, params_kendall_vs_short_train,
+    proxies {name: Kendall tau vs short training}, short_train_s_per_arch,
+    zero_cost_s_per_arch, improvement {image-only vs best candidate, seed noise}, ...
+
+    python benchmarks/proxy_fidelity.py [--quick] [--json] [--workers 2]
+
+Full: 24 architectures, budgets 20,40 (40 = short_train's default budget). Quick: 8
+architectures, budgets 10,20. With --json the summary goes to
+benchmarks/results/proxy_fidelity[_quick].json and the full audit (markdown, CSV, plot) to
+benchmarks/results/proxy_fidelity[_quick]/. Timings are wall-clock on this (shared) machine,
+one torch thread per process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+from evaluators.audit import AuditSpec, _json_safe, run_audit, write_report  # noqa: E402
+from search_space.presets import default_task, get_backbone  # noqa: E402
+from search_space.space import default_space  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="8 archs, budgets 10,20 (< 10 min)")
+    ap.add_argument("--json", action="store_true", help="write results under benchmarks/results/")
+    ap.add_argument("--workers", type=int, default=2, help="short-training processes")
+    ap.add_argument("--n-archs", type=int, default=None)
+    args = ap.parse_args(argv)
+
+    bb = get_backbone("snapgen_v")
+    space = default_space(bb, default_task("snapgen_v"))
+    n = args.n_archs or (8 if args.quick else 24)
+    budgets = (10, 20) if args.quick else (20, 40)
+    spec = AuditSpec(backbone=bb, space=space, n_archs=n, budgets=budgets, seeds=(0, 1),
+                     workers=args.workers, bootstrap=1000)
+    t0 = time.perf_counter()
+    res = run_audit(spec, progress=True)
+    summary = {
+        "benchmark": "proxy_fidelity", "quick": bool(args.quick), "backbone": "snapgen_v",
+        "n_archs": res["n_archs"], "budgets": res["budgets"], "seeds": res["seeds"],
+        "proxy_scale": res["evaluators"]["short_train"]["options"]["scale"],
+        "seed_kendall": res["seed_kendall"],
+        "budget_kendall": res["budget_kendall"],
+        "params_kendall_vs_short_train": res["params_kendall_vs_short_train"],
+        "proxies": {k: v["vs_short_train"]["kendall"] for k, v in res["proxies"].items()},
+        "proxies_kendall_ci": {k: v["vs_short_train"]["kendall_ci"] for k, v in res["proxies"].items()},
+        "proxies_spearman": {k: v["vs_short_train"]["spearman"] for k, v in res["proxies"].items()},
+        "proxies_kendall_vs_params": {k: v.get("vs_params", {}).get("kendall") for k, v in res["proxies"].items()},
+        "proxies_seed_kendall": {k: v.get("seed_kendall") for k, v in res["proxies"].items()},
+        "proxies_size_dominated": [k for k, v in res["proxies"].items() if v["size_dominated"]],
+        "proxies_beating_params": [k for k, v in res["proxies"].items() if v["beats_params"]],
+        "best_zero_cost_proxy": res["best_zero_cost_proxy"],
+        "short_train_s_per_arch": res["short_train_s_per_arch"],
+        "short_train_s_per_arch_note": f"one (arch, seed) run to {res['budgets'][-1]} steps incl. "
+                                       "two validation passes, 1 thread, shared machine",
+        "zero_cost_s_per_arch": res["zero_cost_s_per_arch"],
+        "zero_cost_s_per_arch_by_proxy": {k: v["s_per_arch"] for k, v in res["proxies"].items()},
+        "improvement": res["improvement"],
+        "wall_time_s": time.perf_counter() - t0,
+        "load_average_1m_at_end": os.getloadavg()[0],
+    }
+    summary = _json_safe(summary)
+    text = json.dumps(summary, indent=1, sort_keys=True)
+    if args.json:
+        name = "proxy_fidelity_quick" if args.quick else "proxy_fidelity"
+        out = os.path.join(HERE, "results")
+        write_report(res, os.path.join(out, name))
+        tmp = os.path.join(out, f".{name}.json.tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+        os.replace(tmp, os.path.join(out, f"{name}.json"))
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
