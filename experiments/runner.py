@@ -142,7 +142,7 @@ class Driver:
                                           where=f"{src}: evaluator")
         try:
             self.latency_model = latency_models.load_latency_model(cfg.latency_model)
-        except ConfigError as e:
+        except TemponasError as e:  # ConfigError or the model file's own error
             raise ConfigError(f"{src}: latency_model: {e}") from None
         from search_space.flops import network_cost
 
@@ -199,13 +199,14 @@ class Driver:
     # ---- the loop ---------------------------------------------------------------------------
     def run(self) -> SearchSummary:
         t_start = time.monotonic()
+        fresh = not self.run_dir.exists()
+        self._setup()  # evaluator and latency model: a bad one fails before anything is written
         lock = RunLock(self.run_dir).acquire()
         started_ray = False
         old_term = None
         fatal = False
         try:
             self._prepare_run_dir()
-            self._setup()
             self._open_study()
             self.cache = EvalCache(self.run_dir)
             if self.cfg.search.sampler == "exhaustive":
@@ -250,6 +251,11 @@ class Driver:
                     from experiments.distributed import shutdown_ray
 
                     shutdown_ray()
+                if fatal and fresh and not hasattr(self, "study"):
+                    # failed before a study existed: leave no half-made run dir behind
+                    import shutil
+
+                    shutil.rmtree(self.run_dir, ignore_errors=True)
                 lock.release()
         self.summary.wall_time_s = time.monotonic() - t_start
         return self.summary
