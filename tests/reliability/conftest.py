@@ -1,0 +1,125 @@
+"""Fixtures of the reliability tests and the generator of ``docs/reliability.md``.
+
+Each scenario calls the ``record`` fixture once with what was injected, what the user saw
+(the real message/exit code captured in the test) and what was kept. At the end of the
+session, if EVERY reliability test was collected and ran (no ``-k``/``-m`` deselection, no
+single-file run, no skip), the records go to ``.pytest_cache/temponas_reliability.json`` and
+``tools/reliability_table.py`` renders ``docs/reliability.md`` from them (both atomically).
+A partial run never touches the table.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+SMOKE = ROOT / "experiments" / "configs" / "smoke.yaml"
+RECORDS_JSON = ROOT / ".pytest_cache" / "temponas_reliability.json"
+TABLE_MD = ROOT / "docs" / "reliability.md"
+
+# Ray workers import the test plug-in evaluators (rel_evaluators:Faulty) like a user's module:
+# through PYTHONPATH, inherited from the process that starts Ray.
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [str(HERE)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+_RECORDS: list[dict] = []
+_STATE = {"items": set(), "outcomes": {}, "deselected": 0, "started": None, "durations": {}}
+
+
+def _is_rel(nodeid: str) -> bool:
+    return nodeid.replace("\\", "/").startswith("tests/reliability/")
+
+
+@pytest.fixture
+def record(request):
+    """``record(kind, scenario, injected, user_sees, kept)`` adds one row to the table."""
+
+    def add(kind: str, scenario: str, injected: str, user_sees: str, kept: str) -> None:
+        assert kind in ("fault", "bad input", "concurrency", "safety"), kind
+        _RECORDS.append({"kind": kind, "scenario": scenario, "injected": injected,
+                         "user_sees": " ".join(str(user_sees).split()), "kept": kept,
+                         "test": request.node.nodeid})
+
+    return add
+
+
+@pytest.fixture(scope="module")
+def rel_ray():
+    """A local Ray (2 CPUs, loopback, no dashboard) shared by the scenarios of one module."""
+    import ray
+
+    from experiments.distributed import ensure_ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ensure_ray(None, 2)
+    yield
+    ray.shutdown()
+
+
+# ---- session hooks: only a complete reliability run rewrites the table ------------------------
+
+def pytest_collection_modifyitems(session, config, items):
+    _STATE["started"] = time.monotonic()
+
+
+def pytest_deselected(items):
+    _STATE["deselected"] += sum(1 for it in items if _is_rel(it.nodeid))
+
+
+def pytest_collection_finish(session):
+    _STATE["items"] = {it.nodeid for it in session.items if _is_rel(it.nodeid)}
+    _STATE["modules"] = {it.nodeid.split("::")[0].rsplit("/", 1)[-1] for it in session.items
+                         if _is_rel(it.nodeid)}
+
+
+_RANK = {"passed": 0, "skipped": 1, "failed": 2}
+
+
+def pytest_runtest_logreport(report):
+    """Worst outcome over setup/call/teardown, and the total duration, per reliability test."""
+    if not _is_rel(report.nodeid):
+        return
+    prev = _STATE["outcomes"].get(report.nodeid)
+    cur = report.outcome
+    if prev is None or _RANK.get(cur, 2) > _RANK.get(prev, 2):
+        _STATE["outcomes"][report.nodeid] = cur
+    _STATE["durations"][report.nodeid] = _STATE["durations"].get(report.nodeid, 0.0) + report.duration
+
+
+def pytest_sessionfinish(session, exitstatus):
+    expected_modules = {p.name for p in HERE.glob("test_*.py")}
+    items = _STATE["items"]
+    complete = (items and _STATE["deselected"] == 0
+                and _STATE.get("modules") == expected_modules
+                and set(_STATE["outcomes"]) == items
+                and "skipped" not in _STATE["outcomes"].values()
+                and exitstatus != pytest.ExitCode.INTERRUPTED)
+    if not complete:
+        return
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        import reliability_table
+    finally:
+        sys.path.remove(str(ROOT / "tools"))
+    outcomes = _STATE["outcomes"]
+    rows = [{**r, "outcome": outcomes.get(r["test"], "unknown")} for r in _RECORDS]
+    recorded = {r["test"] for r in _RECORDS}
+    for nodeid, out in sorted(outcomes.items()):
+        if out != "passed" and nodeid not in recorded:
+            rows.append({"kind": "fault", "scenario": nodeid.split("::")[-1], "injected": "",
+                         "user_sees": "the test failed before recording its scenario", "kept": "",
+                         "test": nodeid, "outcome": out})
+    meta = {"tests": len(items), "passed": sum(o == "passed" for o in outcomes.values()),
+            "duration_s": round(sum(_STATE["durations"].values()), 1),
+            "generated": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    reliability_table.write_json(RECORDS_JSON, {"meta": meta, "records": rows})
+    reliability_table.write_table(RECORDS_JSON, TABLE_MD)

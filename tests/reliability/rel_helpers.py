@@ -1,0 +1,114 @@
+"""Helpers of the reliability tests: derived smoke configs, the CLI in-process, run-dir facts."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import csv
+import io
+import os
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+SMOKE = ROOT / "experiments" / "configs" / "smoke.yaml"
+TEMPONAS = [sys.executable, "-m", "experiments.cli"]
+
+
+def smoke_dict() -> dict[str, Any]:
+    return yaml.safe_load(SMOKE.read_text())
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def write_config(path: Path, **over: Any) -> Path:
+    """The smoke config with nested overrides (``search={"n_trials": 8}``) written to ``path``."""
+    d = _merge(smoke_dict(), over)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(d, sort_keys=False))
+    return path
+
+
+def faulty(script_dir: Path, plan=(), sleep_s: float = 0.0, timeout_s: float = 60.0,
+           retries: int = 1, hang_s: float = 60.0) -> dict[str, Any]:
+    """An ``evaluator`` section using the ``rel_evaluators:Faulty`` plug-in."""
+    script_dir.mkdir(parents=True, exist_ok=True)
+    return {"name": "rel_evaluators:Faulty",
+            "options": {"script_dir": str(script_dir), "plan": list(plan), "sleep_s": sleep_s,
+                        "hang_s": hang_s},
+            "seeds": [0], "timeout_s": timeout_s, "retries": retries}
+
+
+def cli(*argv: str) -> tuple[int, str, str]:
+    """``temponas ARGV`` in this process: (exit code, stdout, stderr)."""
+    from experiments.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            rc = main(list(argv))
+        except SystemExit as e:  # argparse
+            rc = e.code if isinstance(e.code, int) else 1
+    return rc, out.getvalue(), err.getvalue()
+
+
+def subprocess_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE), str(ROOT)] +
+                                        [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    env.setdefault("RAY_AUTH_MODE", "disabled")
+    env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    return env
+
+
+def load_study(run_dir: Path, name: str = "smoke"):
+    import optuna
+
+    from experiments.study import open_storage
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna.load_study(study_name=name, storage=open_storage(None, Path(run_dir)))
+
+
+def states(study) -> Counter:
+    return Counter(t.state.name for t in study.get_trials(deepcopy=False))
+
+
+def evaluation_counts(run_dir: Path) -> Counter:
+    from experiments.cache import read_records
+
+    return Counter((r["arch_id"], r["config_key"], r["budget"], r["seed"])
+                   for r in read_records(run_dir))
+
+
+def csv_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def tree(d: Path) -> set[str]:
+    """Relative paths of every file under ``d`` (empty if it does not exist)."""
+    d = Path(d)
+    return {str(p.relative_to(d)) for p in d.rglob("*") if p.is_file()} if d.exists() else set()
+
+
+def one_line_error(rc: int, err: str) -> str:
+    """Assert the CLI's bad-input contract and return the message."""
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert rc == 2, (rc, err)
+    assert "Traceback" not in err, err
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]

@@ -1,0 +1,344 @@
+"""Faults during a search, in this process with one shared local Ray (real workers, real
+journal storage): evaluator failures, worker deaths, a full or read-only disk, damaged logs."""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from rel_evaluators import attempts
+from rel_helpers import (cli, csv_rows, evaluation_counts, faulty, load_study, one_line_error,
+                         states, write_config)
+
+pytestmark = [pytest.mark.fault, pytest.mark.timeout(120), pytest.mark.usefixtures("rel_ray")]
+
+NO_MEM = {"memory_budget_mb": None}
+
+
+def _search(cfg: Path, run: Path, *extra: str) -> tuple[int, str, str]:
+    return cli("search", str(cfg), "--out", str(run), "--no-progress", *extra)
+
+
+def reasons_of(study) -> list[str]:
+    return [t.user_attrs.get("failure_reason", "") for t in study.trials if t.state.name != "COMPLETE"]
+
+
+def _assert_finished(run: Path, n: int) -> None:
+    """Exactly n COMPLETE, nothing RUNNING/WAITING, no evaluation run twice, pareto == study."""
+    study = load_study(run)
+    st = states(study)
+    assert st["COMPLETE"] == n and st["RUNNING"] == 0 and st["WAITING"] == 0, st
+    counts = evaluation_counts(run)
+    assert counts and max(counts.values()) == 1, counts
+    assert ({int(r["number"]) for r in csv_rows(run / "pareto.csv")}
+            == {t.number for t in study.best_trials})
+    assert not list(run.rglob("*.tmp"))
+
+
+def test_evaluator_raises_nan_inf_and_hang_fail_their_trials_only(tmp_path, record):
+    # two good evaluations first: the per-trial clock starts at submission, so a cold worker
+    # (torch import on a busy machine) must not eat the timeout (see docs/reliability.md)
+    plan = ["ok", "ok", "raise", "nan", "inf", "hang"]
+    cfg = write_config(tmp_path / "faulty.yaml", constraints=NO_MEM,
+                       evaluator=faulty(tmp_path / "script", plan, timeout_s=6, hang_s=60),
+                       search={"n_trials": 9})
+    run = tmp_path / "run"
+    t0 = time.monotonic()
+    rc, out, err = _search(cfg, run)
+    wall = time.monotonic() - t0
+    assert rc == 0, err
+    assert wall < 45  # the hang was cut at the timeout, not waited out
+    study = load_study(run)
+    st = states(study)
+    assert st["FAIL"] == 4 and st["COMPLETE"] == 5 and st["RUNNING"] == 0, (st, reasons_of(study))
+    reasons = sorted(t.user_attrs["failure_reason"] for t in study.trials if t.state.name == "FAIL")
+    assert any(r.startswith("evaluator raised RuntimeError: injected failure") for r in reasons)
+    assert "evaluator returned a non-finite value (nan)" in reasons
+    assert "evaluator returned a non-finite value (inf)" in reasons
+    assert any(r.startswith("timeout: the evaluation ran longer than 6 s") for r in reasons)
+    rows = csv_rows(run / "trials.csv")
+    assert sorted(r["failure_reason"] for r in rows if r["state"] == "FAIL") == reasons
+    report = (run / "report.md").read_text()
+    section = report.split("## Failures and pruned trials by reason", 1)[1]
+    for key in ("evaluator raised RuntimeError", "non-finite value (nan)", "non-finite value (inf)",
+                "timeout"):
+        assert key in section, key
+    # failed evaluations are never cached: a resume would try them again
+    assert len(evaluation_counts(run)) == len({t.user_attrs["arch_id"] for t in study.trials
+                                              if t.state.name == "COMPLETE"})
+    summary = out.strip().splitlines()[0]
+    for mode, reason in (("raise", next(r for r in reasons if "raised" in r)),
+                         ("nan", "evaluator returned a non-finite value (nan)"),
+                         ("inf", "evaluator returned a non-finite value (inf)"),
+                         ("hang", next(r for r in reasons if r.startswith("timeout")))):
+        what = {"raise": "evaluator raises RuntimeError", "nan": "evaluator returns NaN",
+                "inf": "evaluator returns +inf",
+                "hang": "evaluator hangs (sleeps 60 s) past evaluator.timeout_s=6"}[mode]
+        record("fault", what, f"plug-in `rel_evaluators:Faulty` (module:Class), plan {plan}",
+               f"trial FAIL, failure_reason \"{reason}\" in trials.csv and counted by reason in "
+               f"report.md; search exits 0: \"{summary}\"",
+               f"the other {st['COMPLETE']} trials COMPLETE; search finished in {wall:.0f} s; "
+               f"nothing cached for the failed evaluation")
+
+
+def test_worker_killed_mid_evaluation_is_retried(tmp_path, record):
+    script = tmp_path / "script"
+    cfg = write_config(tmp_path / "die.yaml", constraints=NO_MEM,
+                       evaluator=faulty(script, ["ok", "die"], retries=1), search={"n_trials": 6})
+    run = tmp_path / "run"
+    rc, out, err = _search(cfg, run)
+    assert rc == 0, err
+    _assert_finished(run, 6)
+    log = attempts(script)
+    died = [a for a in log if a[1] == "die"]
+    assert len(died) == 1
+    _, _, dead_pid, aid = died[0]
+    retried = [a for a in log if a[3] == aid and a[1] == "ok"]
+    assert retried and all(a[2] != dead_pid for a in retried)  # ran again in a new worker
+    from experiments.cache import read_records
+
+    rec = [r for r in read_records(run) if r["arch_id"] == aid]
+    assert len(rec) == 1 and rec[0]["pid"] != dead_pid
+    record("fault", "Ray worker process SIGKILLed during an evaluation",
+           "the evaluator SIGKILLs its own worker process 0.2 s into the 2nd evaluation",
+           f"nothing: Ray re-runs the evaluation (evaluator.retries=1) in a new worker; "
+           f"\"{out.strip().splitlines()[0]}\"",
+           "all 6 trials COMPLETE; the killed evaluation is recorded once, from the retry's pid")
+
+
+def test_worker_dying_on_every_attempt_fails_that_trial_only(tmp_path, record):
+    cfg = write_config(tmp_path / "die2.yaml", constraints=NO_MEM,
+                       evaluator=faulty(tmp_path / "script", ["die", "die"], retries=1),
+                       search={"n_trials": 4, "workers": 1})
+    run = tmp_path / "run"
+    rc, out, err = _search(cfg, run)
+    assert rc == 0, err
+    study = load_study(run)
+    st = states(study)
+    assert st["FAIL"] == 1 and st["COMPLETE"] == 3 and st["RUNNING"] == 0, st
+    reason = next(t.user_attrs["failure_reason"] for t in study.trials if t.state.name == "FAIL")
+    assert reason.startswith("worker died")
+    assert "worker died" in (run / "report.md").read_text()
+    record("fault", "Ray worker dies on every attempt (retries exhausted)",
+           "the evaluator SIGKILLs its worker on the first attempt and on the retry",
+           f"that trial FAIL with \"{reason}\"; the search goes on and exits 0",
+           "the 3 other trials COMPLETE; report.md counts the failure under 'worker died'")
+
+
+# ---- a full or read-only disk ---------------------------------------------------------------
+
+class FakeDisk:
+    """Stands in for ``os`` in the writers (``experiments.fsio`` and Optuna's journal backend):
+    after ``budget`` successful fsyncs of files under ``root``, every fsync/replace there fails
+    with ``err`` — the output disk filled up (ENOSPC) or was remounted read-only (EROFS)."""
+
+    def __init__(self, root: Path, budget: int, err: int):
+        self.root, self.budget, self.err, self.failures = str(root), budget, err, 0
+
+    def __getattr__(self, name):
+        return getattr(os, name)
+
+    def _check(self, path: str) -> None:
+        if not str(path).startswith(self.root):
+            return
+        if self.budget <= 0:
+            self.failures += 1
+            raise OSError(self.err, os.strerror(self.err), path)
+        self.budget -= 1
+
+    def fsync(self, fd):
+        self._check(os.readlink(f"/proc/self/fd/{fd}"))
+        return os.fsync(fd)
+
+    def replace(self, src, dst, *a, **kw):
+        if self.budget <= 0:
+            self._check(str(dst))
+        return os.replace(src, dst, *a, **kw)
+
+
+@pytest.mark.parametrize("err", [errno.ENOSPC, errno.EROFS], ids=["disk_full", "read_only"])
+def test_disk_full_or_read_only_mid_run_then_resume(tmp_path, monkeypatch, record, err):
+    import optuna.storages.journal._file as journal_file
+
+    import experiments.fsio as fsio
+
+    cfg = write_config(tmp_path / "disk.yaml", constraints=NO_MEM,
+                       evaluator=faulty(tmp_path / "script", sleep_s=0.05),
+                       search={"n_trials": 10})
+    run = tmp_path / "run"
+    disk = FakeDisk(run, budget=70, err=err)
+    monkeypatch.setattr(fsio, "os", disk)
+    monkeypatch.setattr(journal_file, "os", disk)
+    rc, out, e = _search(cfg, run)
+    monkeypatch.undo()  # space freed / remounted read-write
+    msg = one_line_error(rc, e)
+    why = "disk full" if err == errno.ENOSPC else os.strerror(err)
+    assert f"cannot write ({why})" in msg and str(run) in msg, msg
+    assert disk.failures >= 1
+    assert not list(run.rglob("*.tmp")), "a half-written temp file was left behind"
+    study = load_study(run)  # still readable
+    before = states(study)
+    assert before["COMPLETE"] < 10
+    rc, out, e2 = cli("pareto", str(run))
+    assert rc == 0, e2
+    rc, out, e2 = _search(cfg, run, "--resume")
+    assert rc == 0, e2
+    _assert_finished(run, 10)
+    what = "output disk fills up (ENOSPC)" if err == errno.ENOSPC else "output dir becomes read-only (EROFS)"
+    record("fault", f"{what} mid-run",
+           f"every fsync/rename under the run dir fails with {errno.errorcode[err]} after 70 "
+           f"successful writes (journal, evaluation log and outputs)",
+           f"exit 2, one line: \"{msg.replace(str(tmp_path), '<tmp>')}\"",
+           f"study readable ({before['COMPLETE']} COMPLETE kept, `temponas pareto` works); no temp "
+           f"file left; `--resume` finished 10/10 with no evaluation repeated")
+
+
+# ---- damaged logs left by a killed driver -----------------------------------------------------
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    d = tmp_path_factory.mktemp("finished")
+    cfg = write_config(d / "cfg.yaml", constraints=NO_MEM, evaluator=faulty(d / "script"),
+                       search={"n_trials": 6})
+    rc, out, err = _search(cfg, d / "run")
+    assert rc == 0, err
+    return cfg, d / "run"
+
+
+def _copy(finished_run, tmp_path):
+    cfg, run = finished_run
+    dst = tmp_path / "run"
+    shutil.copytree(run, dst)
+    return cfg, dst
+
+
+def test_partial_last_journal_line_is_repaired_on_resume(finished_run, tmp_path, record):
+    cfg, run = _copy(finished_run, tmp_path)
+    journal = run / "study.journal"
+    with open(journal, "ab") as f:
+        f.write(b'{"op_code":5,"worker_id":"dead-driver","trial_id":3,"user_at')  # cut mid-write
+    rc, out, err = _search(cfg, run, "--resume", "--n-trials", "9")
+    assert rc == 0, err
+    _assert_finished(run, 9)
+    assert journal.read_bytes().endswith(b"\n")
+    study = load_study(run)  # every line parses: the new records were not glued to the fragment
+    assert len(study.trials) == 9
+    record("fault", "study journal ends in a partial line (driver killed mid-append)",
+           "a cut JSON record without newline appended to study.journal, then `--resume "
+           "--n-trials 9`",
+           f"nothing: the fragment (never a valid record) is dropped before appending; "
+           f"\"{out.strip().splitlines()[0]}\"",
+           "the 6 finished trials; the study reaches 9 COMPLETE and the journal stays loadable")
+
+
+def test_truncated_evaluation_log_line_is_skipped_on_resume(finished_run, tmp_path, record):
+    cfg, run = _copy(finished_run, tmp_path)
+    log = run / "evaluations.jsonl"
+    n_before = len(evaluation_counts(run))
+    with open(log, "ab") as f:
+        f.write(b'{"arch_id": "0123456789ab", "budget": 0, "conf')
+    rc, out, err = _search(cfg, run, "--resume", "--n-trials", "9")
+    assert rc == 0, err
+    _assert_finished(run, 9)
+    assert len(evaluation_counts(run)) >= n_before
+    record("fault", "evaluation log ends in a truncated line (driver killed mid-append)",
+           "half a JSON line appended to evaluations.jsonl, then `--resume --n-trials 9`",
+           "nothing: the unparseable line is skipped, the rest of the cache is used",
+           f"all {n_before} cached evaluations; 9 COMPLETE, none evaluated twice")
+
+
+def test_stale_journal_lock_of_a_killed_driver_does_not_stall_resume(finished_run, tmp_path,
+                                                                     record):
+    cfg, run = _copy(finished_run, tmp_path)
+    lock = run / "study.journal.lock"
+    os.symlink(run / "study.journal", lock)  # what Optuna's symlink lock leaves after SIGKILL
+    t0 = time.monotonic()
+    rc, out, err = _search(cfg, run, "--resume", "--n-trials", "8")
+    wall = time.monotonic() - t0
+    assert rc == 0, err
+    _assert_finished(run, 8)
+    assert wall < 25, f"resume waited {wall:.0f} s on a dead driver's journal lock"
+    record("concurrency", "Optuna journal lock left by a driver killed inside a write",
+           "`study.journal.lock` symlink present (as after SIGKILL during append), then "
+           "`--resume --n-trials 8`",
+           f"nothing: the run-dir lock proves no other driver is alive, the stale journal lock "
+           f"is removed; resume took {wall:.1f} s (Optuna alone waits its 30 s grace period)",
+           "all trials; 8 COMPLETE")
+
+
+# ---- Ray binds to loopback, dashboard off (runtime check of the runner's ray.init) -----------
+
+def _descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                ppid = int((p / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(p.name))
+    out, todo = set(), [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            if c not in out:
+                out.add(c)
+                todo.append(c)
+    return out
+
+
+def _listening(pids: set[int]) -> list[tuple[str, int]]:
+    inodes = set()
+    for pid in pids:
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                try:
+                    link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                except OSError:
+                    continue
+                if link.startswith("socket:["):
+                    inodes.add(link[8:-1])
+        except OSError:
+            continue
+    out = []
+    for table, v6 in (("/proc/net/tcp", False), ("/proc/net/tcp6", True)):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for ln in lines:
+            f = ln.split()
+            if f[3] != "0A" or f[9] not in inodes:  # LISTEN
+                continue
+            hexip, port = f[1].split(":")
+            raw = b"".join(bytes.fromhex(hexip[i:i + 8])[::-1] for i in range(0, len(hexip), 8))
+            ip = ipaddress.ip_address(raw)
+            if v6 and ip.ipv4_mapped is not None:
+                ip = ip.ipv4_mapped
+            out.append((str(ip), int(port, 16)))
+    return out
+
+
+def test_local_ray_binds_loopback_with_dashboard_off(record):
+    import ray
+
+    ctx = ray.get_runtime_context()
+    node = ray._private.worker.global_worker.node
+    ips = sorted({node.node_ip_address} | {n["NodeManagerAddress"] for n in ray.nodes()})
+    assert not node.address_info.get("webui_url")
+    assert ctx.get_node_id()
+    socks = _listening(_descendants(os.getpid()))
+    assert socks, "found none of Ray's listening sockets"
+    exposed = sorted({(ip, port) for ip, port in socks if not ipaddress.ip_address(ip).is_loopback})
+    record("safety", "local Ray listens on loopback only, dashboard off",
+           "runtime check of the Ray started by the runner's ensure_ray(): node IP, dashboard "
+           "URL, and every listening TCP socket of the Ray processes (/proc/net/tcp)",
+           f"node IP {', '.join(ips)}, no dashboard; {len(socks)} listening sockets, "
+           f"{len(exposed)} not on loopback {exposed}",
+           "fixed by this test: Ray listened on :: (all interfaces) before")
+    assert ips == ["127.0.0.1"] and not exposed, (ips, exposed)
