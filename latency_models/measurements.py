@@ -264,12 +264,18 @@ def read_csv(path: str | Path) -> Measurements:
         raise MeasurementError(f"{path}: cannot read ({e.strerror})") from None
     with f:
         reader = csv.DictReader(f)
-        header = reader.fieldnames or []
-        missing = [c for c in REQUIRED_COLUMNS if c not in header]
-        if missing:
-            raise MeasurementError(f"{path}: missing column {missing[0]!r} (a measurement CSV needs "
-                                   f"{', '.join(REQUIRED_COLUMNS)})")
-        rows = list(reader)
+        try:
+            header = reader.fieldnames or []
+            missing = [c for c in REQUIRED_COLUMNS if c not in header]
+            if missing:
+                raise MeasurementError(f"{path}: missing column {missing[0]!r} (a measurement CSV "
+                                       f"needs {', '.join(REQUIRED_COLUMNS)})")
+            rows = list(reader)
+        except UnicodeDecodeError:
+            raise MeasurementError(f"{path}: line {reader.line_num + 1}: not UTF-8 text (save the "
+                                   f"CSV as UTF-8)") from None
+        except csv.Error as e:
+            raise MeasurementError(f"{path}: line {reader.line_num}: malformed CSV ({e})") from None
     if not rows:
         raise MeasurementError(f"{path}: no measurement rows")
     info: DeviceInfo | None = None
