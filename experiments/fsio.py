@@ -37,6 +37,7 @@ def atomic_write(path: str | Path, writer: Callable[[Any], None], mode: str = "w
     except OSError as e:
         raise _io_error(path, e) from None
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual mode
         with os.fdopen(fd, mode, **({"encoding": "utf-8", "newline": ""} if "b" not in mode else {})) as f:
             writer(f)
             f.flush()
@@ -48,6 +49,16 @@ def atomic_write(path: str | Path, writer: Callable[[Any], None], mode: str = "w
     except BaseException:
         _unlink_quietly(tmp)
         raise
+
+
+def _umask() -> int:
+    try:  # read it without changing it (os.umask sets it, racing other threads)
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
