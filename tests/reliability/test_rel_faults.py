@@ -199,6 +199,39 @@ def test_disk_full_or_read_only_mid_run_then_resume(tmp_path, monkeypatch, recor
            f"file left; `--resume` finished 10/10 with no evaluation repeated")
 
 
+def test_run_outputs_are_written_atomically(tmp_path, monkeypatch, record):
+    """Every file of a run dir (plots and report included) comes from the atomic writer, except
+    the two append-only logs (one fsync'd record per write) and the lock; modes follow umask."""
+    import experiments.fsio as fsio
+
+    written: set[str] = set()
+    real = fsio.atomic_write
+
+    def spy(path, writer, mode="w"):
+        written.add(str(Path(path)))
+        return real(path, writer, mode)
+
+    monkeypatch.setattr(fsio, "atomic_write", spy)
+    cfg = write_config(tmp_path / "cfg.yaml", evaluator=faulty(tmp_path / "script"),
+                       search={"n_trials": 6})
+    run = tmp_path / "run"
+    rc, out, err = _search(cfg, run)
+    assert rc == 0, err
+    files = {str(p) for p in run.rglob("*") if p.is_file()}
+    appended = {str(run / n) for n in ("study.journal", "evaluations.jsonl", ".lock")}
+    assert any(f.endswith(".png") for f in files) and str(run / "report.md") in files
+    assert files - appended <= written, sorted(files - appended - written)
+    umask = fsio._umask()
+    modes = {oct(p.stat().st_mode & 0o777) for p in run.rglob("*") if p.is_file() and p.name != ".lock"}
+    assert modes == {oct(0o666 & ~umask)}, modes
+    record("safety", "a whole search writes every output atomically",
+           "spy on experiments.fsio.atomic_write during a search with plots and report",
+           f"{len(files - appended)} output files, all via temp file + rename; file modes "
+           f"{sorted(modes)} (umask {oct(umask)})",
+           "study.journal and evaluations.jsonl are append-only logs (one fsync'd record per "
+           "write; a torn last record is skipped/repaired on resume)")
+
+
 # ---- damaged logs left by a killed driver -----------------------------------------------------
 
 @pytest.fixture(scope="module")
