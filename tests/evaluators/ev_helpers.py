@@ -10,7 +10,7 @@ TINY_TORCH = {
     "scale": {"width_mult": 1.0, "num_frames": 3, "latent_height": 8, "latent_width": 8,
               "text_tokens": 4},
     "data": {"num_train": 12, "num_val": 4, "patch": 2},
-    "pretrain": {"steps": 30, "batch": 2, "lr": 3e-3},
+    "pretrain": {"steps": 12, "batch": 2, "lr": 3e-3},
     "batch": 2,
 }
 TINY_EXTRA = {"short_train": {"default_budget": 3, "val_timesteps": 1}}

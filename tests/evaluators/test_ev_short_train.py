@@ -1,0 +1,66 @@
+"""short_train: only temporal params change, held-out loss improves, budgets, cache."""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import pytest
+import torch
+
+from evaluators.registry import create_evaluator
+from evaluators._pretrain import pretrained_spatial
+from search_space.modules import is_temporal_name
+
+from ev_helpers import tiny_options
+
+
+@pytest.fixture(scope="module")
+def st(tiny, cache_dir):
+    return create_evaluator("short_train", tiny, {**tiny_options("short_train", cache_dir),
+                                                  "lr": 5e-3, "cache_results": False})
+
+
+def test_trains_only_temporal_params_and_beats_image_only(st, tiny, temporal_arch):
+    spatial, _ = pretrained_spatial(tiny, st.options, 4)
+    model = st.trained_model(temporal_arch, seed=0, budget=12)
+    state = model.state_dict()
+    for k, v in spatial.items():  # frozen spatial weights are the pretrained ones, untouched
+        assert torch.equal(state[k], v), k
+    temporal = {k: v for k, v in state.items() if is_temporal_name(k)}
+    assert temporal and any(v.abs().sum() > 0 for k, v in temporal.items() if "proj_out" in k or "conv" in k)
+    r = st.evaluate(temporal_arch, seed=0, budget=12)
+    assert r.extras["val_loss"] < r.extras["val_loss_image"]
+    assert r.value == pytest.approx(r.extras["val_loss_image"] - r.extras["val_loss"])
+    assert r.value > 0
+
+
+def test_image_only_arch_scores_zero(st, image_arch):
+    assert st.evaluate(image_arch, seed=0, budget=2).value == 0.0
+
+
+def test_budgets_in_one_run_equal_separate_runs(st, temporal_arch):
+    both = st.evaluate_budgets(temporal_arch, seed=1, budgets=[2, 4])
+    assert both[2].value == st.evaluate(temporal_arch, seed=1, budget=2).value
+    assert both[4].value == st.evaluate(temporal_arch, seed=1, budget=4).value
+    assert both[2].value != both[4].value
+
+
+def test_result_cache_hit(tiny, cache_dir, temporal_arch):
+    ev = create_evaluator("short_train", tiny, tiny_options("short_train", cache_dir))
+    r1 = ev.evaluate(temporal_arch, seed=5, budget=3)
+    files = glob.glob(os.path.join(cache_dir, "results", "short_train", ev.config_key,
+                                   f"{temporal_arch.arch_id}.b3.s5.json"))
+    assert len(files) == 1 and "cache_hit" not in r1.extras
+    r2 = create_evaluator("short_train", tiny, tiny_options("short_train", cache_dir)).evaluate(
+        temporal_arch, seed=5, budget=3)
+    assert r2.extras.get("cache_hit") == 1.0 and r2.value == r1.value
+
+
+def test_pretrained_backbone_is_cached_as_safetensors(tiny, cache_dir, st):
+    pretrained_spatial(tiny, st.options, 4)
+    files = glob.glob(os.path.join(cache_dir, "pretrained", "*.safetensors"))
+    assert files
+    from safetensors.torch import load_file
+    state = load_file(files[0])
+    assert state and not any(is_temporal_name(k) for k in state)
