@@ -90,7 +90,7 @@ def measure_device2(space_yaml: Path, n_nets: int, path: Path, quick: bool) -> M
            "--threads", "2", "--clock", "cpu", "--networks-only", "--networks", str(n_nets),
            "--seed", str(ARCH_SEED), "--warmup", "1", "--min-runs", "3" if quick else "5",
            "--max-runs", "15", "--time-limit", "3" if quick else "6", "--out", str(path)]
-    subprocess.run(cmd, check=True, env=env, cwd=ROOT)
+    subprocess.run(cmd, check=True, env=env, cwd=ROOT, stdout=sys.stderr)
     return read_csv(path)
 
 
@@ -144,6 +144,32 @@ def fewshot(dev1: Measurements, dev2: Measurements, ks=(5, 10, 20), draws: int =
         out[str(k)] = {"spearman": float(np.mean(sp)), "within_10pct": float(np.mean(hit)),
                        "mape_pct": float(np.mean(mape)), "spearman_min": float(np.min(sp)),
                        "n_test": len(nets) - k, "draws": draws}
+    return out
+
+
+def repeat_ceiling(m: Measurements, scope: str) -> dict:
+    """What a PERFECT predictor would score against one noisy measurement: each repeat compared
+    with the median of the other repeats of the same probe (±10 % rate), and for networks the
+    Spearman between repeat 0 and repeat 1 (the ranking ceiling)."""
+    from scipy import stats
+
+    groups: dict = {}
+    rows = m.blocks if scope == "block" else m.networks
+    for r in rows:
+        key = r.sig if scope == "block" else r.arch.arch_id
+        groups.setdefault(key, {})[r.repeat] = r.latency_ms
+    hits = []
+    for reps in groups.values():
+        if len(reps) < 2:
+            continue
+        for k, v in reps.items():
+            rest = float(np.median([x for j, x in reps.items() if j != k]))
+            hits.append(abs(rest - v) / v <= 0.10)
+    out = {"repeat_vs_rest_within_10pct": float(np.mean(hits)) if hits else None}
+    pairs = [(g[0], g[1]) for g in groups.values() if 0 in g and 1 in g]
+    if scope == "network" and len(pairs) >= 3:
+        a, b = zip(*pairs)
+        out["repeat0_vs_repeat1_spearman"] = float(stats.spearmanr(a, b).statistic)
     return out
 
 
@@ -216,7 +242,9 @@ def main(argv=None) -> int:
     res["predict_per_s_batched"] = batched
     res["detail"] = {"block": blk, "network": net,
                      "block_noise_floor_pct": dev1.subset(networks=[]).noise_floor_pct(),
-                     "network_noise_floor_pct": dev1.subset(blocks=[]).noise_floor_pct()}
+                     "network_noise_floor_pct": dev1.subset(blocks=[]).noise_floor_pct(),
+                     "noise_ceiling_block": repeat_ceiling(dev1, "block"),
+                     "noise_ceiling_network": repeat_ceiling(dev1, "network")}
     res["targets"] = {"block_within_10pct": ">= 0.95", "network_within_10pct": ">= 0.90",
                       "network_spearman": ">= 0.95", "fewshot.10.spearman": ">= 0.90",
                       "predict_us_single": "<= 100", "predict_per_s_batched": ">= 100000"}

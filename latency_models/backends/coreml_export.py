@@ -56,19 +56,33 @@ def _target(ct, target: str):
     return getattr(ct.target, target)
 
 
-def convert_module(module, example: tuple, input_specs: Sequence[tuple[str, tuple[int, ...]]],
-                   target: str = "iOS18"):
-    """A torch module -> fp16 mlprogram ``MLModel`` (export route; inputs named as in ``input_specs``)."""
+def convert_module(module, example: tuple,
+                   input_specs: Sequence[tuple[str, tuple[int, ...]]] | None = None,
+                   target: str = "iOS18", output_names: Sequence[str] | None = None):
+    """A torch module -> fp16 mlprogram ``MLModel`` (export route).
+
+    Inputs are named as in ``input_specs``; without it, a whole video UNet's three inputs are
+    named ``latents, timesteps, text`` (output ``noise_pred``) and other inputs ``x0, x1 …``.
+    """
     import torch
 
     ct = _ct()
     module = module.eval()
+    if input_specs is None:
+        names = (("latents", "timesteps", "text") if len(example) == 3
+                 else tuple(f"x{i}" for i in range(len(example))))
+        input_specs = [(n, tuple(x.shape)) for n, x in zip(names, example)]
+        if output_names is None and len(example) == 3:
+            output_names = ("noise_pred",)
     with torch.no_grad():
         ep = torch.export.export(module, tuple(example)).run_decompositions({})
+    kw = {}
+    if output_names:
+        kw["outputs"] = [ct.TensorType(name=n) for n in output_names]
     return ct.convert(ep, convert_to="mlprogram", minimum_deployment_target=_target(ct, target),
                       compute_precision=ct.precision.FLOAT16,
                       inputs=[ct.TensorType(name=n, shape=s) for n, s in input_specs],
-                      skip_model_load=True)
+                      skip_model_load=True, **kw)
 
 
 def convert_block(sig: BlockSignature, target: str = "iOS18"):
