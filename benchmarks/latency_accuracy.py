@@ -40,13 +40,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from latency_models import create_model  # noqa: E402
-from latency_models._blockwise import accuracy, split_folds  # noqa: E402
-from latency_models._roofline import RooflineModel  # noqa: E402
-from latency_models.measurements import Measurements, read_csv  # noqa: E402
-from latency_models.probes import probes, random_archs  # noqa: E402
-from search_space.presets import default_task, get_backbone  # noqa: E402
-from search_space.space import SearchSpace  # noqa: E402
+from latency_models import create_model
+from latency_models._blockwise import accuracy, split_folds
+from latency_models._roofline import RooflineModel
+from latency_models.measurements import Measurements, read_csv
+from latency_models.probes import probes, random_archs
+from search_space.presets import default_task, get_backbone
+from search_space.space import SearchSpace
 
 RESULTS = ROOT / "benchmarks" / "results"
 

@@ -118,7 +118,7 @@ def _cmd_devices(args: argparse.Namespace) -> int:
         fo = r["fitted_on"]
         what = (f"published SD-2.1-base {fo['published_ms']} ms/step (Apple)" if fo.get("published_ms")
                 else fo.get("source", ""))
-        print(f"{r['profile']:14s} {str(r['device']):20s} {str(r['chip']):8s} {str(r['kind']):6s} {what}")
+        print(f"{r['profile']:14s} {r['device']!s:20s} {r['chip']!s:8s} {r['kind']!s:6s} {what}")
     print("priors are NOT calibrated on your device; calibrate with `temponas latency fit` "
           "(see docs/latency.md)")
     return 0

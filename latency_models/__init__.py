@@ -5,8 +5,7 @@ model directory), :func:`create_model` (unfitted ``lut``/``roofline``/``regressi
 """
 
 from latency_models.base import LatencyEstimate, LatencyModel
-from latency_models.registry import (available, create_model, load_latency_model,
-                                     profile_names)
+from latency_models.registry import available, create_model, load_latency_model, profile_names
 
 __all__ = ["LatencyEstimate", "LatencyModel", "available", "create_model", "load_latency_model",
            "profile_names"]

@@ -18,21 +18,21 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
+from latency_models.base import LatencyEstimate
+from latency_models.measurements import Measurements, NetworkRow
 from search_space.arch import NO_TEMPORAL, ArchConfig, StageChoice
 from search_space.backbone import BackboneSpec
 from search_space.errors import TemponasError
 from search_space.geometry import BlockOp, BlockSignature, image_blocks, network_blocks
 from search_space.presets import get_backbone
 from search_space.task import VideoTask
-
-from latency_models.base import LatencyEstimate
-from latency_models.measurements import Measurements, NetworkRow
 
 FORMAT = "temponas-latency-model"
 FORMAT_VERSION = 1
@@ -90,7 +90,7 @@ def accuracy(pred: np.ndarray, meas: np.ndarray) -> dict[str, float]:
 
     pred, meas = np.asarray(pred, float), np.asarray(meas, float)
     rel = (pred - meas) / meas
-    out = {"n": int(len(meas)),
+    out = {"n": len(meas),
            "within_5pct": float(np.mean(np.abs(rel) <= 0.05)) if len(meas) else math.nan,
            "within_10pct": float(np.mean(np.abs(rel) <= 0.10)) if len(meas) else math.nan,
            "mape_pct": 100 * float(np.mean(np.abs(rel))) if len(meas) else math.nan,
@@ -106,7 +106,7 @@ def accuracy(pred: np.ndarray, meas: np.ndarray) -> dict[str, float]:
 class _ArchTable:
     """Prices of one (backbone, task): image blocks per stage and each (stage, choice)."""
 
-    def __init__(self, model: "BlockwiseModel", backbone: BackboneSpec, task: VideoTask):
+    def __init__(self, model: BlockwiseModel, backbone: BackboneSpec, task: VideoTask):
         self.model, self.backbone, self.task = model, backbone, task
         self.stage_ids = backbone.stage_ids
         blocks = image_blocks(backbone, task)
@@ -170,7 +170,7 @@ class BlockwiseModel:
         composition correction stays the identity)."""
         raise NotImplementedError
 
-    def _spawn(self) -> "BlockwiseModel":
+    def _spawn(self) -> BlockwiseModel:
         """A fresh unfitted model with the same hyper-parameters (and prior)."""
         raise NotImplementedError
 
@@ -296,7 +296,7 @@ class BlockwiseModel:
 
     # ---- fitting --------------------------------------------------------------------------------
     def fit(self, measurements: Measurements, *, folds: int = 5, seed: int = 0,
-            evaluate: bool = True) -> "BlockwiseModel":
+            evaluate: bool = True) -> BlockwiseModel:
         """Fit on ``measurements`` (one device); with ``evaluate``, cross-validate to get
         held-out accuracy and the prediction interval."""
         sigs, y = measurements.block_medians()

@@ -8,15 +8,15 @@ and the model says how many table entries it holds so users can see when the fal
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
-
-from search_space.geometry import BlockSignature
 
 from latency_models._blockwise import BlockwiseModel, ModelFileError
 from latency_models._roofline import RooflineModel
 from latency_models.measurements import NetworkRow
+from search_space.geometry import BlockSignature
 
 
 class LutModel(BlockwiseModel):
@@ -54,12 +54,12 @@ class LutModel(BlockwiseModel):
         self._meta["table_size"] = len(self.table)
         return False
 
-    def fit(self, measurements, **kw):  # noqa: D401 - same contract as the base class
+    def fit(self, measurements, **kw):
         super().fit(measurements, **kw)
         self._meta["table_size"] = len(self.table)
         return self
 
-    def _spawn(self) -> "LutModel":
+    def _spawn(self) -> LutModel:
         return LutModel()
 
     def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

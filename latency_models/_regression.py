@@ -10,17 +10,17 @@ the model shrinks back to the roofline. Everything is stored as JSON + ``.npz`` 
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
-
-from search_space.arch import TemporalKind
-from search_space.geometry import BlockOp, BlockSignature
 
 from latency_models._blockwise import BlockwiseModel, ModelFileError
 from latency_models._roofline import RooflineModel
 from latency_models.features import COMPUTE_CLASSES, OpClass, op_table
 from latency_models.measurements import NetworkRow
+from search_space.arch import TemporalKind
+from search_space.geometry import BlockOp, BlockSignature
 
 OP_NAMES: tuple[str, ...] = tuple(
     [o.value for o in BlockOp if o is not BlockOp.TEMPORAL]
@@ -106,7 +106,7 @@ class RegressionModel(BlockwiseModel):
         self._meta["ridge_alpha"] = self.alpha
         return False
 
-    def _spawn(self) -> "RegressionModel":
+    def _spawn(self) -> RegressionModel:
         return RegressionModel(self.alphas)
 
     def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

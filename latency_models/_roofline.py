@@ -20,15 +20,15 @@ demands.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
-
-from search_space.geometry import BlockSignature
 
 from latency_models._blockwise import BlockwiseModel, ModelFileError
 from latency_models.features import COMPUTE_CLASSES, OpClass, op_table
 from latency_models.measurements import NetworkRow
+from search_space.geometry import BlockSignature
 
 _COMPUTE = tuple(COMPUTE_CLASSES)
 PARAMS: tuple[str, ...] = (
@@ -103,7 +103,7 @@ class RooflineModel(BlockwiseModel):
         self.prior_log_sd = float(prior_log_sd)
 
     @classmethod
-    def calibrating(cls, prior_model: "RooflineModel", prior_log_sd: float = 0.5) -> "RooflineModel":
+    def calibrating(cls, prior_model: RooflineModel, prior_log_sd: float = 0.5) -> RooflineModel:
         """An unfitted model whose fit starts from (and is regularized toward) ``prior_model``."""
         return cls(p=prior_model.p, prior=prior_model.constants, prior_log_sd=prior_log_sd)
 
@@ -123,7 +123,7 @@ class RooflineModel(BlockwiseModel):
     def _predict_sigs(self, sigs: Sequence[BlockSignature]) -> np.ndarray:
         return np.maximum(_OpBatch(sigs).times(self.k, self.p), 1e-9)
 
-    def _spawn(self) -> "RooflineModel":
+    def _spawn(self) -> RooflineModel:
         m = RooflineModel(self.p, None, self.prior_log_sd)
         m.prior = None if self.prior is None else self.prior.copy()
         return m

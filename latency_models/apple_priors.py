@@ -37,10 +37,9 @@ from pathlib import Path
 
 import numpy as np
 
+from latency_models._roofline import RooflineModel
 from search_space.arch import ArchConfig
 from search_space.presets import default_task, get_backbone
-
-from latency_models._roofline import RooflineModel
 
 SOURCE = ("apple/ml-stable-diffusion README (Aug 2023): SD-2.1-base UNet ms/step, 6-bit palettized "
           "weights, fp16 activations, CPU_AND_NE, SPLIT_EINSUM_V2, iOS/iPadOS 17 beta, median of 5 runs")

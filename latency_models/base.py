@@ -5,9 +5,10 @@ Torch-free: predicting a trial's latency never builds a model.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Protocol, Sequence, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from search_space.arch import ArchConfig
 from search_space.backbone import BackboneSpec
@@ -41,7 +42,7 @@ class LatencyModel(Protocol):
         """device, backend, compute_units, precision, fitted_on, heldout accuracy, kind (prior/calibrated)."""
         ...
 
-    def fit(self, measurements: object) -> "LatencyModel": ...
+    def fit(self, measurements: object) -> LatencyModel: ...
 
     def predict(self, arch: ArchConfig, backbone: BackboneSpec | None = None) -> LatencyEstimate: ...
 

@@ -41,9 +41,10 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -161,7 +162,7 @@ class Measurements:
                 dev.extend(abs(x - m) / m for x in v)
         return 100.0 * float(np.median(dev)) if dev else None
 
-    def merged(self, other: "Measurements") -> "Measurements":
+    def merged(self, other: Measurements) -> Measurements:
         if other.info.device != self.info.device:
             raise MeasurementError(f"{other.source or 'measurements'}: device {other.info.device!r} "
                                    f"differs from {self.info.device!r} ({self.source}); fit one "
@@ -170,7 +171,7 @@ class Measurements:
                             self.source or other.source)
 
     def subset(self, blocks: Iterable[int] | None = None,
-               networks: Iterable[int] | None = None) -> "Measurements":
+               networks: Iterable[int] | None = None) -> Measurements:
         """A copy keeping the block/network rows at the given indices (all when ``None``)."""
         b = self.blocks if blocks is None else [self.blocks[i] for i in blocks]
         n = self.networks if networks is None else [self.networks[i] for i in networks]
@@ -197,7 +198,7 @@ class Measurements:
         write_rows(path, self.to_rows())
 
     @classmethod
-    def from_csv(cls, path: str | Path) -> "Measurements":
+    def from_csv(cls, path: str | Path) -> Measurements:
         return read_csv(path)
 
 

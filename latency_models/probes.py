@@ -8,18 +8,17 @@ so the set is small even when the space holds billions of architectures.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 
+from latency_models.measurements import probe_id
 from search_space.arch import NO_TEMPORAL, ArchConfig, StageChoice
 from search_space.backbone import BackboneSpec
 from search_space.geometry import BlockOp, BlockSignature, image_blocks, network_blocks
 from search_space.space import SearchSpace
 from search_space.task import VideoTask
-
-from latency_models.measurements import probe_id
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,10 @@ name (``iphone14pm``), a profile/model JSON file, or a directory written by ``mo
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from importlib import import_module
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 

@@ -20,16 +20,16 @@ import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
+from latency_models.measurements import COLUMNS, probe_id
+from latency_models.probes import Probe
 from search_space.arch import ArchConfig
 from search_space.backbone import BackboneSpec
 from search_space.errors import ConfigError, TemponasError
 from search_space.geometry import BlockSignature
-
-from latency_models.measurements import COLUMNS, probe_id
-from latency_models.probes import Probe
 
 TARGETS = ("iOS17", "iOS18")
 RUNNER = Path(__file__).resolve().parent.parent / "runner" / "run_on_device.py"
@@ -88,6 +88,7 @@ def convert_module(module, example: tuple,
 def convert_block(sig: BlockSignature, target: str = "iOS18"):
     """The block ``sig`` (``search_space.modules.build_block``) as an fp16 mlprogram."""
     import torch
+
     from search_space.modules import build_block, example_inputs, input_specs
 
     torch.manual_seed(0)
@@ -108,6 +109,7 @@ def network_input_specs(arch: ArchConfig) -> tuple[tuple[str, tuple[int, ...]], 
 
 def convert_network(backbone: BackboneSpec, arch: ArchConfig, target: str = "iOS18"):
     import torch
+
     from search_space.modules import build_model
 
     torch.manual_seed(0)
@@ -215,8 +217,9 @@ def export_bundle(out: str | Path, items: Sequence[Probe],
     last, atomically: a bundle without a manifest is incomplete) and ``out/run_on_device.py``."""
     import coremltools
     import torch
-    from search_space.modules import input_specs
     from tqdm import tqdm
+
+    from search_space.modules import input_specs
 
     _target(_ct(), target)
     out = Path(out)
@@ -248,7 +251,7 @@ def export_bundle(out: str | Path, items: Sequence[Probe],
                             "inputs": [{"name": n, "shape": list(s)} for n, s in network_input_specs(arch)],
                             "mil_ops": ops, "mil_groups": summarize_mil(ops)})
     manifest = {"format": "temponas-probe-bundle", "version": MANIFEST_VERSION,
-                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
                 "target": target, "precision": "fp16", "convert_to": "mlprogram",
                 "route": "torch.export -> run_decompositions({}) -> coremltools.convert",
                 "versions": {"coremltools": coremltools.__version__, "torch": torch.__version__},

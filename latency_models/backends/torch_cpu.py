@@ -16,16 +16,15 @@ import datetime as _dt
 import math
 import platform
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 
+from latency_models.measurements import BlockRow, DeviceInfo, NetworkRow
 from search_space.arch import ArchConfig
 from search_space.backbone import BackboneSpec
 from search_space.geometry import BlockSignature
-
-from latency_models.measurements import BlockRow, DeviceInfo, NetworkRow
 
 
 @dataclass(frozen=True)
@@ -115,7 +114,7 @@ def time_callable(fn: Callable[[], object], policy: TimingPolicy,
 
 
 def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 class TorchCpuBackend:
@@ -135,6 +134,7 @@ class TorchCpuBackend:
         ent = self._modules.get(sig)
         if ent is None:
             import torch
+
             from search_space.modules import build_block, example_inputs
 
             torch.manual_seed(0)
@@ -157,6 +157,7 @@ class TorchCpuBackend:
     def time_network(self, backbone: BackboneSpec, arch: ArchConfig, repeat: int = 0,
                      is_preset: bool = True) -> NetworkRow:
         import torch
+
         from search_space.modules import build_model
 
         torch.set_num_threads(self.threads)

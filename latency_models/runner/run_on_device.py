@@ -103,7 +103,7 @@ def time_predictions(model, inputs: dict, runs: int, warmup: int) -> tuple[float
 def _sysctl(key: str) -> str:
     try:
         return subprocess.run(["sysctl", "-n", key], capture_output=True, text=True,
-                              timeout=5).stdout.strip()
+                              timeout=5, check=False).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return ""
 
@@ -187,7 +187,7 @@ def run(bundle: Path, compute_units: str, runs: int, warmup: int, repeats: int, 
         row = base_row(e, info, dev, compute_units, precision)
         row.update(latency_ms=f"{med:.6g}", p10_ms=f"{p10:.6g}", p90_ms=f"{p90:.6g}", runs=runs,
                    warmup=warmup, repeat=rep, load_ms=f"{load_ms:.6g}", compile_ms=f"{compile_ms:.6g}",
-                   timestamp=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+                   timestamp=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
         rows.append(row)
         if k % 10 == 0:
             write_csv(out, rows)  # keep partial results if interrupted

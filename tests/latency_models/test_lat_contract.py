@@ -12,11 +12,16 @@ import sys
 
 import numpy as np
 import pytest
-
-from latency_models import LatencyEstimate, LatencyModel, available, create_model, load_latency_model
-from latency_models.probes import random_archs
-
 from lat_helpers import NET_ALPHA, NET_BETA, synthetic, tiny_space, truth
+
+from latency_models import (
+    LatencyEstimate,
+    LatencyModel,
+    available,
+    create_model,
+    load_latency_model,
+)
+from latency_models.probes import random_archs
 
 REQUIRED_META = {"device", "backend", "compute_units", "precision", "kind", "fitted_on", "heldout",
                  "predictor", "composition", "interval", "noise_floor_pct"}

@@ -8,6 +8,7 @@ import importlib.util
 import json
 
 import pytest
+from lat_helpers import tiny_space
 
 from latency_models.backends.coreml_export import export_bundle, mil_features
 from latency_models.features import op_table
@@ -15,8 +16,6 @@ from latency_models.measurements import COLUMNS, read_csv
 from latency_models.probes import probes
 from search_space.arch import TemporalKind
 from search_space.geometry import BlockOp
-
-from lat_helpers import tiny_space
 
 pytestmark = pytest.mark.coreml
 
@@ -43,7 +42,7 @@ def bundle(tmp_path_factory):
 
 
 def test_every_op_converts_to_mlprogram(bundle):
-    out, manifest, items = bundle
+    out, manifest, _ = bundle
     assert {e["op"] for e in manifest["probes"]} == ALL_OPS
     for e in manifest["probes"]:
         pkg = out / e["package"]

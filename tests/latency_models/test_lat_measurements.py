@@ -5,10 +5,9 @@ from __future__ import annotations
 import csv
 
 import pytest
+from lat_helpers import synthetic
 
 from latency_models.measurements import COLUMNS, MeasurementError, read_csv, read_many
-
-from lat_helpers import synthetic
 
 
 @pytest.fixture()
@@ -89,7 +88,7 @@ def test_duplicate_signature(csv_path, tmp_path):
 
 def test_duplicate_network(csv_path, tmp_path):
     rows = _rows(csv_path)
-    net = [r for r in rows if r["scope"] == "network"][0]
+    net = next(r for r in rows if r["scope"] == "network")
     rows.append(dict(net))
     bad = tmp_path / "bad.csv"
     _write(bad, rows)

@@ -6,16 +6,15 @@ import json
 
 import numpy as np
 import pytest
+from lat_helpers import TRUE_CONSTANTS, synthetic, tiny_space
 
 from experiments.cli import main
-from latency_models import create_model, load_latency_model
+from latency_models import load_latency_model
 from latency_models._roofline import RooflineModel
 from latency_models.probes import probes, random_archs
 from search_space.geometry import network_blocks
 from search_space.presets import default_task, get_backbone
 from search_space.space import default_space
-
-from lat_helpers import TRUE_CONSTANTS, synthetic, tiny_space
 
 
 @pytest.mark.parametrize("preset", ["tiny", "small", "sd21"])
