@@ -21,7 +21,7 @@ of an earlier run, which are committed next to the results):
    summed over both threads, ``OMP_WAIT_POLICY=PASSIVE``). The device-1
    roofline is the prior; k = 5, 10, 20 device-2 network measurements calibrate it (MAP); the
    remaining device-2 networks are predicted. Mean over 10 random draws of the k networks.
-6. ``noise_floor_pct``: median |repeat - median| / median over repeated probes and networks.
+6. ``noise_floor_pct``: median coefficient of variation of the repeats of each probe and network.
 7. ``predict_us_single`` / ``predict_per_s_batched``: steady-state cost of predicting distinct
    random architectures with a fitted model (no torch).
 """

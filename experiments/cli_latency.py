@@ -214,7 +214,7 @@ def _cmd_measure(args: argparse.Namespace) -> int:
     out.to_csv(args.out)
     nf = out.noise_floor_pct()
     print(f"wrote {len(out.blocks)} block and {len(out.networks)} network rows to {args.out}"
-          + (f"; noise floor {nf:.1f}% (median |repeat - median|)" if nf is not None else ""))
+          + (f"; noise floor {nf:.1f}% (median CV of repeats)" if nf is not None else ""))
     return 0
 
 
@@ -281,8 +281,10 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     print(f"  held-out blocks   ({h.get('folds')}-fold CV): {_fmt_acc(h.get('block'))}")
     print(f"  held-out networks ({h.get('folds')}-fold CV): {_fmt_acc(h.get('network'))}")
     nf = meta.get("noise_floor_pct")
-    print(f"  composition: network = {model.composition.alpha:.4f} x sum(blocks) "
-          f"+ {model.composition.beta:.3f} ms; interval x[{meta['interval']['low_factor']:.3f}, "
+    c = model.composition
+    print(f"  composition ({c.form}): network = {c.alpha:.4f} x sum(blocks) + {c.beta:.3f} ms"
+          + (f" + {c.gamma:.3f} ms x temporal blocks" if c.gamma else "")
+          + f"; interval x[{meta['interval']['low_factor']:.3f}, "
           f"{meta['interval']['high_factor']:.3f}] ({meta['interval']['source']})"
           + (f"; noise floor {nf:.1f}%" if nf is not None else ""))
     return 0

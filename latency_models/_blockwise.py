@@ -3,8 +3,9 @@
 A predictor only has to say how long one block signature takes (``_predict_sigs``) and how to
 fit that from measurements (``_fit_core``). This base class turns it into a network model:
 
-* network latency = ``alpha * sum(block predictions) + beta`` (the composition correction,
-  fitted on whole-network rows; identity without them);
+* network latency = ``alpha * sum(block predictions) + beta [+ gamma * n_temporal_blocks]``
+  (the composition correction, fitted on whole-network rows with its form chosen by
+  leave-one-out; identity without them);
 * a prediction interval from held-out (cross-validated) log residuals;
 * a per-stage breakdown (stage ids ``stem``, ``down0`` … ``head``);
 * fast prediction: per (backbone, task) the image blocks are summed once per stage and each
@@ -44,39 +45,72 @@ class ModelFileError(TemponasError):
 
 @dataclass(frozen=True)
 class Composition:
-    """``network_ms = alpha * sum(block_ms) + beta``."""
+    """``network_ms = alpha * sum(block_ms) + beta + gamma * n_temporal_blocks``.
+
+    ``gamma`` prices what a temporal block costs inside a network beyond its standalone time
+    (layout changes between neighbours, cache state); ``form`` says which terms were fitted.
+    """
 
     alpha: float = 1.0
     beta: float = 0.0
     fitted_on: int = 0
+    gamma: float = 0.0
+    form: str = "identity"
 
-    def apply(self, raw_ms: float) -> float:
-        return max(self.alpha * raw_ms + self.beta, 1e-6)
+    def apply(self, raw_ms: float, n_temporal: int = 0) -> float:
+        return max(self.alpha * raw_ms + self.beta + self.gamma * n_temporal, 1e-6)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"alpha": self.alpha, "beta": self.beta, "fitted_on": self.fitted_on}
+        return {"alpha": self.alpha, "beta": self.beta, "gamma": self.gamma, "form": self.form,
+                "fitted_on": self.fitted_on}
 
 
-def fit_composition(raw_ms: np.ndarray, measured_ms: np.ndarray) -> Composition:
-    """Least squares in relative error: ``alpha`` alone below 4 networks, ``alpha, beta`` above.
+_FORMS = {"ratio": (0,), "affine": (0, 2), "affine+count": (0, 1, 2)}
 
-    ``beta`` is kept so that no network prediction becomes non-positive.
-    """
-    raw_ms = np.asarray(raw_ms, float)
+
+def _solve_form(x: np.ndarray, y: np.ndarray, cols: tuple[int, ...]) -> np.ndarray:
+    """Relative-error least squares of ``y ~ x[:, cols]`` (x columns: raw, n_temporal, 1)."""
+    w = np.zeros(3)
+    sol, *_ = np.linalg.lstsq(x[:, cols] / y[:, None], np.ones_like(y), rcond=None)
+    w[list(cols)] = sol
+    return w
+
+
+def fit_composition(raw_ms: np.ndarray, measured_ms: np.ndarray,
+                    n_temporal: np.ndarray | None = None) -> Composition:
+    """Fit the composition correction on whole-network rows, choosing its form by
+    leave-one-out relative error: ``ratio`` (alpha), ``affine`` (alpha, beta; >= 4 networks),
+    ``affine+count`` (alpha, beta, gamma; >= 8 networks). Forms giving a non-positive alpha or
+    prediction are rejected."""
+    raw = np.asarray(raw_ms, float)
     y = np.asarray(measured_ms, float)
     n = len(y)
     if n == 0:
         return Composition()
-    w = 1.0 / y  # relative errors
-    if n < 4:
-        alpha = float(np.sum(w * w * raw_ms * y) / np.sum(w * w * raw_ms * raw_ms))
-        return Composition(alpha, 0.0, n)
-    a = np.stack([raw_ms * w, w], 1)
-    (alpha, beta), *_ = np.linalg.lstsq(a, y * w, rcond=None)
-    if alpha <= 0 or alpha * raw_ms.min() + beta <= 0:
-        alpha = float(np.sum(w * w * raw_ms * y) / np.sum(w * w * raw_ms * raw_ms))
-        beta = 0.0
-    return Composition(float(alpha), float(beta), n)
+    nt = np.zeros(n) if n_temporal is None else np.asarray(n_temporal, float)
+    x = np.stack([raw, nt, np.ones(n)], 1)
+    cands = ["ratio"] + (["affine"] if n >= 4 else []) + (["affine+count"] if n >= 8 and np.ptp(nt) > 0 else [])
+    best: tuple[float, str, np.ndarray] | None = None
+    for form in cands:
+        cols = _FORMS[form]
+        w = _solve_form(x, y, cols)
+        if w[0] <= 0 or np.any(x @ w <= 0):
+            continue
+        if n >= 4:
+            errs = []
+            for i in range(n):
+                keep = np.arange(n) != i
+                wi = _solve_form(x[keep], y[keep], cols)
+                errs.append(abs(x[i] @ wi / y[i] - 1))
+            score = float(np.mean(errs))
+        else:
+            score = 0.0
+        if best is None or score < best[0] - 1e-12:
+            best = (score, form, w)
+    if best is None:
+        return Composition(1.0, 0.0, n, 0.0, "identity")
+    _, form, w = best
+    return Composition(float(w[0]), float(w[2]), n, float(w[1]), form)
 
 
 def split_folds(n: int, folds: int, seed: int) -> list[np.ndarray]:
@@ -227,22 +261,7 @@ class BlockwiseModel:
         return tab.image_ms + sum(tab.price(s, c) for s, c in arch.stages if c.count)
 
     def predict(self, arch: ArchConfig, backbone: BackboneSpec | None = None) -> LatencyEstimate:
-        tab = self._table(arch, backbone)
-        per = dict(tab.image_stage_ms)
-        raw = tab.image_ms
-        for s, c in arch.stages:
-            if c.count:
-                t = tab.price(s, c)
-                per[s] = per.get(s, 0.0) + t
-                raw += t
-        return self._estimate(raw, per)
-
-    def _estimate(self, raw: float, per: dict[str, float]) -> LatencyEstimate:
-        mean = self.composition.apply(raw)
-        f = mean / raw if raw > 0 else 1.0
-        if f != 1.0:
-            per = {k: v * f for k, v in per.items()}
-        return LatencyEstimate(mean, mean * self._lo_f, mean * self._hi_f, per)
+        return self.predict_many((arch,), backbone)[0]
 
     @property
     def _lo_f(self) -> float:
@@ -256,22 +275,29 @@ class BlockwiseModel:
                      backbone: BackboneSpec | None = None) -> list[LatencyEstimate]:
         """Estimates for many archs (tables and per-choice prices are shared)."""
         comp, lo_f, hi_f = self.composition, self._lo_f, self._hi_f
+        alpha, beta, gamma = comp.alpha, comp.beta, comp.gamma
         out = []
         for a in archs:
             tab = self._table(a, backbone)
             per = tab.image_stage_ms.copy()
             raw = tab.image_ms
             by_id = tab._by_id
+            nt = 0
             for s, c in a.stages:
                 if c.count:
                     ent = by_id.get(id(c))
                     t = ent[1] if ent is not None and ent[0] is c else tab.price(s, c)
                     per[s] += t
                     raw += t
-            mean = comp.apply(raw)
-            f = mean / raw
+                    nt += c.count
+            mean = max(alpha * raw + beta + gamma * nt, 1e-6)
+            f = (alpha * raw + beta) / raw
             if f != 1.0:
                 per = {k: v * f for k, v in per.items()}
+            if gamma and nt:
+                for s, c in a.stages:
+                    if c.count:
+                        per[s] += gamma * c.count
             out.append(LatencyEstimate(mean, mean * lo_f, mean * hi_f, per))
         return out
 
@@ -279,6 +305,7 @@ class BlockwiseModel:
                         backbone: BackboneSpec | None = None) -> np.ndarray:
         """Vectorized mean latency (ms) of many archs, without the per-stage breakdown."""
         out = np.empty(len(archs))
+        nt = np.zeros(len(archs))
         comp = self.composition
         last_key, tab = None, None
         for i, a in enumerate(archs):
@@ -286,7 +313,8 @@ class BlockwiseModel:
             if key != last_key:
                 tab, last_key = self._table(a, backbone), key
             out[i] = tab.image_ms + sum(tab.price(s, c) for s, c in a.stages if c.count)
-        return np.maximum(comp.alpha * out + comp.beta, 1e-6)
+            nt[i] = a.num_temporal_blocks
+        return np.maximum(comp.alpha * out + comp.beta + comp.gamma * nt, 1e-6)
 
     def network_sigs(self, row: NetworkRow) -> list[BlockSignature]:
         return [b.sig for b in network_blocks(row.backbone, row.arch.task, row.arch)]
@@ -308,7 +336,8 @@ class BlockwiseModel:
         self._reset_cache()
         self.composition = Composition()
         if nets and not used_nets:
-            self.composition = fit_composition(self.raw_network_ms(nets), ny)
+            self.composition = fit_composition(self.raw_network_ms(nets), ny,
+                                               np.array([r.arch.num_temporal_blocks for r in nets]))
         info = measurements.info
         self._meta = {"kind": "calibrated", "device": info.device, "backend": info.backend,
                       "compute_units": info.compute_units, "precision": info.precision,
@@ -401,7 +430,8 @@ class BlockwiseModel:
         self._meta = dict(doc.get("metadata") or {})
         c = doc.get("composition") or {}
         self.composition = Composition(float(c.get("alpha", 1.0)), float(c.get("beta", 0.0)),
-                                       int(c.get("fitted_on", 0)))
+                                       int(c.get("fitted_on", 0)), float(c.get("gamma", 0.0)),
+                                       str(c.get("form", "identity")))
         iv = doc.get("interval") or {}
         self.interval_log = (float(iv.get("log_low", math.log(0.9))),
                              float(iv.get("log_high", math.log(1.1))))

@@ -148,19 +148,15 @@ class Measurements:
         return reps, np.array([float(np.median([r.latency_ms for r in g])) for g in groups.values()])
 
     def noise_floor_pct(self) -> float | None:
-        """Median relative spread of repeated measurements: median over probes with >= 2 repeats
-        of ``|x_i - median| / median`` (in %). ``None`` without repeats."""
+        """Measurement noise: median, over probes measured >= 2 times, of the coefficient of
+        variation of their repeats (sample std / mean, in %). ``None`` without repeats."""
         groups: dict[Any, list[float]] = {}
         for r in self.blocks:
             groups.setdefault(("b", r.sig), []).append(r.latency_ms)
         for r in self.networks:
             groups.setdefault(("n", r.arch.arch_id), []).append(r.latency_ms)
-        dev = []
-        for v in groups.values():
-            if len(v) >= 2:
-                m = float(np.median(v))
-                dev.extend(abs(x - m) / m for x in v)
-        return 100.0 * float(np.median(dev)) if dev else None
+        cv = [float(np.std(v, ddof=1) / np.mean(v)) for v in groups.values() if len(v) >= 2]
+        return 100.0 * float(np.median(cv)) if cv else None
 
     def merged(self, other: Measurements) -> Measurements:
         if other.info.device != self.info.device:

@@ -16,7 +16,7 @@ TRUE_CONSTANTS = {"conv_ms_per_gflop": 9.0, "conv3d_ms_per_gflop": 12.0, "linear
                   "linear_ms_per_mact": 0.8, "attn_ms_per_mact": 1.5, "eltwise_ms_per_mact": 0.8,
                   "norm_ms_per_mact": 2.5, "layout_ms_per_mact": 1.2,
                   "ms_per_mweight": 0.5, "ms_per_op": 0.004, "ms_per_block": 0.03}
-NET_ALPHA, NET_BETA = 1.1, 0.4
+NET_ALPHA, NET_BETA, NET_GAMMA = 1.1, 0.4, 0.08  # ms per temporal block inside a network
 
 
 def truth(constants=None) -> RooflineModel:
@@ -25,12 +25,16 @@ def truth(constants=None) -> RooflineModel:
     return m
 
 
+def true_network_ms(t: RooflineModel, arch, backbone) -> float:
+    return NET_ALPHA * t.raw_ms(arch, backbone) + NET_BETA + NET_GAMMA * arch.num_temporal_blocks
+
+
 def tiny_space():
     bb = get_backbone("tiny")
     return default_space(bb, default_task("tiny"))
 
 
-def synthetic(noise: float = 0.03, n_networks: int = 12, seed: int = 0, repeats: int = 2,
+def synthetic(noise: float = 0.03, n_networks: int = 16, seed: int = 0, repeats: int = 2,
               constants=None, device: str = "synthetic-device") -> Measurements:
     rng = np.random.default_rng(seed)
     space = tiny_space()
@@ -41,7 +45,7 @@ def synthetic(noise: float = 0.03, n_networks: int = 12, seed: int = 0, repeats:
               for r in range(repeats) for s, v in zip(sigs, ms)]
     nets = []
     for a in random_archs(space, n_networks, seed):
-        v = NET_ALPHA * t.raw_ms(a, space.backbone) + NET_BETA
+        v = true_network_ms(t, a, space.backbone)
         nets += [NetworkRow(a, space.backbone, float(v * np.exp(rng.normal(0, noise))), runs=5, repeat=r)
                  for r in range(repeats)]
     info = DeviceInfo(device=device, backend="synthetic", compute_units="none", precision="fp32")

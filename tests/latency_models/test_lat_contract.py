@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 import pytest
-from lat_helpers import NET_ALPHA, NET_BETA, synthetic, tiny_space, truth
+from lat_helpers import synthetic, tiny_space, true_network_ms, truth
 
 from latency_models import (
     LatencyEstimate,
@@ -62,15 +62,29 @@ def test_predictions_match_truth_on_unseen_archs(fitted):
     t = truth()
     archs = random_archs(space, 40, seed=123)
     pred = fitted.predict_mean_ms(archs, space.backbone)
-    true = np.array([NET_ALPHA * t.raw_ms(a, space.backbone) + NET_BETA for a in archs])
+    true = np.array([true_network_ms(t, a, space.backbone) for a in archs])
     rel = np.abs(pred - true) / true
     assert np.mean(rel <= 0.10) >= 0.9, np.sort(rel)[-5:]
 
 
 def test_composition_correction_is_fitted(fitted):
     c = fitted.composition
-    assert c.fitted_on > 0
+    assert c.fitted_on > 0 and c.form != "identity"
     assert 0.9 < c.alpha < 1.3
+
+
+def test_composition_form_is_chosen_by_loo():
+    from latency_models._blockwise import fit_composition
+
+    rng = np.random.default_rng(0)
+    raw = rng.uniform(50, 200, 30)
+    nt = rng.integers(0, 12, 30).astype(float)
+    noise = np.exp(rng.normal(0, 0.005, 30))
+    c = fit_composition(raw, (1.2 * raw + 5 + 3.0 * nt) * noise, nt)
+    assert c.form == "affine+count" and c.gamma == pytest.approx(3.0, rel=0.1)
+    c = fit_composition(raw, 0.8 * raw * noise, nt)
+    assert c.form in ("ratio", "affine") and c.alpha == pytest.approx(0.8, rel=0.05)
+    assert abs(c.gamma) < 0.05
 
 
 def test_estimate_shape(fitted):

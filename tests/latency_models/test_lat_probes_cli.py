@@ -37,9 +37,9 @@ def test_roofline_fewshot_from_prior_moves_toward_truth():
     few = data.subset(blocks=[])
     cal = RooflineModel.calibrating(prior).fit(few)
     archs = random_archs(space, 30, seed=77)
-    from lat_helpers import NET_ALPHA, NET_BETA, truth
+    from lat_helpers import true_network_ms, truth
     t = truth()
-    true = np.array([NET_ALPHA * t.raw_ms(a, space.backbone) + NET_BETA for a in archs])
+    true = np.array([true_network_ms(t, a, space.backbone) for a in archs])
     err_prior = np.median(np.abs(prior.predict_mean_ms(archs) - true) / true)
     err_cal = np.median(np.abs(cal.predict_mean_ms(archs) - true) / true)
     assert err_prior > 0.5 and err_cal < 0.15, (err_prior, err_cal)
