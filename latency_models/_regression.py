@@ -99,12 +99,20 @@ class RegressionModel(BlockwiseModel):
             d = s / (s ** 2 + a)
             w = vt.T @ (d * uty)
             h = np.einsum("ij,j,ij->i", u, s * d, u)  # diagonal of the hat matrix
-            loo = np.mean(((rc - z @ w) / np.maximum(1 - h - 1.0 / len(rc), 1e-6)) ** 2)
+            # robust LOO criterion: a one-of-a-kind block (h ~ 1) cannot be predicted by any
+            # alpha and must not force the correction off for all others
+            e = np.abs((rc - z @ w) / np.maximum(1 - h - 1.0 / len(rc), 1e-6))
+            loo = float(np.mean(np.minimum(e, 0.5)))
             if loo < best[0]:
                 best = (loo, float(a), w)
         self.alpha, self.w = best[1], best[2]
-        self._meta["ridge_alpha"] = self.alpha
         return False
+
+    def fit(self, measurements, **kw):  # noqa: D401 - same contract as the base class
+        super().fit(measurements, **kw)
+        self._meta["ridge_alpha"] = self.alpha
+        self._meta["ridge_correction_rms"] = float(np.sqrt(np.mean(self.w ** 2)))
+        return self
 
     def _spawn(self) -> RegressionModel:
         return RegressionModel(self.alphas)

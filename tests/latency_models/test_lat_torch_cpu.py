@@ -1,0 +1,63 @@
+"""torch-cpu backend: real (tiny) timings, interleaved repeats, and the measure CLI."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from experiments.cli import main
+from latency_models.backends.torch_cpu import (TimingPolicy, TorchCpuBackend, clock_ns,
+                                               interleaved_order, time_callable)
+from latency_models.measurements import read_csv
+from latency_models.probes import probes, random_archs
+
+from lat_helpers import tiny_space
+
+FAST = TimingPolicy(warmup=1, warmup_s=0.0, min_runs=3, max_runs=5, time_limit_s=0.5)
+
+
+def test_interleaved_order_visits_everything_each_repeat():
+    order = interleaved_order(7, 3, seed=1)
+    assert len(order) == 21
+    for r in range(3):
+        assert sorted(i for rr, i in order if rr == r) == list(range(7))
+    assert [i for r, i in order if r == 0] != [i for r, i in order if r == 1]
+
+
+def test_time_callable_stops_on_time_limit_and_counts_runs():
+    pol = TimingPolicy(warmup=2, warmup_s=0.0, min_runs=3, max_runs=1000, rel_precision=0.0,
+                       time_limit_s=0.05)
+    t = time_callable(lambda: time.sleep(0.004), pol)
+    assert t.warmup >= 2 and 3 <= t.runs < 1000
+    assert 3.5 <= t.median_ms <= 60 and t.p10_ms <= t.median_ms <= t.p90_ms
+
+
+def test_cpu_clock_ignores_sleeping():
+    t = time_callable(lambda: time.sleep(0.01), FAST, clock_ns("cpu", 1))
+    assert t.median_ms < 5  # sleeping burns no CPU time
+    with pytest.raises(ValueError):
+        clock_ns("sundial", 1)
+
+
+def test_backend_times_blocks_and_networks():
+    space = tiny_space()
+    be = TorchCpuBackend(1, FAST)
+    sig = probes(space)[2].sig
+    row = be.time_block(sig, repeat=1)
+    assert row.latency_ms > 0 and row.runs >= 3 and row.repeat == 1 and row.sig == sig
+    arch = random_archs(space, 2, seed=3)[1]
+    net = be.time_network(space.backbone, arch)
+    assert net.latency_ms > row.latency_ms and net.arch == arch
+    assert be.info.threads == 1 and be.info.device.endswith(":t1") and "torch=" in be.info.versions
+
+
+def test_measure_cli_writes_valid_csv(tmp_path, capsys):
+    out = tmp_path / "m.csv"
+    rc = main(["latency", "measure", "--preset", "tiny", "--out", str(out), "--limit", "4",
+               "--repeats", "2", "--networks", "1", "--min-runs", "3", "--max-runs", "4",
+               "--time-limit", "0.3", "--warmup", "1", "--no-progress", "--clock", "cpu"])
+    assert rc == 0 and "noise floor" in capsys.readouterr().out
+    m = read_csv(out)
+    assert len(m.blocks) == 8 and len(m.networks) == 2
+    assert m.info.device.endswith(":cpu-clock") and m.noise_floor_pct() is not None
