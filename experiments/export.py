@@ -135,7 +135,7 @@ def export_coreml(backbone: Any, arch: ArchConfig, out: Path) -> list[Path]:
     """Convert the whole denoiser to ``<out>/<arch_id>.mlpackage`` (mlprogram, fp16, iOS18).
 
     Uses the latency engineer's converter when present, else coremltools directly via
-    ``torch.export`` + ``run_decompositions`` (the route that works with any numpy here)."""
+    ``torch.jit.trace`` (falling back to ``torch.export`` + ``run_decompositions``)."""
     import torch
 
     model = _model(backbone, arch)
@@ -180,10 +180,14 @@ def _convert(model: Any, inputs: tuple[Any, ...]) -> Any:
     import coremltools as ct
     import torch
 
-    with torch.no_grad():
-        ep = torch.export.export(model, inputs).run_decompositions({})
     names = ("latents", "timesteps", "text")
-    return ct.convert(ep, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS18,
-                      compute_precision=ct.precision.FLOAT16,
-                      inputs=[ct.TensorType(name=n, shape=tuple(x.shape)) for n, x in zip(names, inputs)],
-                      outputs=[ct.TensorType(name="noise_pred")])
+    kw = dict(convert_to="mlprogram", minimum_deployment_target=ct.target.iOS18,
+              compute_precision=ct.precision.FLOAT16,
+              inputs=[ct.TensorType(name=n, shape=tuple(x.shape)) for n, x in zip(names, inputs)],
+              outputs=[ct.TensorType(name="noise_pred")])
+    with torch.no_grad():
+        try:  # jit.trace: ~1.5x faster to convert here (needs numpy < 2.4, which we pin)
+            return ct.convert(torch.jit.trace(model, inputs), **kw)
+        except Exception:  # torch.export route: works with any numpy
+            ep = torch.export.export(model, inputs).run_decompositions({})
+            return ct.convert(ep, **kw)

@@ -1,0 +1,32 @@
+"""Fixtures of the experiments tests: a shared local Ray and the smoke config."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SMOKE = ROOT / "experiments" / "configs" / "smoke.yaml"
+
+
+@pytest.fixture(scope="session")
+def smoke_cfg():
+    from experiments.config import load_config
+
+    return load_config(SMOKE)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray (2 CPUs, loopback, no dashboard) for a test module; runs reuse it."""
+    import ray
+
+    from experiments.distributed import ensure_ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ensure_ray(None, 2)
+    yield
+    ray.shutdown()

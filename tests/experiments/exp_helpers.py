@@ -1,0 +1,25 @@
+"""Helpers of the experiments tests."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import optuna
+
+from experiments.cache import read_records
+from experiments.study import open_storage
+
+
+def load_study(run_dir: Path, name: str):
+    return optuna.load_study(study_name=name, storage=open_storage(None, Path(run_dir)))
+
+
+def evaluation_counts(run_dir: Path) -> Counter:
+    """How many times each (arch, config, budget, seed) was evaluated, from the cache file."""
+    return Counter((r["arch_id"], r["config_key"], r["budget"], r["seed"])
+                   for r in read_records(run_dir))
+
+
+def states(study) -> Counter:
+    return Counter(t.state.name for t in study.get_trials(deepcopy=False))

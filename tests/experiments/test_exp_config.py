@@ -1,0 +1,92 @@
+"""Experiment configs: every shipped config loads; bad input names file and key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from experiments.config import dump_config, load_config, parse_config
+from search_space.errors import ConfigError
+
+CONFIGS = sorted((Path(__file__).resolve().parents[2] / "experiments" / "configs").glob("*.yaml"))
+BASE = {"name": "t", "backbone": "tiny"}
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_configs_load_and_roundtrip(path, tmp_path):
+    cfg = load_config(path)
+    assert cfg.search_space.size() > 1
+    out = tmp_path / "c.yaml"
+    out.write_text(dump_config(cfg))
+    again = load_config(out)
+    assert again.identity() == cfg.identity()
+    assert again.search == cfg.search
+
+
+@pytest.mark.parametrize("data, key", [
+    ({**BASE, "bogus": 1}, "bogus: unknown key"),
+    ({**BASE, "search": {"workers": 0}}, "search.workers: must be >= 1"),
+    ({**BASE, "search": {"n_trials": "ten"}}, "search.n_trials: expected an integer"),
+    ({**BASE, "search": {"sampler": "cmaes"}}, "search.sampler: 'cmaes' is not one of"),
+    ({**BASE, "search": {"sampler": "exhaustive"}, "space": {}}, "search.sampler: exhaustive needs"),
+    ({**BASE, "evaluator": {"seeds": []}}, "evaluator.seeds: must list at least one"),
+    ({**BASE, "evaluator": {"seeds": [0, 0]}}, "evaluator.seeds: duplicate"),
+    ({**BASE, "evaluator": {"timeout_s": 0}}, "evaluator.timeout_s: must be >="),
+    ({**BASE, "evaluator": {"budget": True}}, "evaluator.budget: expected an integer"),
+    ({**BASE, "evaluator": {"options": [1]}}, "evaluator.options: expected a mapping"),
+    ({**BASE, "constraints": {"latency_budget_ms": -1}}, "constraints.latency_budget_ms: must be >="),
+    ({**BASE, "constraints": {"memory_budget_mb": ".inf"}}, "constraints.memory_budget_mb: expected a number"),
+    ({**BASE, "constraints": {"latency_ms": 3}}, "constraints.latency_ms: unknown key"),
+    ({**BASE, "objectives": ["latency_ms", "memory_mb"]}, "objectives: must include 'quality'"),
+    ({**BASE, "objectives": ["quality", "fid"]}, "objectives[1]: 'fid' is not one of"),
+    ({**BASE, "backbone": "sd99"}, "backbone: unknown preset 'sd99'"),
+    ({**BASE, "backbone": {"name": "x", "stages": []}}, "backbone.stages: expected a non-empty list"),
+    ({**BASE, "task": {"num_frames": 0}}, "task.num_frames: expected a positive integer"),
+    ({**BASE, "task": {"fps": 8}}, "task.fps: unknown key"),
+    ({**BASE, "space": {"down7": {"kinds": ["conv1d"]}}}, "space.down7: unknown stage"),
+    ({**BASE, "space": {"defaults": {"kinds": ["conv9d"]}}}, "space.defaults.kinds: unknown temporal kind"),
+    ({**BASE, "name": "../escape"}, "name: '../escape' must be"),
+    ({"backbone": "tiny"}, "name: missing (required)"),
+    ({**BASE, "config_version": 99}, "config_version: 99 is not supported"),
+    ([1, 2], "config: expected a mapping"),
+])
+def test_bad_config_names_file_and_key(data, key):
+    with pytest.raises(ConfigError) as e:
+        parse_config(data, "exp.yaml")
+    msg = str(e.value)
+    assert msg.startswith("exp.yaml: "), msg
+    assert key in msg, msg
+    assert "\n" not in msg
+
+
+def test_malformed_yaml_and_missing_file(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("name: x\nbackbone: [tiny\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: malformed YAML at line \d+ column \d+"):
+        load_config(p)
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_with_overrides_and_identity_ignore_parallelism():
+    cfg = parse_config({**BASE, "search": {"n_trials": 5, "workers": 1}})
+    more = cfg.with_overrides(n_trials=50, workers=2)
+    assert (more.search.n_trials, more.search.workers) == (50, 2)
+    assert more.identity() == cfg.identity()
+    other = parse_config({**BASE, "search": {"seed": 3}})
+    assert other.identity() != cfg.identity()
+
+
+def test_inline_backbone_and_yaml_safe_load(tmp_path):
+    from search_space.presets import get_backbone
+
+    bb = get_backbone("tiny").to_dict()
+    bb["name"] = "mytiny"
+    cfg = parse_config({"name": "inline", "backbone": bb, "task": {"text_dim": 32}})
+    assert cfg.backbone_spec.name == "mytiny"
+    p = tmp_path / "evil.yaml"
+    p.write_text("name: !!python/object/apply:os.system ['echo hi']\nbackbone: tiny\n")
+    with pytest.raises(ConfigError, match="malformed YAML"):
+        load_config(p)
