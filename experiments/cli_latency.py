@@ -38,12 +38,16 @@ def _backbone_task(args: argparse.Namespace):
 
 
 def _space(args: argparse.Namespace):
-    """The search space from ``--config`` (an experiment YAML with a ``space`` section) or the
-    default space of ``--preset``."""
+    """The search space of the positional CONFIG_OR_PRESET: an experiment YAML (``temponas
+    search`` config: backbone, task, space), a YAML holding only a ``space`` section (applied to
+    ``--preset``), or a preset name; default: the default space of ``--preset``. ``--frames``
+    etc. override the task in every case."""
     from search_space.space import SearchSpace, default_space
 
-    bb, task = _backbone_task(args)
     cfg = getattr(args, "config", None)
+    if cfg and not Path(cfg).exists() and cfg in preset_names():
+        args.preset, cfg = cfg, None
+    bb, task = _backbone_task(args)
     if not cfg:
         return default_space(bb, task)
     import yaml
@@ -51,11 +55,22 @@ def _space(args: argparse.Namespace):
     try:
         data = yaml.safe_load(Path(cfg).read_text(encoding="utf-8")) or {}
     except OSError as e:
-        raise ConfigError(f"{cfg}: cannot read ({e.strerror})") from None
+        raise ConfigError(f"{cfg}: cannot read ({e.strerror}); give an experiment YAML or a "
+                          f"preset ({', '.join(preset_names())})") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{cfg}: not valid YAML ({e})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{cfg}: expected a mapping at the top level")
+    if "backbone" in data:  # a full experiment config
+        from experiments.config import load_config
+
+        ec = load_config(cfg)
+        bb = ec.backbone_spec
+        over = {k: v for k, v in (("num_frames", args.frames), ("batch", args.batch),
+                                  ("latent_height", args.height), ("latent_width", args.width),
+                                  ("text_tokens", getattr(args, "tokens", None))) if v is not None}
+        task = ec.video_task.replace(**over) if over else ec.video_task
+        return SearchSpace.from_dict(bb, task, dict(ec.space), where=f"{cfg}:space")
     space = data.get("space") if isinstance(data.get("space"), dict) else data
     return SearchSpace.from_dict(bb, task, space, where=f"{cfg}:space")
 
@@ -171,8 +186,9 @@ def _cmd_probes(args: argparse.Namespace) -> int:
 
 def _reg_probes(sub) -> None:
     p = sub.add_parser("probes", help="list the distinct block signatures a search space produces")
-    p.add_argument("config", nargs="?", help="experiment YAML with a 'space' section (default: "
-                                             "the default space of --preset)")
+    p.add_argument("config", nargs="?", metavar="CONFIG_OR_PRESET",
+                   help="experiment YAML, a YAML with a 'space' section, or a preset name "
+                        "(default: the default space of --preset)")
     _add_task_args(p)
     p.add_argument("--temporal-only", action="store_true", help="leave out the fixed image blocks")
     p.add_argument("--json", action="store_true")
@@ -220,7 +236,8 @@ def _cmd_measure(args: argparse.Namespace) -> int:
 
 def _reg_measure(sub) -> None:
     p = sub.add_parser("measure", help="time the probe set (and random whole networks) with torch on this CPU")
-    p.add_argument("config", nargs="?", help="experiment YAML with a 'space' section")
+    p.add_argument("config", nargs="?", metavar="CONFIG_OR_PRESET",
+                   help="experiment YAML, a YAML with a 'space' section, or a preset name")
     _add_task_args(p)
     p.add_argument("--out", required=True, help="measurement CSV to write")
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (pinned)")
@@ -375,7 +392,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _reg_export(sub) -> None:
     p = sub.add_parser("export-probes", help="write a Core ML probe bundle (+ macOS runner script)")
-    p.add_argument("config", nargs="?", help="experiment YAML with a 'space' section")
+    p.add_argument("config", nargs="?", metavar="CONFIG_OR_PRESET",
+                   help="experiment YAML, a YAML with a 'space' section, or a preset name")
     _add_task_args(p)
     p.add_argument("--out", required=True, help="bundle directory")
     p.add_argument("--target", default="iOS18", choices=["iOS17", "iOS18"],
