@@ -78,7 +78,10 @@ def write_plots(run_dir: Path, *, study: Any, cfg: Any, latency_model: Any = Non
             order = np.argsort(x)
             ax.step(x[order], y[order], where="post" if dirs[qi] == "maximize" else "pre",
                     c="tab:blue", alpha=0.4, zorder=2)
-            for t, xi, yi in zip(front, x, y):
+            step = max(1, len(front) // 12)  # label at most ~12 points so labels stay readable
+            for i, (t, xi, yi) in enumerate(zip(front, x, y)):
+                if i % step and i != len(front) - 1:
+                    continue
                 ax.annotate(t.user_attrs.get("arch_id", "")[:6], (xi, yi), textcoords="offset points",
                             xytext=(4, 4), fontsize=7, color="tab:blue")
         if budget is not None:
@@ -134,8 +137,8 @@ def write_plots(run_dir: Path, *, study: Any, cfg: Any, latency_model: Any = Non
             ax.axvline(budget, ls="--", c="tab:red", lw=1.2)
         ax.set_xlabel("predicted latency (ms)")
         ax.set_title(f"{cfg.name}: per-stage latency of the Pareto front")
-        ax.legend(fontsize=7, ncol=min(6, len(stages)), loc="upper center",
-                  bbox_to_anchor=(0.5, -0.15 if len(front) > 3 else -0.3))
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), title="stage",
+                  title_fontsize=8)
         ax.invert_yaxis()
         _save(fig, out / "stage_latency.png")
         plt.close(fig)
