@@ -35,12 +35,38 @@ from search_space.presets import default_task, get_backbone  # noqa: E402
 from search_space.space import default_space  # noqa: E402
 
 
+def _time_default_budget(bb, space, k: int) -> dict:
+    """Fresh short_train runs at the default budget (no cache) in this process, 1 thread:
+    wall-clock and CPU seconds (CPU time is what one core would take on an idle machine)."""
+    from evaluators.audit import sample_archs
+    from evaluators.registry import create_evaluator
+    from tqdm import tqdm
+
+    if k < 1:
+        return {}
+    ev = create_evaluator("short_train", bb, {"cache_results": False})
+    archs = sample_archs(space, k, 12345)
+    ev.image_only_loss(archs[0].task.latent_channels)  # pretrained backbone + data (cached)
+    wall, cpu = [], []
+    for a in tqdm(archs, desc="timing short_train", file=sys.stderr):
+        t0, c0 = time.perf_counter(), time.process_time()
+        ev.evaluate(a, seed=0, budget=0)
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return {"budget": ev.options.default_budget, "archs": [a.arch_id for a in archs],
+            "wall_s": wall, "cpu_s": cpu, "wall_s_mean": sum(wall) / k, "cpu_s_mean": sum(cpu) / k,
+            "cpu_s_max": max(cpu)}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="8 archs, budgets 10,20 (< 10 min)")
     ap.add_argument("--json", action="store_true", help="write results under benchmarks/results/")
     ap.add_argument("--workers", type=int, default=2, help="short-training processes")
     ap.add_argument("--n-archs", type=int, default=None)
+    ap.add_argument("--timing", type=int, default=None,
+                    help="archs timed afresh at short_train's default budget, 1 thread, cache "
+                         "off, wall and CPU seconds (default 4, quick 2)")
     args = ap.parse_args(argv)
 
     bb = get_backbone("snapgen_v")
@@ -51,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
                      workers=args.workers, bootstrap=1000)
     t0 = time.perf_counter()
     res = run_audit(spec, progress=True)
+    timing = _time_default_budget(bb, space, args.timing if args.timing is not None
+                                  else (2 if args.quick else 4))
     summary = {
         "benchmark": "proxy_fidelity", "quick": bool(args.quick), "backbone": "snapgen_v",
         "n_archs": res["n_archs"], "budgets": res["budgets"], "seeds": res["seeds"],
@@ -71,6 +99,10 @@ def main(argv: list[str] | None = None) -> int:
                                        "two validation passes, 1 thread, shared machine",
         "zero_cost_s_per_arch": res["zero_cost_s_per_arch"],
         "zero_cost_s_per_arch_by_proxy": {k: v["s_per_arch"] for k, v in res["proxies"].items()},
+        "short_train_cpu_s_per_arch": res.get("short_train_cpu_s_per_arch"),
+        "zero_cost_cpu_s_per_arch": res.get("zero_cost_cpu_s_per_arch"),
+        "zero_cost_cpu_s_per_arch_by_proxy": {k: v.get("cpu_s_per_arch") for k, v in res["proxies"].items()},
+        "default_budget_timing": timing,
         "improvement": res["improvement"],
         "wall_time_s": time.perf_counter() - t0,
         "load_average_1m_at_end": os.getloadavg()[0],

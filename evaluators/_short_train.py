@@ -162,6 +162,7 @@ class ShortTrainEvaluator(BuiltinEvaluator):
         o = self.options
         C = arch.task.latent_channels
         t0 = time.perf_counter()
+        c0 = time.process_time()
         base = self.image_only_loss(C)
         train, val = data_splits(self.backbone, o, C)
         vbatches = validation_batches(val, o.batch, o.val_timesteps)
@@ -212,7 +213,8 @@ class ShortTrainEvaluator(BuiltinEvaluator):
                     "val_loss": vl, "val_loss_image": base, "rel_improvement": (base - vl) / base,
                     "train_loss_ema": float(ema) if ema is not None else float("nan"),
                     "temporal_params": float(n_temporal), "budget": float(b),
-                    "setup_s": t_setup}, time.perf_counter() - t0)
+                    "setup_s": t_setup, "cpu_s": time.process_time() - c0},
+                    time.perf_counter() - t0)
         return out, model
 
     @staticmethod

@@ -136,6 +136,7 @@ def _short_train_job(args: tuple) -> dict[str, Any]:
     res = ev.evaluate_budgets(arch, seed=seed, budgets=budgets)
     return {"arch_id": arch.arch_id, "seed": seed, "wall_time_s": time.perf_counter() - t0,
             "run_wall_time_s": max(r.wall_time_s for r in res.values()),
+            "run_cpu_time_s": max(float(r.extras.get("cpu_s", math.nan)) for r in res.values()),
             "cache_hit": all(r.extras.get("cache_hit") for r in res.values()),
             "results": {str(b): {"value": r.value, "extras": dict(r.extras)} for b, r in res.items()}}
 
@@ -163,9 +164,11 @@ def run_audit(spec: AuditSpec, progress: bool = True) -> dict[str, Any]:
     if spec.workers > 1:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
+        from concurrent.futures import as_completed
         with ProcessPoolExecutor(spec.workers, mp_context=mp.get_context("spawn")) as ex:
-            for r in ex.map(_short_train_job, jobs):
-                runs.append(r)
+            futs = [ex.submit(_short_train_job, j) for j in jobs]
+            for f in as_completed(futs):
+                runs.append(f.result())
                 bar.update()
     else:
         for j in jobs:
@@ -176,6 +179,7 @@ def run_audit(spec: AuditSpec, progress: bool = True) -> dict[str, Any]:
     # 2) proxies: timed after one warm-up call (data and pretrained weights are cached)
     proxy_vals: dict[str, dict[int, list[float]]] = {}
     proxy_time: dict[str, list[float]] = {}
+    proxy_cpu: dict[str, list[float]] = {}
     proxy_seeds = spec.seeds[:2]
     bar = tqdm(total=len(spec.proxies) * len(archs) * len(proxy_seeds), desc="proxies",
                disable=not progress, mininterval=1.0)
@@ -187,34 +191,38 @@ def run_audit(spec: AuditSpec, progress: bool = True) -> dict[str, Any]:
         ev.evaluate(archs[0], seed=proxy_seeds[0], budget=0)  # warm-up
         proxy_vals[name] = {}
         proxy_time[name] = []
+        proxy_cpu[name] = []
         for s in proxy_seeds:
             vals = []
             for a in archs:
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 vals.append(float(ev.evaluate(a, seed=s, budget=0).value))
                 proxy_time[name].append(time.perf_counter() - t0)
+                proxy_cpu[name].append(time.process_time() - c0)
                 bar.update()
             proxy_vals[name][s] = vals
     bar.close()
 
     return _analyse(spec, archs, budgets, top, runs, proxy_vals, proxy_time, image_loss,
-                    describe, time.perf_counter() - t_start)
+                    describe, time.perf_counter() - t_start, proxy_cpu)
 
 
 def _analyse(spec, archs, budgets, top, runs, proxy_vals, proxy_time, image_loss, describe,
-             wall) -> dict[str, Any]:
+             wall, proxy_cpu=None) -> dict[str, Any]:
     ids = [a.arch_id for a in archs]
     pos = {i: k for k, i in enumerate(ids)}
     st = {b: {s: [math.nan] * len(archs) for s in spec.seeds} for b in budgets}
     vloss = {s: [math.nan] * len(archs) for s in spec.seeds}
-    run_time = []
+    run_time, run_cpu = [], []
     for r in runs:
         for b, res in r["results"].items():
             st[int(b)][r["seed"]][pos[r["arch_id"]]] = res["value"]
             if int(b) == top:
                 vloss[r["seed"]][pos[r["arch_id"]]] = res["extras"].get("val_loss", math.nan)
-        if not r["cache_hit"]:
-            run_time.append(r["run_wall_time_s"])
+        # a cached result carries the wall/CPU time measured when it was computed
+        run_time.append(r["run_wall_time_s"])
+        if math.isfinite(r.get("run_cpu_time_s", math.nan)):
+            run_cpu.append(r["run_cpu_time_s"])
     mean = {b: list(np.mean([st[b][s] for s in spec.seeds], axis=0)) for b in budgets}
     ref = mean[top]
     nb = spec.bootstrap
@@ -236,7 +244,9 @@ def _analyse(spec, archs, budgets, top, runs, proxy_vals, proxy_time, image_loss
     for name, by_seed in proxy_vals.items():
         v = by_seed[spec.seeds[0]]
         entry = {"vs_short_train": correlation(v, ref, nb),
-                 "s_per_arch": float(np.mean(proxy_time[name])) if proxy_time[name] else math.nan}
+                 "s_per_arch": float(np.mean(proxy_time[name])) if proxy_time[name] else math.nan,
+                 "cpu_s_per_arch": (float(np.mean(proxy_cpu[name])) if proxy_cpu and proxy_cpu.get(name)
+                                    else math.nan)}
         if params is not None and name != "params":
             entry["vs_params"] = correlation(v, params, nb)
         if len(by_seed) >= 2:
@@ -292,6 +302,7 @@ def _analyse(spec, archs, budgets, top, runs, proxy_vals, proxy_time, image_loss
         per_arch.append(row)
 
     zc_times = [proxies[n]["s_per_arch"] for n in proxies if n in ZERO_COST]
+    zc_cpu = [proxies[n]["cpu_s_per_arch"] for n in proxies if n in ZERO_COST]
     return {
         "backbone": spec.backbone.name,
         "n_archs": len(archs), "budgets": budgets, "seeds": list(spec.seeds),
@@ -305,6 +316,9 @@ def _analyse(spec, archs, budgets, top, runs, proxy_vals, proxy_time, image_loss
         "improvement": improvement,
         "short_train_s_per_arch": float(np.mean(run_time)) if run_time else math.nan,
         "short_train_runs_timed": len(run_time),
+        "short_train_runs_from_cache": sum(bool(r["cache_hit"]) for r in runs),
+        "short_train_cpu_s_per_arch": float(np.mean(run_cpu)) if run_cpu else math.nan,
+        "zero_cost_cpu_s_per_arch": float(np.nanmean(zc_cpu)) if zc_cpu else math.nan,
         "zero_cost_s_per_arch": float(np.mean(zc_times)) if zc_times else math.nan,
         "wall_time_s": wall,
         "per_arch": per_arch,
@@ -352,7 +366,8 @@ def markdown(res: Mapping[str, Any]) -> str:
       f"{im['seed_noise_sd']:.5f} -> {im['best_over_noise']:.1f} sd. "
       f"{im['candidates_better_than_image_only']}/{im['n_archs']} candidates beat the image-only model.\n\n")
     w(f"Timing: short_train {res['short_train_s_per_arch']:.1f} s per (arch, seed) run to {b[-1]} steps "
-      f"({res['short_train_runs_timed']} runs timed); zero-cost proxies {res['zero_cost_s_per_arch']:.2f} s "
+      f"({res['short_train_runs_timed']} runs, {res.get('short_train_runs_from_cache', 0)} of them "
+      f"read from the result cache with their original timing); zero-cost proxies {res['zero_cost_s_per_arch']:.2f} s "
       f"per arch (mean); audit wall time {res['wall_time_s'] / 60:.1f} min.\n\n")
     best = res.get("best_zero_cost_proxy")
     if best:
