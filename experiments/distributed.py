@@ -36,7 +36,14 @@ def ensure_ray(address: str | None, num_cpus: int) -> bool:
                               configure_logging=True)
     try:
         if address:
-            ray.init(address=address, **kw)
+            host = address.split("://")[-1].rsplit(":", 1)[0]
+            if host in ("127.0.0.1", "localhost"):
+                # a cluster on this machine bound to loopback: without this Ray rewrites
+                # 127.0.0.1 to the routable IP and cannot reach the GCS
+                with _loopback_only():
+                    ray.init(address=address, **kw)
+            else:
+                ray.init(address=address, **kw)
         else:
             # address="local": always a NEW local instance. Without it ray.init() joins whatever
             # cluster RAY_ADDRESS or /tmp/ray/ray_current_cluster names (another user's Ray on a
@@ -84,8 +91,39 @@ def shutdown_ray() -> None:
 _EVALUATORS: dict[str, Any] = {}  # per worker process: evaluator spec json -> Evaluator
 
 
+class EvaluationTimeout(TimeoutError):
+    """An evaluation ran longer than ``evaluator.timeout_s`` (raised inside the worker)."""
+
+
+@contextlib.contextmanager
+def _time_limit(timeout_s: float | None):
+    """Raise :class:`EvaluationTimeout` in this (main) thread after ``timeout_s`` seconds.
+
+    The clock starts when the evaluation starts, so worker start-up and queueing do not count.
+    A hang in native code that never returns to Python is caught by the driver's backstop.
+    """
+    import signal
+    import threading
+
+    if not timeout_s or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _alarm(signum: int, frame: Any) -> None:
+        raise EvaluationTimeout(f"timeout: the evaluation ran longer than {timeout_s:g} s "
+                                f"(evaluator.timeout_s) and was stopped")
+
+    old = signal.signal(signal.SIGALRM, _alarm)
+    signal.setitimer(signal.ITIMER_REAL, float(timeout_s))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
 def evaluate_task(spec: Mapping[str, Any], arch_json: str, seed: int, budget: int,
-                  threads: int) -> dict[str, Any]:
+                  threads: int, timeout_s: float | None = None) -> dict[str, Any]:
     """Run one evaluation (body of the Ray task).
 
     ``spec`` = ``{"name", "backbone" (BackboneSpec dict), "options"}``. Returns the score and
@@ -106,7 +144,8 @@ def evaluate_task(spec: Mapping[str, Any], arch_json: str, seed: int, budget: in
         _EVALUATORS[key] = ev
     arch = ArchConfig.from_json(arch_json)
     t0 = time.perf_counter()
-    res = ev.evaluate(arch, seed=int(seed), budget=int(budget))
+    with _time_limit(timeout_s):
+        res = ev.evaluate(arch, seed=int(seed), budget=int(budget))
     wall = time.perf_counter() - t0
     node_id = ""
     try:
@@ -147,6 +186,8 @@ def failure_reason(exc: BaseException) -> str:
 
     if isinstance(exc, rex.RayTaskError):
         cause = getattr(exc, "cause", None)
+        if isinstance(cause, EvaluationTimeout):
+            return str(cause)
         if cause is not None and not isinstance(cause, rex.RayTaskError):
             return f"evaluator raised {type(cause).__name__}: {_one_line(str(cause))}"
         return f"evaluator raised: {_one_line(str(exc).splitlines()[-1] if str(exc) else '')}"

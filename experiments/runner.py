@@ -33,6 +33,7 @@ from search_space.errors import ConfigError, TemponasError
 RUN_FORMAT_VERSION = 1
 RUN_FILE = "run.json"
 OUTPUT_REFRESH_S = 15.0
+BACKSTOP_GRACE_S = 30.0  # see Driver._backstop_s
 
 
 @dataclass
@@ -278,7 +279,7 @@ class Driver:
                 if not self.inflight:  # only trials resolved without evaluation remain
                     continue
                 now = time.monotonic()
-                deadline = min(t + self.cfg.evaluator.timeout_s for _, t in self.inflight.values())
+                deadline = min(t + self._backstop_s() for _, t in self.inflight.values())
                 wait_s = max(0.0, min(1.0, deadline - now))
                 ready, _ = ray.wait(list(self.inflight), num_returns=1, timeout=wait_s)
                 for ref in ready:
@@ -337,7 +338,7 @@ class Driver:
             self.waiters.setdefault(key, []).append(trial.number)
             if key not in self.pending:
                 ref = self.remote.remote(self.eval_spec, arch.to_json(), key.seed, key.budget,
-                                         cfg.evaluator.threads)
+                                         cfg.evaluator.threads, cfg.evaluator.timeout_s)
                 self.pending[key] = ref
                 self.inflight[ref] = (key, time.monotonic())
         if len(act.results) == len(keys):
@@ -379,10 +380,17 @@ class Driver:
             if len(act.results) == len(act.keys):
                 self._finish(act)
 
+    def _backstop_s(self) -> float:
+        """The worker stops an evaluation at ``timeout_s`` after it STARTS; the driver cancels
+        one that has not returned this long after SUBMISSION (worker start-up and queueing
+        included), e.g. a hang in native code that the worker's alarm cannot interrupt."""
+        t = self.cfg.evaluator.timeout_s
+        return t + max(BACKSTOP_GRACE_S, t)
+
     def _check_timeouts(self) -> None:
         import ray
 
-        limit = self.cfg.evaluator.timeout_s
+        limit = self._backstop_s()
         now = time.monotonic()
         for ref, (key, t_sub) in list(self.inflight.items()):
             if now - t_sub > limit:
@@ -390,8 +398,9 @@ class Driver:
                 self.inflight.pop(ref)
                 self.pending.pop(key, None)
                 self._fail_waiters(self.waiters.pop(key, []),
-                                   f"timeout: the evaluation ran longer than {limit:g} s "
-                                   f"(evaluator.timeout_s) and was cancelled")
+                                   f"timeout: no result {limit:g} s after submission "
+                                   f"(evaluator.timeout_s={self.cfg.evaluator.timeout_s:g} plus "
+                                   f"start-up/queueing grace); cancelled")
 
     def _fail_waiters(self, numbers: list[int], reason: str) -> None:
         for num in numbers:
