@@ -42,11 +42,9 @@ def _assert_finished(run: Path, n: int) -> None:
 
 
 def test_evaluator_raises_nan_inf_and_hang_fail_their_trials_only(tmp_path, record):
-    # two good evaluations first: the per-trial clock starts at submission, so a cold worker
-    # (torch import on a busy machine) must not eat the timeout (see docs/reliability.md)
-    plan = ["ok", "ok", "raise", "nan", "inf", "hang"]
+    plan = ["ok", "raise", "nan", "inf", "hang"]
     cfg = write_config(tmp_path / "faulty.yaml", constraints=NO_MEM,
-                       evaluator=faulty(tmp_path / "script", plan, timeout_s=6, hang_s=60),
+                       evaluator=faulty(tmp_path / "script", plan, timeout_s=3, hang_s=60),
                        search={"n_trials": 9})
     run = tmp_path / "run"
     t0 = time.monotonic()
@@ -61,7 +59,7 @@ def test_evaluator_raises_nan_inf_and_hang_fail_their_trials_only(tmp_path, reco
     assert any(r.startswith("evaluator raised RuntimeError: injected failure") for r in reasons)
     assert "evaluator returned a non-finite value (nan)" in reasons
     assert "evaluator returned a non-finite value (inf)" in reasons
-    assert any(r.startswith("timeout: the evaluation ran longer than 6 s") for r in reasons)
+    assert "timeout: the evaluation ran longer than 3 s (evaluator.timeout_s) and was stopped" in reasons
     rows = csv_rows(run / "trials.csv")
     assert sorted(r["failure_reason"] for r in rows if r["state"] == "FAIL") == reasons
     report = (run / "report.md").read_text()
@@ -79,7 +77,7 @@ def test_evaluator_raises_nan_inf_and_hang_fail_their_trials_only(tmp_path, reco
                          ("hang", next(r for r in reasons if r.startswith("timeout")))):
         what = {"raise": "evaluator raises RuntimeError", "nan": "evaluator returns NaN",
                 "inf": "evaluator returns +inf",
-                "hang": "evaluator hangs (sleeps 60 s) past evaluator.timeout_s=6"}[mode]
+                "hang": "evaluator hangs (sleeps 60 s) past evaluator.timeout_s=3"}[mode]
         record("fault", what, f"plug-in `rel_evaluators:Faulty` (module:Class), plan {plan}",
                f"trial FAIL, failure_reason \"{reason}\" in trials.csv and counted by reason in "
                f"report.md; search exits 0: \"{summary}\"",
