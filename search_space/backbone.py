@@ -130,7 +130,8 @@ class BackboneSpec:
         """The same topology with every width multiplied by ``width_mult``.
 
         Channels are rounded to a multiple of ``multiple`` (default: ``norm_groups``); head
-        counts are kept when they still divide the channels, else halved until they do.
+        counts are kept when they still divide the channels, else the largest smaller divisor
+        of the channels is used.
         """
         if width_mult == 1.0:
             return self
@@ -138,10 +139,8 @@ class BackboneSpec:
         stages = []
         for s in self.stages:
             c = max(m, int(round(s.channels * width_mult / m)) * m)
-            h = s.heads
-            while c % h:
-                h //= 2
-            stages.append(replace(s, channels=c, heads=max(1, h)))
+            h = max(d for d in range(1, s.heads + 1) if c % d == 0)
+            stages.append(replace(s, channels=c, heads=h))
         cross = max(m, int(round(self.cross_attention_dim * width_mult / m)) * m)
         return replace(self, name=f"{self.name}@w{width_mult:g}", stages=tuple(stages),
                        cross_attention_dim=cross, time_embed_dim=4 * stages[0].channels)
