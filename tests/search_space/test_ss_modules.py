@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import math
+import os
+import re
+
 import pytest
 import torch
 from ss_helpers import TEMPORAL_KINDS, K, choice_for, mixed_arch, tiny_variant
 
 from search_space.arch import ArchConfig, TemporalKind
+from search_space.errors import ConfigError
 from search_space.geometry import BlockOp, BlockSignature, network_blocks
 from search_space.modules import (
     SPATIAL_BLOCKS,
@@ -17,9 +23,11 @@ from search_space.modules import (
     example_inputs,
     input_specs,
     is_temporal_name,
+    load_diffusers_unet,
     output_shape,
+    temponas_name,
 )
-from search_space.presets import get_backbone
+from search_space.presets import default_task, get_backbone
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
@@ -224,7 +232,6 @@ def test_model_exports_with_static_shapes(tiny, small_task):
 
 def test_sd15_builds_with_public_parameter_layout():
     """Meta-device build (no memory): diffusers-style names of SD-v1.5's UNet."""
-    from search_space.presets import default_task
     with torch.device("meta"):
         m = build_image_model(get_backbone("sd15"), default_task("sd15"))
     names = {n for n, _ in m.named_parameters()}
@@ -236,3 +243,47 @@ def test_sd15_builds_with_public_parameter_layout():
               "conv_out.norm.weight"):
         assert n in names, n
     assert sum(p.numel() for p in m.parameters()) == 859_520_964
+
+
+DIFFUSERS_PARAMS = os.path.join(os.path.dirname(__file__), "data", "diffusers_unet_params.json")
+
+
+@pytest.mark.parametrize("name", ["sd15", "sd21"])
+def test_layout_is_diffusers_name_for_name_and_shape_for_shape(name):
+    """Every parameter of diffusers' UNet2DConditionModel (names and shapes recorded from
+    diffusers itself, see the fixture's provenance) maps onto exactly one of ours, same shape."""
+    with open(DIFFUSERS_PARAMS) as f:
+        ref = json.load(f)["models"][name]
+    with torch.device("meta"):
+        m = build_image_model(get_backbone(name), default_task(name))
+    ours = {n: list(p.shape) for n, p in m.named_parameters()}
+    mapped = {temponas_name(n): s for n, s in ref["params"].items()}
+    assert len(mapped) == len(ref["params"])
+    assert mapped == ours
+    assert sum(math.prod(s) for s in mapped.values()) == ref["num_params"]
+
+
+def test_diffusers_state_dict_loads_into_a_video_candidate(tiny, small_task):
+    """Round trip through diffusers names: the renamed image weights load strictly."""
+    image = build_image_model(tiny, small_task)
+    inverse = {}
+    for n in image.state_dict():  # build diffusers-style names from ours
+        d = (n.replace("conv_in.conv.", "conv_in.").replace("time_embed.", "time_embedding.")
+             .replace("conv_out.norm.", "conv_norm_out.").replace("conv_out.conv.", "conv_out."))
+        m = re.match(r"stages\.(down|up)(\d+)\.(resnets|transformers|resample)\.(.+)", d)
+        if m:
+            role, i, kind, rest = m.groups()
+            kind = {"resnets": "resnets", "transformers": "attentions",
+                    "resample": "downsamplers.0" if role == "down" else "upsamplers.0"}[kind]
+            d = f"{role}_blocks.{i}.{kind}.{rest}"
+        d = re.sub(r"^stages\.mid\.(resnets|transformers)\.", lambda mm: "mid_block." + (
+            "attentions." if mm.group(1) == "transformers" else "resnets."), d)
+        inverse[d] = image.state_dict()[n]
+    video = build_model(tiny, small_task, mixed_arch(tiny, small_task))
+    load_diffusers_unet(video, inverse)
+    for n, p in image.state_dict().items():
+        assert torch.equal(video.state_dict()[n], p)
+    bad = dict(inverse)
+    bad["conv_in.weight"] = torch.zeros(1)
+    with pytest.raises(ConfigError, match="conv_in.conv.weight: shape"):
+        load_diffusers_unet(video, bad)
