@@ -148,6 +148,11 @@ class Driver:
         from search_space.flops import network_cost
 
         self.network_cost = network_cost
+        try:
+            self.sampler = make_sampler(cfg.search.sampler, cfg.search.sampler_options,
+                                        cfg.search.seed)
+        except ConfigError as e:
+            raise ConfigError(f"{src}: {e}") from None
         self.config_key = str(self.evaluator.config_key)
         self.directions = [self.evaluator.direction.value if o == "quality" else "minimize"
                            for o in cfg.objectives]
@@ -165,7 +170,7 @@ class Driver:
             except OSError as e:
                 raise _io_error(self.run_dir / "study.journal", e) from None
         self.storage = open_storage(cfg.search.storage, self.run_dir)
-        sampler = make_sampler(cfg.search.sampler, cfg.search.sampler_options, cfg.search.seed)
+        sampler = self.sampler
         names = optuna.get_all_study_names(self.storage)
         exists = cfg.name in names
         if exists and not self.opts.resume:
