@@ -11,6 +11,7 @@ A partial run never touches the table.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -38,37 +39,57 @@ def _is_rel(nodeid: str) -> bool:
     return nodeid.replace("\\", "/").startswith("tests/reliability/")
 
 
+_TMP = re.compile(r"/tmp/pytest-of-[^/\s]+/pytest-\d+/[^/\s\"']+")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _clean(text: str) -> str:
+    """One line, no ANSI colours, pytest's temp dirs shown as <tmp>."""
+    return " ".join(_TMP.sub("<tmp>", _ANSI.sub("", str(text))).split())
+
+
 @pytest.fixture
 def record(request):
     """``record(kind, scenario, injected, user_sees, kept)`` adds one row to the table."""
 
     def add(kind: str, scenario: str, injected: str, user_sees: str, kept: str) -> None:
         assert kind in ("fault", "bad input", "concurrency", "safety"), kind
-        _RECORDS.append({"kind": kind, "scenario": scenario, "injected": injected,
-                         "user_sees": " ".join(str(user_sees).split()), "kept": kept,
+        _RECORDS.append({"kind": kind, "scenario": _clean(scenario), "injected": _clean(injected),
+                         "user_sees": _clean(user_sees), "kept": _clean(kept),
                          "test": request.node.nodeid})
 
     return add
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def rel_ray():
-    """A local Ray (2 CPUs, loopback, no dashboard) shared by the scenarios of one module."""
+    """One local Ray (2 CPUs, loopback, no dashboard) shared by every reliability scenario
+    that does not need its own (its workers stay warm between tests). The two-node cluster
+    test replaces it and runs last (see pytest_collection_modifyitems)."""
     import ray
 
     from experiments.distributed import ensure_ray
 
-    if ray.is_initialized():
-        ray.shutdown()
-    ensure_ray(None, 2)
-    yield
-    ray.shutdown()
+    if not _STATE.get("ray_started") or not ray.is_initialized():
+        if ray.is_initialized():
+            ray.shutdown()
+        ensure_ray(None, 2)
+        _STATE["ray_started"] = True
+    yield ray.get_runtime_context().gcs_address
 
 
 # ---- session hooks: only a complete reliability run rewrites the table ------------------------
 
 def pytest_collection_modifyitems(session, config, items):
+    """Tests that start their own Ray cluster run last, after the shared Ray is no longer needed."""
     _STATE["started"] = time.monotonic()
+    own = [it for it in items if it.get_closest_marker("own_ray_cluster")]
+    if own:
+        items[:] = [it for it in items if not it.get_closest_marker("own_ray_cluster")] + own
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "own_ray_cluster: starts its own Ray cluster (runs last)")
 
 
 def pytest_deselected(items):

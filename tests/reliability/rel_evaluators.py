@@ -23,8 +23,8 @@ import json
 import os
 import signal
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 from evaluators.base import Direction, EvalResult
 from search_space.arch import ArchConfig

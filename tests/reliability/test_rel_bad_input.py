@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from rel_helpers import cli, faulty, one_line_error, smoke_dict, write_config
 
 pytestmark = pytest.mark.timeout(60)
@@ -96,20 +95,10 @@ def _search(cfg: Path, tmp: Path, *extra: str) -> list[str]:
 # ---- a finished run to damage (one short real search) ---------------------------------------
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    import ray
-
-    from experiments.distributed import ensure_ray
-
+def finished_run(tmp_path_factory, rel_ray):
     d = tmp_path_factory.mktemp("bad_input_run")
     cfg = write_config(d / "cfg.yaml", evaluator=faulty(d / "script"), search={"n_trials": 4})
-    if ray.is_initialized():
-        ray.shutdown()
-    ensure_ray(None, 2)
-    try:
-        rc, out, err = cli("search", str(cfg), "--out", str(d / "run"), "--no-progress")
-    finally:
-        ray.shutdown()
+    rc, out, err = cli("search", str(cfg), "--out", str(d / "run"), "--no-progress")
     assert rc == 0, err
     return cfg, d / "run"
 
@@ -153,7 +142,7 @@ def _binary_journal(run: Path):
 # id: (category, what the input is, builder(tmp, finished_run) -> argv, expected fragments)
 
 def _cases():
-    S = lambda tmp, **o: _search(_cfg(tmp, **o), tmp)  # noqa: E731
+    S = lambda tmp, **o: _search(_cfg(tmp, **o), tmp)
     return {
         # experiment configs
         "yaml_malformed": ("config", "malformed YAML (unclosed flow mapping)",
@@ -192,7 +181,7 @@ def _cases():
                         lambda t, r: S(t, search={"sampler": "annealing"}), ["cfg.yaml", "search.sampler", "nsga2"]),
         "bad_sampler_option": ("config", "sampler option nsga2 does not have",
                                lambda t, r: S(t, search={"sampler_options": {"pop": 3}}),
-                               ["search.sampler_options.pop"]),
+                               ["cfg.yaml", "search.sampler_options.pop"]),
         "no_quality_objective": ("config", "objectives without `quality`",
                                  lambda t, r: S(t, objectives=["latency_ms", "memory_mb"]),
                                  ["cfg.yaml", "objectives", "quality"]),
@@ -272,6 +261,9 @@ def _cases():
         "csv_bad_signature_field": ("measurement CSV", "block signature field `in_channels` = `wide`",
                                     lambda t, r: _fit(t, _csv_edit(t, _set_col("in_channels", "wide", 3))),
                                     ["meas.csv", "line 3", "in_channels"]),
+        "csv_not_utf8": ("measurement CSV", "CSV saved as UTF-16 by a spreadsheet",
+                         lambda t, r: _fit(t, _utf16(valid_measurement_csv(t))),
+                         ["meas.csv", "not UTF-8"]),
         "csv_header_only": ("measurement CSV", "header without rows",
                             lambda t, r: _fit(t, _csv_edit(t, lambda rows: rows[:1])),
                             ["meas.csv", "no measurement rows"]),
@@ -320,6 +312,11 @@ def _cases():
                                               "--format", "json", "--out", str(t / "exp")],
                                 ["ffffffffffff"]),
     }
+
+
+def _utf16(p: Path) -> Path:
+    p.write_bytes(p.read_text().encode("utf-16"))
+    return p
 
 
 def _strip_id(s: str) -> str:

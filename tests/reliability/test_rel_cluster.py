@@ -4,10 +4,9 @@ while evaluations run on it: Ray re-runs them on the surviving node and the sear
 from __future__ import annotations
 
 import pytest
-
 from rel_helpers import evaluation_counts, faulty, load_study, states, write_config
 
-pytestmark = [pytest.mark.fault, pytest.mark.timeout(150)]
+pytestmark = [pytest.mark.fault, pytest.mark.timeout(150), pytest.mark.own_ray_cluster]
 
 N = 10
 

@@ -12,8 +12,8 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from rel_helpers import smoke_dict
+
 from search_space.errors import TemponasError
 
 pytestmark = pytest.mark.timeout(120)
