@@ -30,17 +30,18 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from evaluators.audit import AuditSpec, _json_safe, run_audit, write_report  # noqa: E402
-from search_space.presets import default_task, get_backbone  # noqa: E402
-from search_space.space import default_space  # noqa: E402
+from evaluators.audit import AuditSpec, _json_safe, run_audit, write_report
+from search_space.presets import default_task, get_backbone
+from search_space.space import default_space
 
 
 def _time_default_budget(bb, space, k: int) -> dict:
     """Fresh short_train runs at the default budget (no cache) in this process, 1 thread:
     wall-clock and CPU seconds (CPU time is what one core would take on an idle machine)."""
+    from tqdm import tqdm
+
     from evaluators.audit import sample_archs
     from evaluators.registry import create_evaluator
-    from tqdm import tqdm
 
     if k < 1:
         return {}

@@ -6,7 +6,7 @@ network"; as quality proxies they say "more temporal capacity is better".
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from evaluators._common import BuiltinEvaluator
 from search_space.arch import ArchConfig

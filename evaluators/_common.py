@@ -5,8 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar
 
 from evaluators.base import Direction, EvalResult
 from evaluators.options import DEFAULT_RESOURCES, options_dict, parse_options
@@ -50,7 +51,7 @@ class BuiltinEvaluator:
 
     @classmethod
     def from_options(cls, backbone: BackboneSpec, options: Mapping[str, Any] | None,
-                     where: str | None = None) -> "BuiltinEvaluator":
+                     where: str | None = None) -> BuiltinEvaluator:
         return cls(backbone, options, where)
 
     @property

@@ -10,7 +10,7 @@ every later layer, so candidates differ; the image model is a valid candidate to
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import nn

@@ -21,9 +21,17 @@ from typing import Any
 import torch
 
 from evaluators._common import CODE_VERSION
-from evaluators._torch_setup import (NUM_TRAIN_TIMESTEPS, Scaled, TorchOptions, cache_root,
-                                     data_splits, denoise_loss, mean_loss, torch_session,
-                                     validation_batches)
+from evaluators._torch_setup import (
+    NUM_TRAIN_TIMESTEPS,
+    Scaled,
+    TorchOptions,
+    cache_root,
+    data_splits,
+    denoise_loss,
+    mean_loss,
+    torch_session,
+    validation_batches,
+)
 from evaluators.data import DATA_VERSION
 from search_space.backbone import BackboneSpec
 
@@ -86,8 +94,9 @@ def _lr_factor(step: int, steps: int, warmup: int = 20) -> float:
 
 def _pretrain(full: BackboneSpec, opts: TorchOptions, latent_channels: int, progress: bool
               ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    from search_space.modules import build_image_model
     from tqdm import tqdm
+
+    from search_space.modules import build_image_model
 
     sc = Scaled.of(full, opts, latent_channels)
     train, val = data_splits(full, opts, latent_channels)

@@ -7,7 +7,7 @@ Both differentiate the denoising loss of one fixed batch w.r.t. the temporal par
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import nn

@@ -17,16 +17,25 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 
 from evaluators._common import BuiltinEvaluator
 from evaluators._pretrain import _atomic_write_json, pretrained_spatial
-from evaluators._torch_setup import (NUM_TRAIN_TIMESTEPS, TorchOptions, cache_root, data_splits,
-                                     denoise_loss, mean_loss, scaled_arch, torch_session,
-                                     validation_batches)
+from evaluators._torch_setup import (
+    NUM_TRAIN_TIMESTEPS,
+    TorchOptions,
+    cache_root,
+    data_splits,
+    denoise_loss,
+    mean_loss,
+    scaled_arch,
+    torch_session,
+    validation_batches,
+)
 from evaluators.base import EvalResult
 from search_space.arch import ArchConfig
 from search_space.errors import ConfigError

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import nn

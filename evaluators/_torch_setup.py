@@ -11,8 +11,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator, Literal
+from typing import Literal
 
 import torch
 
@@ -109,7 +110,7 @@ class Scaled:
     geometry: VideoGeometry
 
     @staticmethod
-    def of(full: BackboneSpec, opts: TorchOptions, latent_channels: int) -> "Scaled":
+    def of(full: BackboneSpec, opts: TorchOptions, latent_channels: int) -> Scaled:
         bb = opts.scale.backbone(full)
         s = opts.scale
         geom = VideoGeometry(latent_channels, s.num_frames, s.latent_height, s.latent_width,

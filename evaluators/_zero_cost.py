@@ -12,16 +12,21 @@ only: the spatial part is shared by every candidate.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar, Mapping
+from typing import ClassVar
 
-import torch
 from torch import nn
 
 from evaluators._common import BuiltinEvaluator
 from evaluators._pretrain import pretrained_spatial
-from evaluators._torch_setup import (TorchOptions, data_splits, fixed_batches, scaled_arch,
-                                     torch_session)
+from evaluators._torch_setup import (
+    TorchOptions,
+    data_splits,
+    fixed_batches,
+    scaled_arch,
+    torch_session,
+)
 from search_space.arch import ArchConfig
 from search_space.errors import ConfigError
 

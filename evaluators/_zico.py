@@ -9,8 +9,8 @@ mean a layer trains fast and stably (the paper's argument).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import torch
 

@@ -22,8 +22,9 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -163,8 +164,7 @@ def run_audit(spec: AuditSpec, progress: bool = True) -> dict[str, Any]:
     bar = tqdm(total=len(jobs), desc="short_train", disable=not progress, mininterval=1.0)
     if spec.workers > 1:
         import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-        from concurrent.futures import as_completed
+        from concurrent.futures import ProcessPoolExecutor, as_completed
         with ProcessPoolExecutor(spec.workers, mp_context=mp.get_context("spawn")) as ex:
             futs = [ex.submit(_short_train_job, j) for j in jobs]
             for f in as_completed(futs):

@@ -35,7 +35,6 @@ their standard deviation over the training split so latents have unit scale (lik
 from __future__ import annotations
 
 import functools
-import gzip
 import os
 from dataclasses import dataclass
 
@@ -114,7 +113,7 @@ def _sklearn_datasets_dir() -> str:
     spec = importlib.util.find_spec("sklearn")
     if spec is None or not spec.submodule_search_locations:
         raise ConfigError("data: scikit-learn is not installed (its bundled images are needed)")
-    return os.path.join(list(spec.submodule_search_locations)[0], "datasets")
+    return os.path.join(next(iter(spec.submodule_search_locations)), "datasets")
 
 
 def _sk_image(name: str) -> str:
@@ -137,7 +136,7 @@ def _terrain(z: np.ndarray) -> np.ndarray:
     return colormaps["terrain"](z)[..., :3].astype(np.float32)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def source_image(source: str) -> np.ndarray:
     """``(H, W, 3)`` float32 RGB in [0, 1] of an image source (not the digit sources)."""
     if source == "grace_hopper":
@@ -213,7 +212,7 @@ def _render_digits(pool: np.ndarray, T: int, hw: tuple[int, int], rng: np.random
     canvas += np.array([0.05, 0.05, 0.12], np.float32)
     n = int(rng.integers(1, 3))
     fast = bool(rng.integers(2))
-    size = max(4, int(round(min(h, w) * rng.uniform(0.35, 0.5))))
+    size = max(4, int(round(min(h, w) * rng.uniform(0.35, 0.5))))  # noqa: RUF046
     vx0 = vy0 = 0.0
     for k in range(n):
         d = pool[int(rng.integers(len(pool)))]
@@ -227,7 +226,7 @@ def _render_digits(pool: np.ndarray, T: int, hw: tuple[int, int], rng: np.random
         if k == 0:
             vx0, vy0 = vx, vy
         for t in range(T):
-            xi, yi = int(round(x)), int(round(y))
+            xi, yi = int(round(x)), int(round(y))  # noqa: RUF046
             region = canvas[t, yi:yi + size, xi:xi + size]
             np.maximum(region, glyph[..., None] * color, out=region)
             x, y = x + vx, y + vy

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import importlib
 import inspect
+from collections.abc import Mapping
 from importlib import metadata
-from typing import Any, Mapping
+from typing import Any
 
 from evaluators.base import Evaluator
 from evaluators.options import DEFAULT_RESOURCES, parse_resources
@@ -47,7 +48,7 @@ DEFAULT_FAST_PROXY = "params"
 def _entry_points() -> dict[str, metadata.EntryPoint]:
     try:
         eps = metadata.entry_points(group=ENTRY_POINT_GROUP)
-    except Exception:  # a broken installed distribution must not break the built-ins
+    except Exception:  # a broken installed distribution must not break the built-ins  # noqa: BLE001
         return {}
     return {ep.name: ep for ep in eps}
 
@@ -87,7 +88,7 @@ def resolve(name: str, where: str = "evaluator") -> Any:
     if name in eps:
         try:
             return eps[name].load()
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - any plugin failure is a config error
             raise ConfigError(f"{where}: entry point {name!r} of group {ENTRY_POINT_GROUP} "
                               f"failed to load ({type(e).__name__}: {e})") from None
     if ":" in name:

@@ -104,8 +104,8 @@ def _load_options(path: str | None) -> dict[str, Any]:
 def _split_options(data: dict[str, Any], where: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """(proxy options, short_train options) from an --options file."""
     if set(data) <= {"proxies", "short_train"} and data:
-        for k in data:
-            if not isinstance(data[k], dict):
+        for k, v in data.items():
+            if not isinstance(v, dict):
                 raise ConfigError(f"{where}.{k}: expected a mapping")
         return dict(data.get("proxies") or {}), dict(data.get("short_train") or {})
     shared = {k: v for k, v in data.items() if k in ("scale", "data", "pretrain", "batch",
@@ -177,7 +177,8 @@ def run_preview(args: argparse.Namespace) -> int:
 
 
 def run_audit(args: argparse.Namespace) -> int:
-    from evaluators.audit import BASELINES, ZERO_COST, AuditSpec, markdown, run_audit as _run, write_report
+    from evaluators.audit import BASELINES, ZERO_COST, AuditSpec, markdown, write_report
+    from evaluators.audit import run_audit as _run
     from evaluators.registry import available
 
     backbone, space, cfg_opts = _resolve(args.config)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from ev_helpers import make_arch
+
 from search_space.arch import ArchConfig, StageChoice, TemporalKind
 from search_space.presets import get_backbone
 

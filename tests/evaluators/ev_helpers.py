@@ -18,8 +18,8 @@ TINY_EXTRA = {"short_train": {"default_budget": 3, "val_timesteps": 1}}
 
 def tiny_options(name: str, cache_dir: str) -> dict:
     """Options that make a built-in evaluator run at test size (``{}`` for analytic ones)."""
-    from evaluators.registry import BUILTIN, resolve
     from evaluators._torch_setup import TorchOptions
+    from evaluators.registry import BUILTIN, resolve
 
     if name not in BUILTIN:
         return {}

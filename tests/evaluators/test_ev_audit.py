@@ -6,15 +6,13 @@ import json
 import math
 import os
 
-import numpy as np
 import pytest
+from ev_helpers import TINY_TORCH
 
 from evaluators.audit import bootstrap_ci, kendall, sample_archs, spearman
 from experiments.cli import main
 from search_space.presets import default_task, get_backbone
 from search_space.space import default_space
-
-from ev_helpers import TINY_TORCH
 
 
 def test_rank_statistics():

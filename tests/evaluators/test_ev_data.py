@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from evaluators import data as D
 from evaluators.scale import ProxyScale
 from search_space.errors import ConfigError
-from search_space.geometry import BlockOp, network_blocks
+from search_space.geometry import network_blocks
 from search_space.presets import default_task, get_backbone
 from search_space.space import default_space
 
@@ -55,7 +54,7 @@ def test_encoding_is_orthonormal_and_decodes():
     assert rec.shape == (4, 3, 16, 16, 3)
     # the luma-mean channel is exact: patch means of the decoded frames match the originals
     orig = tr.pixels.astype(np.float32) / 255
-    m = lambda v: v.reshape(4, 3, 4, 4, 4, 4, 3).mean(axis=(3, 5, 6))  # noqa: E731
+    m = lambda v: v.reshape(4, 3, 4, 4, 4, 4, 3).mean(axis=(3, 5, 6))
     assert np.abs(m(rec) - m(orig)).max() < 0.05
 
 

@@ -7,13 +7,17 @@ import sys
 import textwrap
 
 import pytest
+from ev_helpers import tiny_options
 
 from evaluators.base import Direction, EvalResult, Evaluator
-from evaluators.registry import (BUILTIN, DEFAULT_FAST_PROXY, available, create_evaluator,
-                                 evaluator_resources, ray_remote_options)
+from evaluators.registry import (
+    DEFAULT_FAST_PROXY,
+    available,
+    create_evaluator,
+    evaluator_resources,
+    ray_remote_options,
+)
 from search_space.errors import ConfigError
-
-from ev_helpers import tiny_options
 
 
 def test_builtins_are_available():

@@ -7,12 +7,11 @@ import os
 
 import pytest
 import torch
-
-from evaluators.registry import create_evaluator
-from evaluators._pretrain import pretrained_spatial
-from search_space.modules import is_temporal_name
-
 from ev_helpers import tiny_options
+
+from evaluators._pretrain import pretrained_spatial
+from evaluators.registry import create_evaluator
+from search_space.modules import is_temporal_name
 
 
 @pytest.fixture(scope="module")
