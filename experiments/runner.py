@@ -229,7 +229,7 @@ class Driver:
                 self.remote = remote_evaluate().options(
                     max_retries=self.cfg.evaluator.retries, retry_exceptions=False,
                     **ray_remote_options(self.evaluator))
-                old_term = _install_sigterm()
+                old_term = self._install_stop_handlers()
                 self._loop()
         except KeyboardInterrupt:
             self.summary.interrupted = True
@@ -244,8 +244,8 @@ class Driver:
             fatal = True
             raise
         finally:
-            if old_term is not None:
-                signal.signal(signal.SIGTERM, old_term)
+            for signum, handler in (old_term or {}).items():
+                signal.signal(signum, handler)
             try:
                 if hasattr(self, "study"):
                     self._write_outputs(final=True)
@@ -278,7 +278,9 @@ class Driver:
             while True:
                 while (self.done + len(self.active) < self.target and len(self.inflight) < self.workers
                        and len(self.active) < max_active):
+                    self._check_stop()
                     self._start_trial()
+                self._check_stop()
                 if not self.active:
                     break
                 if not self.inflight:  # only trials resolved without evaluation remain
@@ -294,6 +296,32 @@ class Driver:
                     self._write_outputs(final=False)
         finally:
             self.bar.close()
+
+    def _install_stop_handlers(self) -> dict[int, Any]:
+        """Ctrl-C / SIGTERM only set a flag that the loop checks between storage calls.
+
+        Raising KeyboardInterrupt straight from the handler can land inside Optuna's journal
+        lock (rename/unlink of ``study.journal.lock``) and turn a clean stop into a storage
+        error. A second signal stops at once. Returns the previous handlers.
+        """
+        self._stop_signal: int | None = None
+
+        def _flag(signum: int, frame: Any) -> None:
+            if self._stop_signal is not None:
+                raise KeyboardInterrupt
+            self._stop_signal = signum
+
+        old: dict[int, Any] = {}
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                old[signum] = signal.signal(signum, _flag)
+            except ValueError:  # not in the main thread: default behaviour
+                pass
+        return old
+
+    def _check_stop(self) -> None:
+        if getattr(self, "_stop_signal", None) is not None:
+            raise KeyboardInterrupt
 
     def _start_trial(self) -> None:
         cfg = self.cfg
@@ -527,14 +555,6 @@ def _first_diff(a: Any, b: Any, path: str = "") -> str:
     return path or "config"
 
 
-def _install_sigterm() -> Any:
-    def _raise(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    try:
-        return signal.signal(signal.SIGTERM, _raise)
-    except ValueError:  # not in the main thread
-        return None
 
 
 def run_search(cfg: ExperimentConfig, opts: SearchOptions | None = None) -> SearchSummary:
