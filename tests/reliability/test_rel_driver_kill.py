@@ -29,12 +29,25 @@ pytestmark = [pytest.mark.fault, pytest.mark.timeout(150)]
 N = 10
 
 
+def _start(cfg, run, ray_address: str, tmp_path, *extra: str) -> subprocess.Popen:
+    """`temponas search` in its own process (and session); output to files, not pipes (a
+    full pipe would block it)."""
+    out = open(tmp_path / "driver.out", "w")  # noqa: SIM115 - closed with the process
+    err = open(tmp_path / "driver.err", "w")  # noqa: SIM115
+    proc = subprocess.Popen(TEMPONAS + ["search", str(cfg), "--out", str(run), "--no-progress",
+                                        "--ray-address", ray_address, *extra],
+                            env=subprocess_env(), stdout=out, stderr=err, text=True,
+                            start_new_session=True)
+    proc.err_path = tmp_path / "driver.err"
+    return proc
+
+
 def _wait_for(pred, timeout_s: float, proc: subprocess.Popen) -> None:
     t0 = time.monotonic()
     while not pred():
         if proc.poll() is not None:
             raise AssertionError(f"the search exited early ({proc.returncode}): "
-                                 f"{proc.stderr.read() if proc.stderr else ''}")
+                                 f"{proc.err_path.read_text()[-2000:]}")
         if time.monotonic() - t0 > timeout_s:
             raise AssertionError("timed out waiting for the search to make progress")
         time.sleep(0.1)
@@ -55,10 +68,7 @@ def test_driver_sigkill_mid_search_then_resume(tmp_path, record, rel_ray):
                        evaluator=faulty(tmp_path / "script", sleep_s=0.3),
                        search={"n_trials": N, "workers": 2})
     run = tmp_path / "run"
-    proc = subprocess.Popen(TEMPONAS + ["search", str(cfg), "--out", str(run), "--no-progress",
-                                        "--ray-address", rel_ray],
-                            env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    proc = _start(cfg, run, rel_ray, tmp_path)
     try:
         _wait_for(lambda: len(evaluation_counts(run)) >= 3, 90, proc)
 
@@ -132,3 +142,52 @@ def test_driver_sigkill_mid_search_then_resume(tmp_path, record, rel_ray):
            "nothing: `--resume` takes the lock at once (the kernel dropped the dead process's "
            "flock); no stale-lock timeout, no manual cleanup",
            "the lock record is rewritten with the new holder")
+
+
+def test_driver_sigterm_stops_cleanly_then_resume(tmp_path, record, rel_ray):
+    """SIGTERM (a scheduler preempting the job, `kill PID`): the driver stops its evaluations,
+    writes everything, says how to continue and exits 130; --resume finishes the study."""
+    cfg = write_config(tmp_path / "term.yaml", constraints={"memory_budget_mb": None},
+                       evaluator=faulty(tmp_path / "script", sleep_s=0.3),
+                       search={"n_trials": N, "workers": 2})
+    run = tmp_path / "run"
+    proc = _start(cfg, run, rel_ray, tmp_path)
+    try:
+        _wait_for(lambda: len(evaluation_counts(run)) >= 2, 90, proc)
+        t0 = time.monotonic()
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+        stop_s = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        _kill_group(proc)
+    err = proc.err_path.read_text()
+    assert proc.returncode == 130, (proc.returncode, err[-2000:])
+    assert "Traceback" not in err, err[-3000:]
+    hint = next(ln for ln in err.splitlines() if ln.startswith("interrupted;"))
+    assert "--resume" in err
+    study = load_study(run)
+    st = states(study)
+    assert st["RUNNING"] == 0, st  # nothing left dangling
+    interrupted = [t for t in study.trials if t.state.name == "FAIL"]
+    assert all(t.user_attrs["failure_reason"].startswith("interrupted") for t in interrupted)
+    assert st["WAITING"] == len(interrupted)  # re-queued for the resume
+    for f in ("trials.csv", "pareto.csv", "report.md"):
+        assert (run / f).exists(), f
+    done_before = st["COMPLETE"]
+    rc, out, e2 = cli("search", str(cfg), "--out", str(run), "--no-progress", "--resume")
+    assert rc == 0, e2
+    study = load_study(run)
+    st = states(study)
+    assert st["COMPLETE"] == N and st["RUNNING"] == 0 and st["WAITING"] == 0, st
+    assert max(evaluation_counts(run).values()) == 1
+    assert ({int(r["number"]) for r in csv_rows(run / "pareto.csv")}
+            == {t.number for t in study.best_trials})
+    record("fault", "driver gets SIGTERM mid-search (job preempted, `kill PID`), then `--resume`",
+           "SIGTERM to the `temponas search` process after 2 evaluations",
+           f"exit 130 after {stop_s:.1f} s, stderr: \"{hint} temponas search ... --resume\"",
+           f"{done_before} COMPLETE trials, trials.csv/pareto.csv/report.md written; the "
+           f"{len(interrupted)} interrupted trials FAIL as 'interrupted' and re-queued; "
+           f"`--resume` ran them first and reached {N} COMPLETE, no evaluation repeated")
