@@ -161,10 +161,9 @@ def test_video_model_at_init_is_the_image_model_frame_by_frame(tiny, tiny_models
     lat, ts, text = _inputs(small_task, seed=1)
     with torch.no_grad():
         y = video(lat, ts, text)
-        for b in range(small_task.batch):
-            for t in range(small_task.num_frames):
-                y_bt = frame_model(lat[b:b + 1, :, t:t + 1], ts[b:b + 1], text[b:b + 1])
-                torch.testing.assert_close(y_bt[:, :, 0], y[b:b + 1, :, t], rtol=1e-4, atol=1e-5)
+        for b, t in ((0, 0), (small_task.batch - 1, small_task.num_frames - 1)):
+            y_bt = frame_model(lat[b:b + 1, :, t:t + 1], ts[b:b + 1], text[b:b + 1])
+            torch.testing.assert_close(y_bt[:, :, 0], y[b:b + 1, :, t], rtol=1e-4, atol=1e-5)
 
 
 def test_activation_shapes_follow_the_geometry(tiny_models, small_task):
@@ -206,6 +205,7 @@ def test_spatial_names_do_not_depend_on_temporal_choices(tiny, small_task, tiny_
 
 
 def test_frozen_backbone_trains_only_temporal_layers(tiny, small_task):
+    small_task = small_task.replace(batch=1)
     model = build_model(tiny, small_task, mixed_arch(tiny, small_task))
     model.freeze_spatial()
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
