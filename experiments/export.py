@@ -73,10 +73,13 @@ def load_run_arch(run_dir: Path, arch_id: str) -> tuple[Any, ArchConfig, dict[st
                                "latency_model": run.cfg.latency_model}
     if t.values is not None:
         metrics.update(dict(zip(objs, t.values)))
+    from experiments.outputs import trial_attrs
+
+    ua = trial_attrs(t)
     for k in ("latency_ms", "latency_low_ms", "latency_high_ms", "per_stage_ms", "memory_mb",
               "params", "flops", "quality"):
-        if k in t.user_attrs:
-            metrics.setdefault(k, t.user_attrs[k])
+        if k in ua:
+            metrics.setdefault(k, ua[k])
     return run, arch, metrics
 
 

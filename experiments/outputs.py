@@ -24,9 +24,16 @@ COLUMNS = ("number", "state", "arch_id", "quality", "latency_ms", "latency_low_m
            "cache_hits", "node_ids", "failure_reason")
 
 
+def trial_attrs(t: Any) -> dict[str, Any]:
+    """A trial's user attrs with the driver's ``predicted`` and ``result`` dicts flattened in
+    (``latency_ms``, ``memory_mb``, ``quality``, ``node_ids``, ``wall_time_s`` ...)."""
+    ua = dict(t.user_attrs)
+    return {**ua, **dict(ua.get("predicted") or {}), **dict(ua.get("result") or {})}
+
+
 def trial_row(t: Any, objectives: Sequence[str]) -> dict[str, Any]:
     """One CSV row of a FrozenTrial (objective values from the study, the rest from attrs)."""
-    ua = t.user_attrs
+    ua = trial_attrs(t)
     cons = dict(getattr(t, "constraints", {}) or {})
     row: dict[str, Any] = {c: "" for c in COLUMNS}
     row.update(number=t.number, state=t.state.name, arch_id=ua.get("arch_id", ""))
@@ -64,10 +71,23 @@ def _csv_text(rows: Iterable[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
-def front_trials(study: Any) -> list[Any]:
-    """The feasible Pareto front, sorted by latency (then trial number). Equals
-    ``study.best_trials`` (Optuna drops infeasible trials when constraints are set)."""
-    best = study.best_trials
+def front_trials(study: Any, trials: Sequence[Any] | None = None) -> list[Any]:
+    """The feasible Pareto front, sorted by latency (then trial number).
+
+    The same set as ``study.best_trials`` (COMPLETE trials; only feasible ones when any trial
+    has constraints; duplicates of a front point all kept) without its deep copy of every trial.
+    """
+    import numpy as np
+
+    from experiments.hypervolume import pareto_mask
+
+    trials = study.get_trials(deepcopy=False) if trials is None else trials
+    done = [t for t in trials if t.state.name == "COMPLETE"]
+    if any(t.constraints for t in trials):
+        done = [t for t in done if all(v <= 0 for v in t.constraints.values())]
+    signs = np.array([1.0 if d.name == "MINIMIZE" else -1.0 for d in study.directions])
+    best = ([t for t, m in zip(done, pareto_mask(np.array([t.values for t in done]) * signs)) if m]
+            if done else [])
     objs = list(study.user_attrs.get("objectives", ["quality", "latency_ms"]))
     li = objs.index("latency_ms") if "latency_ms" in objs else 1
     return sorted(best, key=lambda t: (t.values[li], t.number))
@@ -92,7 +112,7 @@ def write_outputs(run_dir: Path, *, study: Any, cfg: Any, latency_model: Any = N
     objectives = list(study.user_attrs.get("objectives", cfg.objectives))
     trials = study.get_trials(deepcopy=False)
     atomic_write_text(run_dir / "trials.csv", _csv_text(trial_row(t, objectives) for t in trials))
-    front = front_trials(study)
+    front = front_trials(study, trials)
     atomic_write_text(run_dir / "pareto.csv", _csv_text(trial_row(t, objectives) for t in front))
     archs = run_dir / "archs"
     for t in trials:

@@ -42,7 +42,7 @@ def quality_label(cfg: Any, direction: str) -> str:
 
 
 def write_plots(run_dir: Path, *, study: Any, cfg: Any, latency_model: Any = None) -> list[Path]:
-    from experiments.outputs import front_trials, unique_by_arch
+    from experiments.outputs import front_trials, trial_attrs, unique_by_arch
 
     plt = _plt()
     out = Path(run_dir) / "plots"
@@ -70,8 +70,8 @@ def write_plots(run_dir: Path, *, study: Any, cfg: Any, latency_model: Any = Non
                        label=f"over a budget ({len(infeasible)})", zorder=1)
         if front:
             x, y = xy(front)
-            lo = np.array([t.user_attrs.get("latency_low_ms", v) for t, v in zip(front, x)])
-            hi = np.array([t.user_attrs.get("latency_high_ms", v) for t, v in zip(front, x)])
+            lo = np.array([trial_attrs(t).get("latency_low_ms", v) for t, v in zip(front, x)])
+            hi = np.array([trial_attrs(t).get("latency_high_ms", v) for t, v in zip(front, x)])
             ax.errorbar(x, y, xerr=[np.clip(x - lo, 0, None), np.clip(hi - x, 0, None)], fmt="o",
                         c="tab:blue", ms=6, capsize=3, lw=1, zorder=3, ecolor=(0.12, 0.47, 0.71, 0.35),
                         label=f"Pareto front ({len(front)}), predicted-latency interval")
@@ -119,10 +119,10 @@ def write_plots(run_dir: Path, *, study: Any, cfg: Any, latency_model: Any = Non
             written.append(out / "hypervolume.png")
 
     # 3. Per-stage latency of the front ------------------------------------------------------
-    if front and any(t.user_attrs.get("per_stage_ms") for t in front):
+    if front and any(trial_attrs(t).get("per_stage_ms") for t in front):
         stages: list[str] = []
         for t in front:
-            for s in t.user_attrs.get("per_stage_ms", {}):
+            for s in trial_attrs(t).get("per_stage_ms", {}):
                 if s not in stages:
                     stages.append(s)
         fig, ax = plt.subplots(figsize=(8, 0.45 * len(front) + 1.8))
@@ -130,7 +130,7 @@ def write_plots(run_dir: Path, *, study: Any, cfg: Any, latency_model: Any = Non
         left = np.zeros(len(front))
         labels = [f"{t.user_attrs.get('arch_id', '')[:6]} (#{t.number})" for t in front]
         for i, s in enumerate(stages):
-            w = np.array([float(t.user_attrs.get("per_stage_ms", {}).get(s, 0.0)) for t in front])
+            w = np.array([float(trial_attrs(t).get("per_stage_ms", {}).get(s, 0.0)) for t in front])
             ax.barh(labels, w, left=left, color=cmap(i % 20), label=s)
             left += w
         if budget is not None:

@@ -36,7 +36,7 @@ def _latency_meta(model: Any) -> str:
 
 
 def write_report(run_dir: Path, *, study: Any, cfg: Any, latency_model: Any = None) -> None:
-    from experiments.outputs import failures_by_reason, front_trials, unique_by_arch
+    from experiments.outputs import failures_by_reason, front_trials, trial_attrs, unique_by_arch
     from experiments.study import storage_location
 
     run_dir = Path(run_dir)
@@ -89,7 +89,7 @@ def write_report(run_dir: Path, *, study: Any, cfg: Any, latency_model: Any = No
         L += ["| arch_id | trial | quality | latency ms [interval] | memory MB | params (M) | temporal layers |",
               "|---|---|---|---|---|---|---|"]
         for tr in front:
-            ua = tr.user_attrs
+            ua = trial_attrs(tr)
             q = tr.values[objs.index("quality")]
             L.append(f"| `{ua.get('arch_id', '')}` | {tr.number} | {q:.5g} | "
                      f"{ua.get('latency_ms', float('nan')):.1f} [{ua.get('latency_low_ms', float('nan')):.1f}, "

@@ -78,6 +78,7 @@ class _Active:
     latency: Any
     t0: float
     feasible: bool = True
+    predicted: dict[str, Any] = field(default_factory=dict)
     results: dict[EvalKey, CachedEval] = field(default_factory=dict)
     cache_hits: int = 0
 
@@ -334,14 +335,16 @@ class Driver:
         self._seen_archs.add(aid)
         cost = self.network_cost(self.backbone, self.task, arch)
         lat = self.latency_model.predict(arch, self.backbone)
-        attrs: dict[str, Any] = {
-            "arch_id": aid, "arch": arch.to_json(), "latency_ms": float(lat.mean_ms),
-            "latency_low_ms": float(lat.low_ms), "latency_high_ms": float(lat.high_ms),
+        predicted: dict[str, Any] = {
+            "latency_ms": float(lat.mean_ms), "latency_low_ms": float(lat.low_ms),
+            "latency_high_ms": float(lat.high_ms),
             "per_stage_ms": {k: float(v) for k, v in dict(lat.per_stage_ms).items()},
             "memory_mb": float(cost.memory_mb), "params": int(cost.params),
             "flops": float(cost.flops)}
-        for k, v in attrs.items():
-            trial.set_user_attr(k, v)
+        # few attrs (each is an fsynced journal write): flattened by outputs.trial_attrs()
+        trial.set_user_attr("arch_id", aid)
+        trial.set_user_attr("arch", arch.to_json())
+        trial.set_user_attr("predicted", predicted)
         lat_budget, mem_budget = cfg.constraints.latency_budget_ms, cfg.constraints.memory_budget_mb
         feasible = ((lat_budget is None or lat.mean_ms <= lat_budget)
                     and (mem_budget is None or cost.memory_mb <= mem_budget))
@@ -353,13 +356,13 @@ class Driver:
                 reason = (f"memory: {cost.memory_mb:.0f} MB exceeds the "
                           f"{mem_budget:g} MB budget (not evaluated)")
                 trial.set_user_attr("failure_reason", reason)
-                trial.set_user_attr("wall_time_s", time.monotonic() - t0)
+                trial.set_user_attr("result", {"wall_time_s": time.monotonic() - t0})
                 self.study.tell(trial, state=_state("PRUNED"))
                 self.summary.pruned += 1
                 self._finished()
                 return
         keys = [EvalKey(aid, self.config_key, cfg.evaluator.budget, s) for s in cfg.evaluator.seeds]
-        act = _Active(trial, arch, keys, lat, t0, feasible)
+        act = _Active(trial, arch, keys, lat, t0, feasible, predicted)
         self.active[trial.number] = act
         for key in keys:
             hit = self.cache.get(key)
@@ -450,22 +453,23 @@ class Driver:
         for key in act.keys:
             if key not in act.results and num_in(self.waiters.get(key), trial.number):
                 self.waiters[key].remove(trial.number)
-        trial.set_user_attr("wall_time_s", time.monotonic() - act.t0)
+        wall = time.monotonic() - act.t0
         if failure is None:
             vals = [act.results[k].value for k in act.keys]
             q = float(np.mean(vals))
             nodes = sorted({act.results[k].node_id for k in act.keys if act.results[k].node_id})
-            trial.set_user_attr("quality", q)
+            result: dict[str, Any] = {
+                "quality": q, "wall_time_s": wall, "node_ids": nodes,
+                "eval_wall_time_s": float(sum(act.results[k].wall_time_s for k in act.keys))}
             if len(vals) > 1:
-                trial.set_user_attr("quality_std", float(np.std(vals)))
-            trial.set_user_attr("eval_wall_time_s", float(sum(act.results[k].wall_time_s for k in act.keys)))
-            trial.set_user_attr("cache_hits", act.cache_hits)
-            trial.set_user_attr("node_ids", nodes)
+                result["quality_std"] = float(np.std(vals))
             extras = act.results[act.keys[0]].extras
             if extras:
-                trial.set_user_attr("extras", dict(extras))
-            values = [q if o == "quality" else trial.user_attrs["latency_ms"] if o == "latency_ms"
-                      else trial.user_attrs["memory_mb"] for o in self.cfg.objectives]
+                result["extras"] = dict(extras)
+            trial.set_user_attr("result", result)
+            if act.cache_hits:
+                trial.set_user_attr("cache_hits", act.cache_hits)
+            values = [q if o == "quality" else act.predicted[o] for o in self.cfg.objectives]
             self.study.tell(trial, values)
             self.summary.complete += 1
             if act.feasible:
@@ -473,6 +477,7 @@ class Driver:
                                         for v, d in zip(values, self.directions)])
         else:
             trial.set_user_attr("failure_reason", failure)
+            trial.set_user_attr("result", {"wall_time_s": wall})
             self.study.tell(trial, state=TrialState.FAIL)
             if failure.startswith(INTERRUPTED):
                 self.study.enqueue_trial(dict(trial.params), user_attrs={"requeued_from": trial.number},
@@ -528,7 +533,9 @@ class Driver:
                       latency_model=getattr(self, "latency_model", None),
                       plots=final and self.opts.write_plots, report=final)
         if final:
-            self.summary.front_size = len(self.study.best_trials)
+            from experiments.outputs import front_trials
+
+            self.summary.front_size = len(front_trials(self.study))
 
 
 def num_in(lst: list[int] | None, n: int) -> bool:

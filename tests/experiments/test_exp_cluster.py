@@ -8,6 +8,7 @@ import pytest
 
 from exp_helpers import load_study, states
 from experiments.cache import read_records
+from experiments.outputs import trial_attrs
 from experiments.runner import SearchOptions, run_search
 
 
@@ -44,5 +45,5 @@ def test_search_on_two_nodes_uses_both(tmp_path, smoke_cfg, two_node_cluster):
     # every complete trial records where its evaluation ran
     for t in study.trials:
         if t.state.name == "COMPLETE":
-            assert set(t.user_attrs["node_ids"]) <= nodes
+            assert set(trial_attrs(t)["node_ids"]) <= nodes
     assert s.evaluations_run == len(read_records(tmp_path / "run"))

@@ -13,6 +13,7 @@ import pytest
 
 from exp_helpers import evaluation_counts, load_study, states
 from experiments.fsio import RunDirError, RunLock
+from experiments.outputs import trial_attrs
 from experiments.runner import SearchOptions, run_search
 
 pytestmark = pytest.mark.usefixtures("local_ray")
@@ -74,13 +75,13 @@ def test_memory_infeasible_trials_are_never_evaluated(smoke_run, smoke_cfg):
     assert pruned, "the smoke space must contain over-budget candidates"
     evaluated = {a for a, *_ in evaluation_counts(run_dir)}
     for t in pruned:
-        assert t.user_attrs["memory_mb"] > budget
+        assert trial_attrs(t)["memory_mb"] > budget
         assert t.user_attrs["failure_reason"].startswith("memory:")
         assert t.constraints["memory_mb"] > 0
         assert t.user_attrs["arch_id"] not in evaluated
     for t in study.trials:
         if t.user_attrs["arch_id"] in evaluated:
-            assert t.user_attrs["memory_mb"] <= budget
+            assert trial_attrs(t)["memory_mb"] <= budget
 
 
 def test_resume_after_interrupt_and_crash_completes_without_repeats(tmp_path, smoke_cfg):
