@@ -12,7 +12,8 @@ alive together, skip tensors, score matrices), not Core ML's allocator.
 
     python benchmarks/memory_model.py [--quick] [--json]
 
-Writes benchmarks/results/memory_model.json (with --json) and prints a table.
+Writes benchmarks/results/memory_model.json and a parity plot memory_model.png (with --json)
+and prints a table.
 """
 
 from __future__ import annotations
@@ -133,6 +134,32 @@ def network_rows(task: VideoTask, quick: bool) -> list[dict]:
     return rows
 
 
+def plot(result: dict, path: str) -> None:
+    """Parity plot: modelled vs eager-measured peak MB, blocks and networks (log-log)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    b, n = result["blocks"], result["networks"]
+    ax.scatter([r["eager_mb"] for r in b], [r["model_mb"] for r in b], s=18, label="blocks")
+    ax.scatter([r["eager_mb"] for r in n], [r["model_mb"] for r in n], s=40, marker="s",
+               label="networks")
+    vals = [r[k] for r in b + n for k in ("eager_mb", "model_mb") if r[k] > 0]
+    lo, hi = min(vals) / 1.5, max(vals) * 1.5
+    ax.plot([lo, hi], [lo, hi], "k--", lw=0.8, label="y = x")
+    ax.set(xscale="log", yscale="log", xlim=(lo, hi), ylim=(lo, hi),
+           xlabel="eager PyTorch live-tensor peak (MB, fp16-equivalent)",
+           ylabel="search_space.flops model (MB)",
+           title=f"Activation memory model, {result['backbone']} preset")
+    ax.legend()
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer frames and networks")
@@ -166,7 +193,8 @@ def main() -> int:
         with open(tmp, "w") as f:
             json.dump(out, f, indent=2)
         os.replace(tmp, path)
-        print(f"wrote {path}", file=sys.stderr)
+        plot(out, path.replace(".json", ".png"))
+        print(f"wrote {path} and {path.replace('.json', '.png')}", file=sys.stderr)
     return 0
 
 
