@@ -28,6 +28,7 @@ running block's working set. ``memory_mb`` = fp16 weights + peak activations.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from search_space.arch import ArchConfig, TemporalKind
 from search_space.backbone import BackboneSpec
@@ -269,15 +270,20 @@ def block_activation_elements(sig: BlockSignature) -> int:
 
 
 def block_cost(sig: BlockSignature | BlockInstance) -> BlockCost:
-    """Params, FLOPs and fp16 working-set MB of one block."""
-    s = sig.sig if isinstance(sig, BlockInstance) else sig
-    return BlockCost(block_params(s), block_flops(s),
-                     block_activation_elements(s) * BYTES_PER_ELEMENT / MB)
+    """Params, FLOPs and fp16 working-set MB of one block (cached per signature)."""
+    return _cost_of(sig.sig if isinstance(sig, BlockInstance) else sig)[0]
+
+
+@lru_cache(maxsize=65536)
+def _cost_of(s: BlockSignature) -> tuple[BlockCost, int]:
+    act = block_activation_elements(s)
+    return BlockCost(block_params(s), block_flops(s), act * BYTES_PER_ELEMENT / MB), act
 
 
 def blocks_cost(blocks: tuple[BlockInstance, ...], task: VideoTask) -> NetworkCost:
     """:class:`NetworkCost` of an already computed block list (see :func:`network_cost`)."""
-    per = tuple((b, block_cost(b)) for b in blocks)
+    costs = [_cost_of(b.sig) for b in blocks]
+    per = tuple((b, c) for b, (c, _) in zip(blocks, costs))
     routes = skip_routes(blocks)
     n = task.batch * task.num_frames
     base = task.batch * task.latent_channels * task.num_frames * task.latent_height * task.latent_width
@@ -287,12 +293,11 @@ def blocks_cost(blocks: tuple[BlockInstance, ...], task: VideoTask) -> NetworkCo
     temb = 0
     live: dict[int, int] = {}  # save index -> elements
     peak, peak_path, n_saved, prev_saved = 0, "", 0, -1
-    for (b, c), r in zip(per, routes):
+    for b, (_, own), r in zip(blocks, costs, routes):
         for i in r.drops:
             live.pop(i, None)
         if r.takes >= 0:
             live.pop(r.takes, None)
-        own = block_activation_elements(b.sig)
         input_is_live = prev_saved if prev_saved in live else None
         skips = sum(live.values()) - (live[input_is_live] if input_is_live is not None else 0)
         total = base + temb + skips + own
