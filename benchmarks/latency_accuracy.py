@@ -220,6 +220,7 @@ def main(argv=None) -> int:
                 {r.arch.arch_id for r in dev2.networks} != {a.arch_id for a in archs}:
             raise SystemExit("device 2 measured different architectures than device 1")
     measure_s = time.time() - t_start
+    measure_load = None if a.reuse else os.getloadavg()[0]
 
     res: dict = {"benchmark": "latency_accuracy", "quick": quick,
                  "space": {"preset": "small", "task": space.task.to_dict(),
@@ -237,9 +238,11 @@ def main(argv=None) -> int:
     res["noise_floor_pct"] = dev1.noise_floor_pct()
     res["fewshot"] = fewshot(dev1, dev2)
     model = create_model("lut").fit(dev1, evaluate=False)
+    res["load_average_during_predict_speed"] = os.getloadavg()[0]
     single, batched = predict_speed(model, space)
     res["predict_us_single"] = single
     res["predict_per_s_batched"] = batched
+    res["measure_load_average_at_end"] = measure_load
     res["detail"] = {"block": blk, "network": net,
                      "block_noise_floor_pct": dev1.subset(networks=[]).noise_floor_pct(),
                      "network_noise_floor_pct": dev1.subset(blocks=[]).noise_floor_pct(),

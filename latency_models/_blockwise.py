@@ -138,7 +138,14 @@ def accuracy(pred: np.ndarray, meas: np.ndarray) -> dict[str, float]:
 
 
 class _ArchTable:
-    """Prices of one (backbone, task): image blocks per stage and each (stage, choice)."""
+    """Prices of one (backbone, task): image blocks per stage and each (stage, choice).
+
+    Raw prices (sum of block predictions) are kept for fitting; ``scaled`` prices fold the
+    composition correction in (``alpha * raw + gamma * count`` per stage choice; ``beta`` is
+    the ``overhead`` entry of the breakdown), so predicting an arch is one look-up and one add
+    per stage with temporal blocks. Look-ups go by the identity of the ``StageChoice`` object
+    first (per stage; the cache holds the object, so its id cannot be reused), then by value.
+    """
 
     def __init__(self, model: BlockwiseModel, backbone: BackboneSpec, task: VideoTask):
         self.model, self.backbone, self.task = model, backbone, task
@@ -150,10 +157,19 @@ class _ArchTable:
             self.image_stage_ms[b.stage] = self.image_stage_ms.get(b.stage, 0.0) + float(t)
         self.image_ms = float(sum(self.image_stage_ms.values()))
         self.image_count = len(blocks)
-        # per stage: StageChoice -> summed ms of its temporal blocks
+        # per stage: StageChoice -> summed raw ms of its temporal blocks
         self.choice_ms: dict[str, dict[StageChoice, float]] = {s: {NO_TEMPORAL: 0.0} for s in self.stage_ids}
-        # identity-keyed fast path: id(choice) -> (choice, ms); holding ``choice`` keeps ids unique
-        self._by_id: dict[int, tuple[StageChoice, float]] = {}
+        self.rescale(model.composition)
+
+    def rescale(self, comp: Composition) -> None:
+        self.comp = comp
+        base = {k: comp.alpha * v for k, v in self.image_stage_ms.items()}
+        if comp.beta:
+            base["overhead"] = comp.beta
+        self.base_per = base
+        self.base_mean = comp.alpha * self.image_ms + comp.beta
+        # per stage: id(choice) -> (choice, scaled ms)
+        self.by_id: dict[str, dict[int, tuple[StageChoice, float]]] = {s: {} for s in self.stage_ids}
 
     def temporal_sigs(self, stage: str, choice: StageChoice) -> tuple[BlockSignature, ...]:
         arch = ArchConfig(self.backbone.name, self.task,
@@ -161,10 +177,7 @@ class _ArchTable:
         return tuple(b.sig for b in network_blocks(self.backbone, self.task, arch)
                      if b.stage == stage and b.op is BlockOp.TEMPORAL)
 
-    def price(self, stage: str, choice: StageChoice) -> float:
-        ent = self._by_id.get(id(choice))
-        if ent is not None and ent[0] is choice:
-            return ent[1]
+    def raw_price(self, stage: str, choice: StageChoice) -> float:
         table = self.choice_ms.get(stage)
         if table is None:
             raise TemponasError(f"arch stage {stage!r} is not a stage of backbone "
@@ -173,9 +186,20 @@ class _ArchTable:
         if ms is None:
             ms = float(np.sum(self.model.block_ms(list(self.temporal_sigs(stage, choice)))))
             table[choice] = ms
-        if len(self._by_id) > 200_000:
-            self._by_id.clear()
-        self._by_id[id(choice)] = (choice, ms)
+        return ms
+
+    def price(self, stage: str, choice: StageChoice) -> float:
+        """Scaled ms of ``choice`` in ``stage`` (composition folded in)."""
+        cache = self.by_id.get(stage)
+        if cache is None:
+            self.raw_price(stage, choice)  # raises the unknown-stage error
+        ent = cache.get(id(choice))
+        if ent is not None and ent[0] is choice:
+            return ent[1]
+        ms = self.comp.alpha * self.raw_price(stage, choice) + self.comp.gamma * choice.count
+        if len(cache) > 100_000:
+            cache.clear()
+        cache[id(choice)] = (choice, ms)
         return ms
 
 
@@ -185,7 +209,7 @@ class BlockwiseModel:
     name = "blockwise"
 
     def __init__(self) -> None:
-        self.composition = Composition()
+        self._composition = Composition()
         self.interval_log = (math.log(0.9), math.log(1.1))
         self.interval_source = "default ±10% (not estimated)"
         self._meta: dict[str, Any] = {"kind": "unfitted"}
@@ -193,6 +217,16 @@ class BlockwiseModel:
         self._tables: dict[Any, _ArchTable] = {}
         self._tables_by_id: dict[tuple[int, int], tuple[Any, Any, str, _ArchTable]] = {}
         self._last: tuple[Any, Any, str, _ArchTable] | None = None
+
+    @property
+    def composition(self) -> Composition:
+        return self._composition
+
+    @composition.setter
+    def composition(self, comp: Composition) -> None:
+        self._composition = comp
+        for tab in getattr(self, "_tables", {}).values():
+            tab.rescale(comp)
 
     # ---- to implement -----------------------------------------------------------------------
     def _predict_sigs(self, sigs: Sequence[BlockSignature]) -> np.ndarray:
@@ -258,7 +292,7 @@ class BlockwiseModel:
     def raw_ms(self, arch: ArchConfig, backbone: BackboneSpec | None = None) -> float:
         """Sum of block predictions (before the composition correction)."""
         tab = self._table(arch, backbone)
-        return tab.image_ms + sum(tab.price(s, c) for s, c in arch.stages if c.count)
+        return tab.image_ms + sum(tab.raw_price(s, c) for s, c in arch.stages if c.count)
 
     def predict(self, arch: ArchConfig, backbone: BackboneSpec | None = None) -> LatencyEstimate:
         return self.predict_many((arch,), backbone)[0]
@@ -273,48 +307,47 @@ class BlockwiseModel:
 
     def predict_many(self, archs: Sequence[ArchConfig],
                      backbone: BackboneSpec | None = None) -> list[LatencyEstimate]:
-        """Estimates for many archs (tables and per-choice prices are shared)."""
-        comp, lo_f, hi_f = self.composition, self._lo_f, self._hi_f
-        alpha, beta, gamma = comp.alpha, comp.beta, comp.gamma
+        """Estimates for many archs (tables and per-choice prices are shared).
+
+        ``per_stage_ms`` holds ``stem``, every stage, ``head`` (and ``overhead`` when the
+        composition correction has a constant term); it sums to ``mean_ms``.
+        """
+        lo_f, hi_f = self._lo_f, self._hi_f
         out = []
+        append = out.append
+        tab = None
         for a in archs:
             tab = self._table(a, backbone)
-            per = tab.image_stage_ms.copy()
-            raw = tab.image_ms
-            by_id = tab._by_id
-            nt = 0
+            per = tab.base_per.copy()
+            mean = tab.base_mean
+            by_id = tab.by_id
             for s, c in a.stages:
                 if c.count:
-                    ent = by_id.get(id(c))
+                    cache = by_id.get(s)
+                    ent = cache.get(id(c)) if cache is not None else None
                     t = ent[1] if ent is not None and ent[0] is c else tab.price(s, c)
                     per[s] += t
-                    raw += t
-                    nt += c.count
-            mean = max(alpha * raw + beta + gamma * nt, 1e-6)
-            f = (alpha * raw + beta) / raw
-            if f != 1.0:
-                per = {k: v * f for k, v in per.items()}
-            if gamma and nt:
-                for s, c in a.stages:
-                    if c.count:
-                        per[s] += gamma * c.count
-            out.append(LatencyEstimate(mean, mean * lo_f, mean * hi_f, per))
+                    mean += t
+            if mean < 1e-6:
+                mean = 1e-6
+            append(LatencyEstimate(mean, mean * lo_f, mean * hi_f, per))
         return out
 
     def predict_mean_ms(self, archs: Sequence[ArchConfig],
                         backbone: BackboneSpec | None = None) -> np.ndarray:
         """Vectorized mean latency (ms) of many archs, without the per-stage breakdown."""
         out = np.empty(len(archs))
-        nt = np.zeros(len(archs))
-        comp = self.composition
-        last_key, tab = None, None
         for i, a in enumerate(archs):
-            key = (a.backbone, a.task)
-            if key != last_key:
-                tab, last_key = self._table(a, backbone), key
-            out[i] = tab.image_ms + sum(tab.price(s, c) for s, c in a.stages if c.count)
-            nt[i] = a.num_temporal_blocks
-        return np.maximum(comp.alpha * out + comp.beta + comp.gamma * nt, 1e-6)
+            tab = self._table(a, backbone)
+            by_id = tab.by_id
+            m = tab.base_mean
+            for s, c in a.stages:
+                if c.count:
+                    cache = by_id.get(s)
+                    ent = cache.get(id(c)) if cache is not None else None
+                    m += ent[1] if ent is not None and ent[0] is c else tab.price(s, c)
+            out[i] = m
+        return np.maximum(out, 1e-6)
 
     def network_sigs(self, row: NetworkRow) -> list[BlockSignature]:
         return [b.sig for b in network_blocks(row.backbone, row.arch.task, row.arch)]

@@ -135,3 +135,31 @@ def test_refuses_mixed_fit_sources(data):
     other = synthetic(device="another-device", n_networks=0)
     with pytest.raises(Exception, match="device"):
         data.merged(other)
+
+
+def test_shared_choice_objects_across_stages(fitted):
+    """One StageChoice object used in several stages is priced per stage (identity caches)."""
+    from search_space.arch import ArchConfig, StageChoice, TemporalKind
+
+    space = tiny_space()
+    shared = StageChoice(TemporalKind.ATTN1D, 1, 2)
+    ids = space.backbone.stage_ids
+    a = ArchConfig(space.backbone.name, space.task, tuple((s, shared) for s in ids))
+    b = ArchConfig(space.backbone.name, space.task,
+                   tuple((s, StageChoice(TemporalKind.ATTN1D, 1, 2)) for s in ids))
+    fitted.predict(ArchConfig(space.backbone.name, space.task, ((ids[0], shared),) +
+                              tuple((s, StageChoice()) for s in ids[1:])))  # prime one stage
+    ea, eb = fitted.predict(a), fitted.predict(b)
+    assert ea.mean_ms == pytest.approx(eb.mean_ms)
+    assert dict(ea.per_stage_ms) == pytest.approx(dict(eb.per_stage_ms))
+
+
+def test_unknown_stage_is_a_clear_error(fitted):
+    from search_space.arch import ArchConfig, StageChoice, TemporalKind
+    from search_space.errors import TemponasError
+
+    space = tiny_space()
+    bad = ArchConfig(space.backbone.name, space.task,
+                     (("down9", StageChoice(TemporalKind.CONV1D, 1, 0, 3)),))
+    with pytest.raises(TemponasError, match="down9"):
+        fitted.predict(bad)
