@@ -229,7 +229,8 @@ def main(argv=None) -> int:
                            "networks_device2": len(dev2.network_medians()[0])},
                  "device1": dev1.info.device, "device2": dev2.info.device,
                  "clock": "cpu (thread CPU time for 1 thread, process CPU time for 2 threads)",
-                 "measure_wall_s": round(measure_s, 1)}
+                 "measure_wall_s": round(measure_s, 1),
+                 "reused_measurements": bool(a.reuse)}
     blk = {n: block_accuracy(dev1, n) for n in ("roofline", "regression")}
     net = {n: network_accuracy(dev1, n) for n in ("lut", "roofline", "regression")}
     res["block_within_10pct"] = blk["regression"]["within_10pct"]

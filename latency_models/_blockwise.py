@@ -315,9 +315,12 @@ class BlockwiseModel:
         lo_f, hi_f = self._lo_f, self._hi_f
         out = []
         append = out.append
-        tab = None
+        tab: _ArchTable | None = None
+        last_task, last_name = None, None
         for a in archs:
-            tab = self._table(a, backbone)
+            if a.task is not last_task or a.backbone != last_name or tab is None:
+                tab = self._table(a, backbone)
+                last_task, last_name = a.task, a.backbone
             per = tab.base_per.copy()
             mean = tab.base_mean
             by_id = tab.by_id
