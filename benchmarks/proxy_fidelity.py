@@ -2,7 +2,7 @@
 training does, and is short training itself reproducible?
 
 Runs the audit of ``evaluators.audit`` on architectures sampled from the ``snapgen_v`` default
-search space at the default proxy scale (width x0.0625, 8 frames of 12x12 latents):
+search space at the default proxy scale (width x0.0625, 8 frames of 8x8 latents):
 short training at two budgets and two seeds, every zero-cost proxy and the params/FLOPs
 baselines. Prints one JSON object:
 
@@ -12,8 +12,8 @@ baselines. Prints one JSON object:
 
     python benchmarks/proxy_fidelity.py [--quick] [--json] [--workers 2]
 
-Full: 24 architectures, budgets 20,40 (40 = short_train's default budget). Quick: 8
-architectures, budgets 10,20. With --json the summary goes to
+Full: 24 architectures, budgets 15,30 (30 = short_train's default budget). Quick: 8
+architectures, budgets 8,15. With --json the summary goes to
 benchmarks/results/proxy_fidelity[_quick].json and the full audit (markdown, CSV, plot) to
 benchmarks/results/proxy_fidelity[_quick]/. Timings are wall-clock on this (shared) machine,
 one torch thread per process.
@@ -61,7 +61,7 @@ def _time_default_budget(bb, space, k: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="8 archs, budgets 10,20 (< 10 min)")
+    ap.add_argument("--quick", action="store_true", help="8 archs, budgets 8,15 (< 10 min)")
     ap.add_argument("--json", action="store_true", help="write results under benchmarks/results/")
     ap.add_argument("--workers", type=int, default=2, help="short-training processes")
     ap.add_argument("--n-archs", type=int, default=None)
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     bb = get_backbone("snapgen_v")
     space = default_space(bb, default_task("snapgen_v"))
     n = args.n_archs or (8 if args.quick else 24)
-    budgets = (10, 20) if args.quick else (20, 40)
+    budgets = (8, 15) if args.quick else (15, 30)
     spec = AuditSpec(backbone=bb, space=space, n_archs=n, budgets=budgets, seeds=(0, 1),
                      workers=args.workers, bootstrap=1000)
     t0 = time.perf_counter()

@@ -51,7 +51,7 @@ class ShortTrainOptions(TorchOptions):
     ``cache_results``: read/write the JSON result cache (does not change scores)."""
 
     batch: int = 4
-    default_budget: int = 40
+    default_budget: int = 30
     lr: float = 3e-3
     warmup: int = 5
     ema: float = 0.9

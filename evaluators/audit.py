@@ -49,7 +49,7 @@ class AuditSpec:
     backbone: BackboneSpec
     space: SearchSpace
     n_archs: int = 24
-    budgets: tuple[int, ...] = (20, 40)
+    budgets: tuple[int, ...] = (15, 30)
     seeds: tuple[int, ...] = (0, 1)
     proxies: tuple[str, ...] = BASELINES + ZERO_COST
     proxy_options: Mapping[str, Any] = field(default_factory=dict)

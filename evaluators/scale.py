@@ -28,8 +28,8 @@ class ProxyScale:
 
     width_mult: float = 0.0625
     num_frames: int = 8
-    latent_height: int = 12
-    latent_width: int = 12
+    latent_height: int = 8
+    latent_width: int = 8
     text_tokens: int = 8
 
     def __post_init__(self) -> None:

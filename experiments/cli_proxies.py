@@ -48,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="an experiment YAML (its backbone, task, space and evaluator options) "
                         "or a backbone preset name (its default space)")
     q.add_argument("--n-archs", type=int, default=24)
-    q.add_argument("--budgets", default="20,40", help="comma-separated step counts")
+    q.add_argument("--budgets", default="15,30", help="comma-separated step counts")
     q.add_argument("--seeds", default="2", help="a count S (seeds 0..S-1) or a comma list")
     q.add_argument("--out", required=True, metavar="DIR")
     q.add_argument("--proxies", default=None,
