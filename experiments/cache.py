@@ -15,6 +15,7 @@ from typing import Any, Iterator, Mapping
 from experiments.fsio import append_jsonl, read_jsonl
 
 CACHE_FILE = "evaluations.jsonl"
+FSYNC_ABOVE_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -80,9 +81,12 @@ class EvalCache:
         return iter(self._items.values())
 
     def put(self, item: CachedEval) -> None:
+        """Record a finished evaluation. Evaluations that took >= ``FSYNC_ABOVE_S`` are fsynced
+        (they must survive even a power loss); cheaper ones are only flushed: a process crash
+        keeps them, a power loss may cost re-running a sub-second evaluation."""
         if item.key in self._items:
             return
-        append_jsonl(self.path, item.to_record())
+        append_jsonl(self.path, item.to_record(), durable=item.wall_time_s >= FSYNC_ABOVE_S)
         self._items[item.key] = item
 
 

@@ -73,7 +73,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_pareto(args: argparse.Namespace) -> int:
-    from experiments.outputs import front_trials, open_run, write_outputs
+    from experiments.outputs import front_trials, open_run, trial_attrs, write_outputs
     from experiments.report import _stage_summary
 
     run = open_run(args.run)
@@ -85,7 +85,7 @@ def cmd_pareto(args: argparse.Namespace) -> int:
     for t in front:
         print(f"{t.number:>5}  {t.user_attrs.get('arch_id', ''):12}  "
               + "  ".join(f"{v:>12.5g}" for v in t.values)
-              + f"  {_stage_summary(t.user_attrs.get('arch'))}")
+              + f"  {_stage_summary(trial_attrs(t).get('arch'))}")
     print(f"{len(front)} trial(s) on the feasible front; written to {run.run_dir / 'pareto.csv'}")
     return 0
 

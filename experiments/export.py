@@ -66,7 +66,9 @@ def load_run_arch(run_dir: Path, arch_id: str) -> tuple[Any, ArchConfig, dict[st
         known = sorted({x.user_attrs.get("arch_id") for x in run.study.best_trials})[:5]
         raise ExportError(f"--arch-id: {arch_id!r} is not an architecture of {run_dir} "
                           f"(front members: {', '.join(known) or 'none'}; see pareto.csv)")
-    arch = ArchConfig.from_json(t.user_attrs["arch"], where=f"{run_dir} trial {t.number} arch")
+    from experiments.outputs import trial_attrs as _attrs
+
+    arch = ArchConfig.from_json(_attrs(t)["arch"], where=f"{run_dir} trial {t.number} arch")
     objs = list(run.study.user_attrs.get("objectives", run.cfg.objectives))
     metrics: dict[str, Any] = {"arch_id": arch_id, "trial": t.number, "state": t.state.name,
                                "run": str(run_dir), "evaluator": run.cfg.evaluator.name,

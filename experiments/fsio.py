@@ -28,8 +28,12 @@ def _io_error(path: Path, e: OSError) -> RunDirError:
     return RunDirError(f"{path}: cannot write ({why})")
 
 
-def atomic_write(path: str | Path, writer: Callable[[Any], None], mode: str = "w") -> None:
-    """Write ``path`` atomically: ``writer(fileobj)`` fills a temp file that is then renamed."""
+def atomic_write(path: str | Path, writer: Callable[[Any], None], mode: str = "w",
+                 durable: bool = True) -> None:
+    """Write ``path`` atomically: ``writer(fileobj)`` fills a temp file that is then renamed.
+
+    ``durable=False`` skips the fsync (still atomic for readers and process crashes; use it
+    only for files that can be regenerated, e.g. from the study)."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -41,7 +45,8 @@ def atomic_write(path: str | Path, writer: Callable[[Any], None], mode: str = "w
         with os.fdopen(fd, mode, **({"encoding": "utf-8", "newline": ""} if "b" not in mode else {})) as f:
             writer(f)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
         _unlink_quietly(tmp)
@@ -61,8 +66,8 @@ def _umask() -> int:
     return 0o022
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write(path, lambda f: f.write(text))
+def atomic_write_text(path: str | Path, text: str, durable: bool = True) -> None:
+    atomic_write(path, lambda f: f.write(text), durable=durable)
 
 
 def atomic_write_json(path: str | Path, data: Any) -> None:
@@ -80,15 +85,17 @@ def _unlink_quietly(p: str | Path) -> None:
         pass
 
 
-def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
-    """Append one JSON line and fsync (a crash leaves at most one truncated last line)."""
+def append_jsonl(path: str | Path, record: dict[str, Any], durable: bool = True) -> None:
+    """Append one JSON line (a crash leaves at most one truncated last line); ``durable``
+    fsyncs it (without, the line survives a process crash but not a power loss)."""
     path = Path(path)
     line = json.dumps(record, sort_keys=True, allow_nan=False) + "\n"
     try:
         with open(path, "a", encoding="utf-8") as f:
             f.write(line)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
     except OSError as e:
         raise _io_error(path, e) from None
 

@@ -25,10 +25,13 @@ COLUMNS = ("number", "state", "arch_id", "quality", "latency_ms", "latency_low_m
 
 
 def trial_attrs(t: Any) -> dict[str, Any]:
-    """A trial's user attrs with the driver's ``predicted`` and ``result`` dicts flattened in
-    (``latency_ms``, ``memory_mb``, ``quality``, ``node_ids``, ``wall_time_s`` ...)."""
+    """A trial's user attrs with the driver's ``candidate`` (arch JSON and predictions) and
+    ``result`` dicts flattened in (``arch``, ``latency_ms``, ``memory_mb``, ``quality``,
+    ``node_ids``, ``wall_time_s`` ...)."""
     ua = dict(t.user_attrs)
-    return {**ua, **dict(ua.get("predicted") or {}), **dict(ua.get("result") or {})}
+    for part in ("candidate", "predicted", "result"):
+        ua.update(dict(t.user_attrs.get(part) or {}))
+    return ua
 
 
 def trial_row(t: Any, objectives: Sequence[str]) -> dict[str, Any]:
@@ -116,10 +119,14 @@ def write_outputs(run_dir: Path, *, study: Any, cfg: Any, latency_model: Any = N
     atomic_write_text(run_dir / "pareto.csv", _csv_text(trial_row(t, objectives) for t in front))
     archs = run_dir / "archs"
     for t in trials:
-        aid, arch_json = t.user_attrs.get("arch_id"), t.user_attrs.get("arch")
-        if aid and arch_json and not (archs / f"{aid}.json").exists():
+        aid = t.user_attrs.get("arch_id")
+        if not aid or (archs / f"{aid}.json").exists():
+            continue
+        arch_json = trial_attrs(t).get("arch")
+        if arch_json:  # derivable from the study: atomic, but no fsync per file
             atomic_write_text(archs / f"{aid}.json",
-                              json.dumps(json.loads(arch_json), indent=2, sort_keys=True) + "\n")
+                              json.dumps(json.loads(arch_json), indent=2, sort_keys=True) + "\n",
+                              durable=False)
     if plots:
         from experiments.plots import write_plots
 

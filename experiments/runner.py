@@ -343,8 +343,7 @@ class Driver:
             "flops": float(cost.flops)}
         # few attrs (each is an fsynced journal write): flattened by outputs.trial_attrs()
         trial.set_user_attr("arch_id", aid)
-        trial.set_user_attr("arch", arch.to_json())
-        trial.set_user_attr("predicted", predicted)
+        trial.set_user_attr("candidate", {"arch": arch.to_json(), **predicted})
         lat_budget, mem_budget = cfg.constraints.latency_budget_ms, cfg.constraints.memory_budget_mb
         feasible = ((lat_budget is None or lat.mean_ms <= lat_budget)
                     and (mem_budget is None or cost.memory_mb <= mem_budget))
