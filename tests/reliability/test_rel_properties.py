@@ -18,7 +18,7 @@ from search_space.errors import TemponasError
 
 pytestmark = pytest.mark.timeout(120)
 
-SETTINGS = settings(max_examples=60, deadline=None, derandomize=True,
+SETTINGS = settings(max_examples=40, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.function_scoped_fixture,
                                            HealthCheck.too_slow])
 
@@ -201,7 +201,7 @@ def test_measurement_csv_random_bytes(tmp_path_factory, blob):
 def test_property_tests_recorded(record):
     record("bad input", "property tests (hypothesis): arch JSON, configs, measurement CSVs",
            "random text/bytes and valid documents with random replaced/deleted/added nodes, cut or "
-           "inserted characters, damaged CSV cells/rows/columns; 60 examples per property, 7 "
+           "inserted characters, damaged CSV cells/rows/columns; 40 examples per property, 7 "
            "properties",
            "only TemponasError subclasses with a one-line message (anything else fails the test)",
            "-")
