@@ -215,3 +215,18 @@ def test_cli_pareto_plot_and_errors(smoke_run, tmp_path, capsys):
     assert main(["search", str(tmp_path / "missing.yaml")]) == 2
     assert "no such config file" in capsys.readouterr().err
     assert main(["search", "experiments/configs/smoke.yaml", "--workers", "0"]) == 2
+
+
+def test_exhaustive_sampler_visits_every_architecture_once(tmp_path, smoke_cfg):
+    space = {"defaults": {"kinds": ["none"]}, "mid": {"kinds": ["none", "conv1d", "attn1d"],
+                                                       "heads": [2], "kernel_t": [3]}}
+    cfg = replace(smoke_cfg, space=space, constraints=replace(smoke_cfg.constraints,
+                                                              memory_budget_mb=None),
+                  search=replace(smoke_cfg.search, sampler="exhaustive", sampler_options={},
+                                 n_trials=50))
+    size = cfg.search_space.size()
+    s = run_search(cfg, SearchOptions(out=str(tmp_path / "run"), progress=False, write_plots=False))
+    study = load_study(tmp_path / "run", cfg.name)
+    ids = [t.user_attrs["arch_id"] for t in study.trials]
+    assert s.n_trials == size == len(ids) == len(set(ids))
+    assert set(ids) == {a.arch_id for a in cfg.search_space.enumerate()}
