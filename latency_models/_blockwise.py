@@ -289,6 +289,23 @@ class BlockwiseModel:
         self._last = (backbone, arch.task, arch.backbone, tab)
         return tab
 
+    def prepare(self, space: Any) -> int:
+        """Price every (stage, choice) of a :class:`~search_space.space.SearchSpace` at once
+        (one vectorized block prediction), so no later ``predict`` pays a first-time cost.
+        Returns the number of (stage, choice) entries priced."""
+        bb, task = space.backbone, space.task
+        probe = ArchConfig(bb.name, task, tuple((s, NO_TEMPORAL) for s in bb.stage_ids))
+        tab = self._table(probe, bb)
+        todo: list[tuple[str, StageChoice, tuple[BlockSignature, ...]]] = []
+        for sid in bb.stage_ids:
+            for c in space.stage_choices(sid):
+                if c.count and c not in tab.choice_ms[sid]:
+                    todo.append((sid, c, tab.temporal_sigs(sid, c)))
+        self.block_ms([sig for _, _, sigs in todo for sig in sigs])  # one batch, memoized
+        for sid, c, sigs in todo:
+            tab.choice_ms[sid][c] = float(np.sum(self.block_ms(list(sigs))))
+        return len(todo)
+
     def raw_ms(self, arch: ArchConfig, backbone: BackboneSpec | None = None) -> float:
         """Sum of block predictions (before the composition correction)."""
         tab = self._table(arch, backbone)

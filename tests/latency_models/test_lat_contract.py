@@ -163,3 +163,13 @@ def test_unknown_stage_is_a_clear_error(fitted):
                      (("down9", StageChoice(TemporalKind.CONV1D, 1, 0, 3)),))
     with pytest.raises(TemponasError, match="down9"):
         fitted.predict(bad)
+
+
+def test_prepare_prices_the_whole_space_consistently(fitted, tmp_path):
+    space = tiny_space()
+    fitted.save(tmp_path)
+    fresh = load_latency_model(tmp_path)
+    n = fresh.prepare(space)
+    assert n == sum(1 for s in space.backbone.stage_ids for c in space.stage_choices(s) if c.count)
+    archs = random_archs(space, 20, seed=11)
+    np.testing.assert_allclose(fresh.predict_mean_ms(archs), fitted.predict_mean_ms(archs), rtol=1e-12)
