@@ -144,41 +144,22 @@ def write_plots(run_dir: Path, *, study: Any, cfg: Any, latency_model: Any = Non
         plt.close(fig)
         written.append(out / "stage_latency.png")
 
-    # 4. Latency-model parity (where the model carries held-out predictions) ----------------
-    parity = latency_parity_points(latency_model)
-    if parity is not None:
-        meas, pred, title = parity
-        fig, ax = plt.subplots(figsize=(5, 5))
-        ax.scatter(meas, pred, s=12)
-        lim = [min(meas.min(), pred.min()) * 0.9, max(meas.max(), pred.max()) * 1.1]
-        ax.plot(lim, lim, "k--", lw=1)
-        ax.set_xscale("log"); ax.set_yscale("log")
-        ax.set_xlabel("measured latency (ms)")
-        ax.set_ylabel("predicted latency (ms)")
-        ax.set_title(title, fontsize=9)
-        ax.grid(alpha=0.3)
-        _save(fig, out / "latency_parity.png")
-        plt.close(fig)
+    # 4. Latency-model parity: the plot `temponas latency report` wrote next to a fitted model
+    src = latency_parity_png(cfg.latency_model)
+    if src is not None:
+        atomic_write_bytes(out / "latency_parity.png", src.read_bytes())
         written.append(out / "latency_parity.png")
     return written
 
 
-def latency_parity_points(model: Any) -> tuple[np.ndarray, np.ndarray, str] | None:
-    """(measured_ms, predicted_ms, title) of the model's held-out report, if it has one."""
-    if model is None:
+def latency_parity_png(spec: str) -> Path | None:
+    """``parity.png`` of a fitted latency model directory (or its ``report/``), if any.
+
+    Shipped device profiles are priors without device measurements: no parity plot."""
+    d = Path(spec)
+    if not d.is_dir():
         return None
-    for attr in ("heldout", "heldout_predictions", "report"):
-        rep = getattr(model, attr, None)
-        rep = rep() if callable(rep) else rep
-        if rep is None:
-            continue
-        rows = rep.get("rows") if isinstance(rep, dict) else rep
-        try:
-            meas = np.array([float(r["measured_ms"]) for r in rows])
-            pred = np.array([float(r["predicted_ms"]) for r in rows])
-        except (TypeError, KeyError, ValueError):
-            continue
-        if len(meas):
-            name = getattr(model, "name", "latency model")
-            return meas, pred, f"{name}: held-out measured vs predicted"
+    for cand in (d / "parity.png", d / "report" / "parity.png"):
+        if cand.is_file():
+            return cand
     return None

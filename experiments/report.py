@@ -35,6 +35,21 @@ def _latency_meta(model: Any) -> str:
     return ", ".join(f"{k}: {meta[k]}" for k in keys if k in meta and meta[k] not in (None, ""))
 
 
+def _heldout(model: Any) -> str:
+    try:
+        h = dict(model.metadata).get("heldout") or {}
+    except Exception:
+        return ""
+    parts = []
+    for what in ("network", "block"):
+        acc = h.get(what)
+        if isinstance(acc, dict) and acc.get("n"):
+            parts.append(f"held-out {what}s ({acc['n']}): MAPE {acc.get('mape_pct', float('nan')):.1f}%, "
+                         f"{100 * acc.get('within_10pct', float('nan')):.0f}% within ±10%, "
+                         f"Kendall {acc.get('kendall', float('nan')):.2f}")
+    return "; ".join(parts)
+
+
 def write_report(run_dir: Path, *, study: Any, cfg: Any, latency_model: Any = None) -> None:
     from experiments.outputs import failures_by_reason, front_trials, trial_attrs, unique_by_arch
     from experiments.study import storage_location
@@ -66,6 +81,11 @@ def write_report(run_dir: Path, *, study: Any, cfg: Any, latency_model: Any = No
           f"`{dict(ev.options) or {}}`, budget {ev.budget}, seeds {list(ev.seeds)}",
           f"- latency model: `{cfg.latency_model}`" + (f" ({_latency_meta(latency_model)})"
                                                       if _latency_meta(latency_model) else ""),
+          *([f"- latency model accuracy: {_heldout(latency_model)}"] if _heldout(latency_model)
+            else [f"- latency model accuracy: a prior, not calibrated on this device's measurements; "
+                  f"the intervals come from transfers between devices (docs/latency.md: calibrate "
+                  f"on your phone)"] if _latency_meta(latency_model) and "prior" in _latency_meta(latency_model)
+            else []),
           f"- objectives: " + ", ".join(f"{o} ({d})" for o, d in zip(objs, dirs)),
           f"- sampler: `{cfg.search.sampler}` {dict(cfg.search.sampler_options) or ''}, seed "
           f"{cfg.search.seed}; {cfg.search.workers} Ray worker(s); target {cfg.search.n_trials} trials",

@@ -65,3 +65,12 @@ def test_hypervolume_matches_optuna_and_brute_force():
     # duplicates of a front point are all on the front (as in study.best_trials)
     dup = np.vstack([pts[mask][:1], pts])
     assert pareto_mask(dup)[0] and pareto_mask(dup)[1 + int(np.argmax(mask))]
+
+
+def test_latency_parity_plot_comes_from_a_fitted_model_dir(tmp_path):
+    from experiments.plots import latency_parity_png
+
+    assert latency_parity_png("iphone16pm") is None  # a shipped prior has no measurements
+    (tmp_path / "report").mkdir()
+    (tmp_path / "report" / "parity.png").write_bytes(b"\x89PNG")
+    assert latency_parity_png(str(tmp_path)) == tmp_path / "report" / "parity.png"
