@@ -175,8 +175,7 @@ def repeat_ceiling(m: Measurements, scope: str) -> dict:
 
 def predict_speed(model, space, n: int = 20000) -> tuple[float, float]:
     rng = np.random.default_rng(123)
-    warm = [space.sample(rng) for _ in range(5000)]
-    model.predict_many(warm, space.backbone)  # fill the per-(stage, choice) price tables
+    model.prepare(space)  # price every (stage, choice) once
     fresh = [space.sample(rng) for _ in range(n)]
     t0 = time.perf_counter()
     for a in fresh[:3000]:

@@ -330,6 +330,7 @@ class BlockwiseModel:
         composition correction has a constant term); it sums to ``mean_ms``.
         """
         lo_f, hi_f = self._lo_f, self._hi_f
+        make = LatencyEstimate._make
         out = []
         append = out.append
         tab: _ArchTable | None = None
@@ -350,7 +351,7 @@ class BlockwiseModel:
                     mean += t
             if mean < 1e-6:
                 mean = 1e-6
-            append(LatencyEstimate(mean, mean * lo_f, mean * hi_f, per))
+            append(make(mean, mean * lo_f, mean * hi_f, per))
         return out
 
     def predict_mean_ms(self, archs: Sequence[ArchConfig],

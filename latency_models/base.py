@@ -27,6 +27,16 @@ class LatencyEstimate:
     high_ms: float
     per_stage_ms: Mapping[str, float] = field(default_factory=dict)
 
+    @classmethod
+    def _make(cls, mean_ms: float, low_ms: float, high_ms: float,
+              per_stage_ms: Mapping[str, float]) -> "LatencyEstimate":
+        """Same object as ``cls(...)``, built without the frozen-dataclass ``__init__``
+        (batched prediction creates ~10^5 of them per second)."""
+        self = object.__new__(cls)
+        self.__dict__.update(mean_ms=mean_ms, low_ms=low_ms, high_ms=high_ms,
+                             per_stage_ms=per_stage_ms)
+        return self
+
 
 @runtime_checkable
 class LatencyModel(Protocol):
