@@ -1,0 +1,187 @@
+"""How close do temponas's samplers get to the exhaustive Pareto front?
+
+Space: the ``snapgen_v`` backbone with temporal layers allowed in five stages (none, temporal
+conv, temporal self-attention, temporal self+cross-attention; 1..units blocks): 34,300
+architectures, small enough to enumerate. Objectives (cheap and deterministic): parameter
+count (maximize: the ``params`` baseline proxy) and the iPhone 16 Pro Max prior's predicted
+latency (minimize). Every architecture is scored once up front, so the study runs the real
+temporal sampler + ``SearchSpace.suggest`` ask/tell loop with a table lookup as the evaluator.
+
+``hv_ratio`` = hypervolume of a sampler's feasible front after N trials / hypervolume of the
+exhaustive front (objectives normalized to [0, 1] by the exhaustive ranges; reference point =
+the worst value of each objective over the whole space). Median over seeds.
+
+    python benchmarks/search_efficiency.py [--quick] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from experiments.config import parse_config  # noqa: E402
+from experiments.hypervolume import hypervolume, pareto_mask  # noqa: E402
+from experiments.study import make_sampler  # noqa: E402
+
+STAGES = ("down1", "down2", "mid", "up0", "up1")
+SPACE = {"defaults": {"kinds": ["none"], "heads": [8], "kernel_t": [3]},
+         **{s: {"kinds": ["none", "conv1d", "attn1d", "xattn1d"]} for s in STAGES}}
+#: sampler label -> (temponas sampler name, sampler_options)
+SAMPLERS = {
+    "random": ("random", {}),
+    "tpe": ("tpe", {}),
+    "nsga2": ("nsga2", {}),
+    "nsga2_pop20": ("nsga2", {"population_size": 20}),
+}
+TRIALS = (100, 300, 1000)
+
+
+def score_space(cfg):
+    """(arch_id -> row index, objectives (n, 2) as [params, latency_ms]) for every arch."""
+    import latency_models
+    from search_space.flops import block_params, network_cost
+    from search_space.geometry import network_blocks
+
+    backbone, task, space = cfg.backbone_spec, cfg.video_task, cfg.search_space
+    model = latency_models.load_latency_model(cfg.latency_model)
+    cached_params = functools.lru_cache(maxsize=None)(block_params)
+    archs = list(space.enumerate())
+    params = np.array([sum(cached_params(b.sig) for b in network_blocks(backbone, task, a))
+                       for a in archs], dtype=float)
+    for a, p in zip(archs[:: max(1, len(archs) // 25)], params[:: max(1, len(archs) // 25)]):
+        assert network_cost(backbone, task, a).params == p  # the memo is exact
+    lat = np.array([e.mean_ms for e in model.predict_many(archs, backbone)])
+    index = {a.arch_id: i for i, a in enumerate(archs)}
+    return index, np.stack([params, lat], axis=1)
+
+
+def run_sampler(cfg, name, options, seed, n_trials, index, objs):
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space = cfg.search_space
+    study = optuna.create_study(directions=["maximize", "minimize"],
+                                sampler=make_sampler(name, options, seed))
+    rows = []
+    t0 = time.perf_counter()
+    for _ in range(n_trials):
+        trial = study.ask()
+        i = index[space.suggest(trial).arch_id]
+        rows.append(i)
+        study.tell(trial, [float(objs[i, 0]), float(objs[i, 1])])
+    return np.array(rows), time.perf_counter() - t0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="2 seeds, up to 300 trials")
+    ap.add_argument("--json", action="store_true", help="write benchmarks/results/search_efficiency.json")
+    ap.add_argument("--seeds", type=int, default=None)
+    args = ap.parse_args(argv)
+    seeds = list(range(args.seeds or (2 if args.quick else 5)))
+    trials = tuple(t for t in TRIALS if not args.quick or t <= 300)
+    cfg = parse_config({"name": "search_efficiency", "backbone": "snapgen_v", "space": SPACE,
+                        "latency_model": "iphone16pm", "evaluator": {"name": "params"}},
+                       "search_efficiency")
+    t0 = time.perf_counter()
+    index, objs = score_space(cfg)
+    t_enum = time.perf_counter() - t0
+    # minimization form, normalized by the exhaustive ranges
+    lo, hi = objs.min(axis=0), objs.max(axis=0)
+    norm = (objs - lo) / (hi - lo)
+    loss = np.stack([1.0 - norm[:, 0], norm[:, 1]], axis=1)  # params maximized -> 1 - x
+    ref = np.array([1.0, 1.0])
+    front = pareto_mask(loss)
+    hv_star = hypervolume(loss[front], ref)
+    print(f"space: {len(objs):,} architectures scored in {t_enum:.0f} s; exhaustive front "
+          f"{int(front.sum())} archs, normalized hypervolume {hv_star:.4f}", file=sys.stderr)
+    ratios: dict[str, dict[str, list[float]]] = {}
+    times: dict[str, list[float]] = {}
+    for label, (name, opts) in SAMPLERS.items():
+        ratios[label] = {str(n): [] for n in trials}
+        times[label] = []
+        for seed in seeds:
+            rows, dt = run_sampler(cfg, name, opts, seed, max(trials), index, objs)
+            times[label].append(dt / max(trials) * 1e3)
+            for n in trials:
+                pts = loss[rows[:n]]
+                ratios[label][str(n)].append(hypervolume(pts[pareto_mask(pts)], ref) / hv_star)
+            print(f"{label:12s} seed {seed}: " + "  ".join(
+                f"{n}: {ratios[label][str(n)][-1]:.3f}" for n in trials)
+                + f"  ({times[label][-1]:.1f} ms/trial)", file=sys.stderr)
+    med = {lab: {n: float(np.median(v)) for n, v in r.items()} for lab, r in ratios.items()}
+    best300 = max(med, key=lambda lab: med[lab]["300"])
+    result = {
+        "benchmark": "search_efficiency",
+        "space": {"backbone": "snapgen_v", "restrictions": SPACE, "size": len(objs),
+                  "optuna_params": len(cfg.search_space.distributions())},
+        "objectives": ["params (maximize; the params proxy)",
+                       "latency_ms (minimize; iphone16pm prior)"],
+        "exhaustive": {"front_size": int(front.sum()), "hypervolume_normalized": hv_star,
+                       "scoring_time_s": t_enum},
+        "samplers": {lab: {"sampler": n, "options": o} for lab, (n, o) in SAMPLERS.items()},
+        "seeds": seeds,
+        "hv_ratio": med,
+        "hv_ratio_per_seed": ratios,
+        "sampler_ms_per_trial_median": {lab: float(np.median(v)) for lab, v in times.items()},
+        "targets": {"best_sampler_hv_ratio_at_300": 0.95, "best_above_random_at_300": True},
+        "best_at_300": best300,
+        "pass": bool(med[best300]["300"] >= 0.95 and med[best300]["300"] > med["random"]["300"]),
+        "quick": args.quick,
+        "machine": f"{os.cpu_count()} cores (shared)",
+    }
+    print(json.dumps({"hv_ratio": med, "best_at_300": best300, "pass": result["pass"]}, indent=2))
+    if args.json:
+        out = ROOT / "benchmarks" / "results" / ("search_efficiency_quick.json" if args.quick
+                                                 else "search_efficiency.json")
+        from experiments.fsio import atomic_write_json
+
+        atomic_write_json(out, result)
+        _plot(result, out.with_suffix(".png"))
+        print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+def _plot(result, path):
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from experiments.fsio import atomic_write_bytes
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for lab, per in result["hv_ratio_per_seed"].items():
+        ns = [int(n) for n in per]
+        med = [np.median(per[str(n)]) for n in ns]
+        lo = [np.min(per[str(n)]) for n in ns]
+        hi = [np.max(per[str(n)]) for n in ns]
+        ax.plot(ns, med, marker="o", label=lab)
+        ax.fill_between(ns, lo, hi, alpha=0.15)
+    ax.axhline(0.95, ls="--", c="k", lw=1, label="target 0.95 at 300")
+    ax.set_xscale("log")
+    ax.set_xlabel("trials")
+    ax.set_ylabel("hypervolume / exhaustive front's")
+    ax.set_title(f"search efficiency on {result['space']['size']:,} archs "
+                 f"(median, min-max over {len(result['seeds'])} seeds)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
