@@ -277,10 +277,10 @@ class BlockwiseModel:
                 backbone is not None or ent[2] == arch.backbone):
             tab = ent[3]
         else:
-            key = (arch.backbone, arch.task) if backbone is None else (backbone, arch.task)
+            bb = get_backbone(arch.backbone) if backbone is None else backbone
+            key = (bb, arch.task)  # by value: a preset name and its spec share one table
             tab = self._tables.get(key)
             if tab is None:
-                bb = get_backbone(arch.backbone) if backbone is None else backbone
                 tab = _ArchTable(self, bb, arch.task)
                 self._tables[key] = tab
             if len(self._tables_by_id) > 10_000:
