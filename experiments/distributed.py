@@ -28,6 +28,8 @@ def ensure_ray(address: str | None, num_cpus: int) -> bool:
     it (so the caller shuts it down); False if Ray was already initialized in this process."""
     for k, v in _LOCAL_ENV.items():
         os.environ.setdefault(k, v)
+    if address:
+        _check_reachable(address)
     import ray
 
     if ray.is_initialized():
@@ -55,6 +57,21 @@ def ensure_ray(address: str | None, num_cpus: int) -> bool:
         raise RayError(f"--ray-address: cannot join {where} ({type(e).__name__}: {e})"
                        if address else f"cannot start {where} ({type(e).__name__}: {e})") from None
     return True
+
+
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail fast on an address nothing listens on: ``ray.init`` would retry for minutes."""
+    hostport = address.split("://")[-1].split("/")[0]
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():  # "auto", "local", a bare host: let Ray resolve it
+        return
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            pass
+    except OSError as e:
+        raise RayError(f"--ray-address {address}: nothing answers there "
+                       f"({e.strerror or type(e).__name__}); start the cluster (`ray start "
+                       f"--head`) or check the address") from None
 
 
 @contextlib.contextmanager

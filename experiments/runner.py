@@ -258,8 +258,10 @@ class Driver:
                     from experiments.distributed import shutdown_ray
 
                     shutdown_ray()
-                if fatal and fresh and not hasattr(self, "study"):
-                    # failed before a study existed: leave no half-made run dir behind
+                if fatal and fresh and (not hasattr(self, "study")
+                                        or not self.study.get_trials(deepcopy=False)):
+                    # failed before any trial (bad storage, unreachable Ray): leave no
+                    # half-made run dir behind
                     import shutil
 
                     shutil.rmtree(self.run_dir, ignore_errors=True)

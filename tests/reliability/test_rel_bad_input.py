@@ -201,6 +201,9 @@ def _cases():
                                  ["cfg.yaml", "evaluator.options", "bogus"]),
         "unknown_device": ("config", "unknown latency device profile",
                            lambda t, r: S(t, latency_model="iphone99"), ["cfg.yaml", "latency_model", "iphone99"]),
+        "ray_address_unreachable": ("config", "`--ray-address` where no Ray cluster listens",
+                                    lambda t, r: _search(_cfg(t), t, "--ray-address", "127.0.0.1:1"),
+                                    ["--ray-address 127.0.0.1:1", "nothing answers"]),
         "cli_n_trials_zero": ("config", "`--n-trials 0` on the command line",
                               lambda t, r: _search(_cfg(t), t, "--n-trials", "0"), ["--n-trials", ">= 1"]),
         # search spaces
