@@ -66,6 +66,8 @@ class SearchSummary:
     repairs: list[str] = field(default_factory=list)
     interrupted: bool = False
     wall_time_s: float = 0.0
+    #: wall time of the ask/evaluate/tell loop alone (no setup, Ray start or final outputs)
+    loop_wall_s: float = 0.0
 
 
 @dataclass
@@ -276,6 +278,7 @@ class Driver:
         self.bar = tqdm(total=self.target, initial=min(self.done, self.target), unit="trial",
                         desc=self.cfg.name, file=sys.stderr, disable=not self.opts.progress,
                         dynamic_ncols=True, smoothing=0.1)
+        t_loop = time.monotonic()
         try:
             max_active = max(2 * self.workers, self.workers + 2)
             while True:
@@ -298,6 +301,7 @@ class Driver:
                 if time.monotonic() - self._last_outputs > OUTPUT_REFRESH_S:
                     self._write_outputs(final=False)
         finally:
+            self.summary.loop_wall_s = time.monotonic() - t_loop
             self.bar.close()
 
     def _install_stop_handlers(self) -> dict[int, Any]:

@@ -1,0 +1,179 @@
+"""Driver overhead and Ray speed-up of a temponas search.
+
+1. ``overhead_ms_per_trial``: wall time per trial of ``run_search`` (the temponas driver: suggest,
+   analytic memory, latency prediction, user attrs, evaluation cache, a Ray task per trial,
+   tell, journal storage, periodic CSVs) minus that of a plain Optuna ask/tell loop (same space,
+   sampler, journal storage) calling a trivial evaluator in-process. Target <= 20 ms.
+2. ``ray_speedup``: wall time of a search whose evaluations are ~1 s of CPU-bound work with
+   1 Ray worker / with 2 workers (same trials, Ray and worker processes warmed up). Target
+   >= 1.7 on 2 cores. The machine is shared: the load average is recorded with the result.
+
+    python benchmarks/overhead.py [--quick] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = Path(__file__).resolve().parent
+sys.path[:0] = [str(ROOT), str(BENCH)]
+# Ray workers import the benchmark evaluators from here
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [str(BENCH), str(ROOT)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+from experiments.config import load_config  # noqa: E402
+from experiments.runner import SearchOptions, run_search  # noqa: E402
+from experiments.study import make_sampler, open_storage  # noqa: E402
+
+SMOKE = ROOT / "experiments" / "configs" / "smoke.yaml"
+
+
+def _cfg(evaluator: str, options: dict, n_trials: int, workers: int, seed: int = 0):
+    cfg = load_config(SMOKE)
+    return replace(cfg, evaluator=replace(cfg.evaluator, name=evaluator, options=options,
+                                          timeout_s=120.0),
+                   constraints=replace(cfg.constraints, memory_budget_mb=None,
+                                       latency_budget_ms=None),
+                   search=replace(cfg.search, sampler="random", sampler_options={},
+                                  n_trials=n_trials, workers=workers, seed=seed))
+
+
+def plain_loop(cfg, n_trials: int, run_dir: Path) -> float:
+    """Seconds per trial of a plain Optuna ask/tell loop on journal storage."""
+    import optuna
+
+    from bench_evaluators import ConstantEvaluator
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space = cfg.search_space
+    ev = ConstantEvaluator(cfg.backbone_spec)
+    study = optuna.create_study(study_name="plain", storage=open_storage(None, run_dir),
+                                directions=["maximize", "minimize"],
+                                sampler=make_sampler("random", {}, 0))
+    t0 = time.perf_counter()
+    for _ in range(n_trials):
+        trial = study.ask()
+        arch = space.suggest(trial)
+        study.tell(trial, [ev.evaluate(arch).value, 0.0])
+    return (time.perf_counter() - t0) / n_trials
+
+
+def temponas_loop(cfg, run_dir: Path) -> tuple[float, object]:
+    t0 = time.perf_counter()
+    s = run_search(cfg, SearchOptions(out=str(run_dir), progress=False, write_plots=False))
+    return (time.perf_counter() - t0) / cfg.search.n_trials, s
+
+
+def calibrate(target_s: float = 1.0) -> int:
+    from bench_evaluators import spin
+
+    n = 200_000
+    while True:
+        t0 = time.process_time()
+        spin(n)
+        dt = time.process_time() - t0  # CPU time: robust to other users of the machine
+        if dt > 0.2:
+            return int(n * target_s / dt)
+        n *= 2
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="fewer trials and evaluations")
+    ap.add_argument("--json", action="store_true", help="write benchmarks/results/overhead.json")
+    args = ap.parse_args(argv)
+    n_overhead = 100 if args.quick else 300
+    n_busy = 8 if args.quick else 24
+    reps = 1 if args.quick else 3
+    import ray
+
+    from experiments.distributed import ensure_ray
+
+    ensure_ray(None, 2)
+    tmp = Path(tempfile.mkdtemp(prefix="temponas-overhead-"))
+    try:
+        # warm up: worker processes, imports
+        run_search(_cfg("bench_evaluators:ConstantEvaluator", {}, 8, 2, seed=99),
+                   SearchOptions(out=str(tmp / "warm"), progress=False, write_plots=False))
+        plain, driver = [], []
+        for r in range(reps):
+            plain.append(plain_loop(_cfg("bench_evaluators:ConstantEvaluator", {}, n_overhead, 1),
+                                    n_overhead, tmp / f"plain{r}"))
+            for w in (1, 2):
+                per, s = temponas_loop(_cfg("bench_evaluators:ConstantEvaluator", {}, n_overhead,
+                                            w, seed=r), tmp / f"drv{r}w{w}")
+                driver.append({"workers": w, "s_per_trial": per,
+                               "evaluations": s.evaluations_run, "cache_hits": s.cache_hits})
+            print(f"rep {r}: plain {plain[-1] * 1e3:.1f} ms/trial, temponas "
+                  + ", ".join(f"{d['workers']}w {d['s_per_trial'] * 1e3:.1f}" for d in driver[-2:])
+                  + " ms/trial", file=sys.stderr)
+        import numpy as np
+
+        plain_ms = float(np.median(plain) * 1e3)
+        drv_ms = {w: float(np.median([d["s_per_trial"] for d in driver if d["workers"] == w]) * 1e3)
+                  for w in (1, 2)}
+        overhead = {w: drv_ms[w] - plain_ms for w in (1, 2)}
+
+        iters = calibrate(1.0)
+        walls, loops = {}, {}
+        for w in (1, 2):
+            cfg = _cfg("bench_evaluators:BusyEvaluator", {"iterations": iters}, n_busy, w, seed=7)
+            t0 = time.perf_counter()
+            s = run_search(cfg, SearchOptions(out=str(tmp / f"busy{w}"), progress=False,
+                                              write_plots=False))
+            walls[w] = time.perf_counter() - t0
+            loops[w] = s.loop_wall_s
+            print(f"busy, {w} worker(s): {n_busy} trials ({s.evaluations_run} evaluations) in "
+                  f"{walls[w]:.1f} s (ask/evaluate/tell loop {loops[w]:.1f} s)", file=sys.stderr)
+        speedup = loops[1] / loops[2]
+        load = os.getloadavg()
+    finally:
+        ray.shutdown()
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    result = {
+        "benchmark": "overhead",
+        "overhead_ms_per_trial": overhead[2],
+        "overhead_ms_per_trial_by_workers": overhead,
+        "plain_optuna_ms_per_trial": plain_ms,
+        "temponas_ms_per_trial_by_workers": drv_ms,
+        "trials": n_overhead, "repeats": reps,
+        "storage": "JournalStorage(JournalFileBackend) in both loops",
+        "sampler": "random (both loops)",
+        "ray_speedup": speedup,
+        "ray_speedup_definition": "ask/evaluate/tell loop wall time, 1 worker / 2 workers "
+                                  "(excludes the fixed per-run setup and final report)",
+        "ray_speedup_total_wall": walls[1] / walls[2],
+        "ray_busy_loop_s": loops, "ray_busy_wall_s": walls, "ray_busy_trials": n_busy,
+        "ray_busy_iterations": iters,
+        "targets": {"overhead_ms_per_trial": 20.0, "ray_speedup": 1.7},
+        "pass": {"overhead": overhead[2] <= 20.0, "ray_speedup": speedup >= 1.7},
+        "load_average_1_5_15": load,
+        "quick": args.quick,
+        "machine": f"{os.cpu_count()} cores, shared with other engineers' jobs",
+    }
+    print(json.dumps({k: result[k] for k in ("overhead_ms_per_trial", "plain_optuna_ms_per_trial",
+                                             "temponas_ms_per_trial_by_workers", "ray_speedup",
+                                             "pass", "load_average_1_5_15")}, indent=2))
+    if args.json:
+        from experiments.fsio import atomic_write_json
+
+        out = ROOT / "benchmarks" / "results" / ("overhead_quick.json" if args.quick else "overhead.json")
+        atomic_write_json(out, result)
+        print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
