@@ -136,8 +136,12 @@ class RunLock:
     def acquire(self) -> "RunLock":
         import fcntl
 
+        run_dir = self.path.parent
+        if run_dir.exists() and not run_dir.is_dir():
+            raise RunDirError(f"{run_dir}: exists and is not a directory (a run directory is "
+                              f"needed here)")
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            run_dir.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
             raise _io_error(self.path, e) from None

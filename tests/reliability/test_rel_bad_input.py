@@ -204,6 +204,9 @@ def _cases():
         "ray_address_unreachable": ("config", "`--ray-address` where no Ray cluster listens",
                                     lambda t, r: _search(_cfg(t), t, "--ray-address", "127.0.0.1:1"),
                                     ["--ray-address 127.0.0.1:1", "nothing answers"]),
+        "out_is_a_file": ("config", "`--out` names an existing file",
+                          lambda t, r: _search(_cfg(t), t) if _raw(t, "not a dir", OUT) else [],
+                          ["out", "is not a directory"]),
         "cli_n_trials_zero": ("config", "`--n-trials 0` on the command line",
                               lambda t, r: _search(_cfg(t), t, "--n-trials", "0"), ["--n-trials", ">= 1"]),
         # search spaces
@@ -310,11 +313,20 @@ def _cases():
                                 lambda t, r: _search(_cfg(t, evaluator=faulty(t / "s2", sleep_s=0.5)), t, "--resume")
                                 if _run_copy(r, t) else [],
                                 ["cfg.yaml", "evaluator.options", "differs from the run being resumed"]),
+        "export_out_is_a_file": ("run dir", "`temponas export --out` under an existing file",
+                                 lambda t, r: ["export", str(r[1]), "--arch-id", _first_arch(r[1]),
+                                               "--format", "json", "--out",
+                                               str(_raw(t, "x", OUT) / "exp")],
+                                 ["out/exp", "cannot write"]),
         "export_unknown_arch": ("run dir", "`temponas export` of an arch_id not in the run",
                                 lambda t, r: ["export", str(_run_copy(r, t)[1]), "--arch-id", "ffffffffffff",
                                               "--format", "json", "--out", str(t / "exp")],
                                 ["ffffffffffff"]),
     }
+
+
+def _first_arch(run: Path) -> str:
+    return next(p.stem for p in sorted((run / "archs").glob("*.json")))
 
 
 def _utf16(p: Path) -> Path:
@@ -349,6 +361,8 @@ def _fit(tmp: Path, csv: Path) -> list[str]:
 def _snapshot(d: Path) -> dict[str, str]:
     if not d.exists():
         return {}
+    if d.is_file():
+        return {".": hashlib.sha256(d.read_bytes()).hexdigest()}
     return {str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(d.rglob("*")) if p.is_file() and p.name != ".lock"}
 
