@@ -381,3 +381,52 @@ def test_local_ray_binds_loopback_with_dashboard_off(record):
            f"{len(exposed)} not on loopback {exposed}",
            "fixed by this test: Ray listened on :: (all interfaces) before")
     assert ips == ["127.0.0.1"] and not exposed, (ips, exposed)
+
+
+def test_lost_evaluation_cache_only_costs_reevaluation(finished_run, tmp_path, record):
+    cfg, run = _copy(finished_run, tmp_path)
+    (run / "evaluations.jsonl").unlink()
+    rc, out, err = _search(cfg, run, "--resume", "--n-trials", "8")
+    assert rc == 0, err
+    _assert_finished(run, 8)
+    assert len(load_study(run).trials) == 8  # the 6 finished trials were not run again
+    record("fault", "evaluation log deleted between runs",
+           "evaluations.jsonl removed, then `--resume --n-trials 8`",
+           f"nothing: \"{_summary(out)}\"",
+           "all 6 finished trials (their results live in the study); only the 2 new trials are "
+           "evaluated")
+
+
+def test_plugin_missing_on_workers_fails_trials_with_the_import_error(tmp_path, record):
+    """A `module:Class` evaluator importable in the driver but not on the Ray workers (a module
+    next to the user's script, not installed): every trial FAILs with the import error."""
+    import sys
+
+    mod = tmp_path / "driver_only"
+    mod.mkdir()
+    (mod / "rel_driver_only_eval.py").write_text(
+        "from rel_evaluators import Faulty\n\nclass Local(Faulty):\n    name = 'local'\n")
+    sys.path.insert(0, str(mod))
+    try:
+        cfg = write_config(tmp_path / "cfg.yaml", constraints=NO_MEM,
+                           evaluator={"name": "rel_driver_only_eval:Local", "options": {}},
+                           search={"n_trials": 3})
+        rc, out, err = _search(cfg, tmp_path / "run")
+    finally:
+        sys.path.remove(str(mod))
+        sys.modules.pop("rel_driver_only_eval", None)
+    assert rc == 0, err
+    study = load_study(tmp_path / "run")
+    st = states(study)
+    assert st["FAIL"] == 3, st
+    reasons = {t.user_attrs["failure_reason"] for t in study.trials}
+    assert len(reasons) == 1
+    reason = reasons.pop()
+    assert "rel_driver_only_eval" in reason and "cannot import" in reason, reason
+    assert reason.split(":", 1)[0] in (tmp_path / "run" / "report.md").read_text()
+    record("fault", "evaluator plug-in importable on the driver but not on the Ray workers",
+           "`module:Class` from a directory on the driver's sys.path only",
+           f"each trial FAIL with \"{reason}\"; report.md counts them under that reason; "
+           f"\"{_summary(out)}\"",
+           "the study and its failure reasons; fixing PYTHONPATH (or installing the module) and "
+           "re-running a new study works")
