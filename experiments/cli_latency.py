@@ -85,13 +85,19 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from latency_models import load_latency_model
 
     model = load_latency_model(args.device)
+    arch_file = ArchConfig.load(args.arch) if args.arch else None
+    if args.preset is None:
+        args.preset = arch_file.backbone if arch_file is not None else "sd21"
     bb, task = _backbone_task(args)
-    if args.arch:
-        arch = ArchConfig.load(args.arch)
+    if arch_file is not None:
+        arch = arch_file
         if arch.backbone != bb.name:
             raise ConfigError(f"{args.arch}: arch is for backbone {arch.backbone!r}, not --preset {bb.name!r}")
-        arch = arch.with_task(task) if any(
-            v is not None for v in (args.frames, args.batch, args.height, args.width)) else arch
+        over = {k: v for k, v in (("num_frames", args.frames), ("batch", args.batch),
+                                  ("latent_height", args.height), ("latent_width", args.width),
+                                  ("text_tokens", args.tokens)) if v is not None}
+        if over:  # the arch's own task with the overrides
+            arch = arch.with_task(arch.task.replace(**over))
     else:
         arch = ArchConfig.create(bb.name, task, {}, bb.stage_ids)
     est = model.predict(arch, bb)
@@ -147,7 +153,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="predict the latency of an architecture on a device")
     p.add_argument("--device", "--model", dest="device", required=True,
                    help="device profile name (see `temponas latency devices`) or a model directory")
-    _add_task_args(p, "sd21")
+    _add_task_args(p, None)
     p.add_argument("--arch", help="arch JSON (default: the image backbone, no temporal layers)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_predict)
