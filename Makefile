@@ -20,8 +20,9 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# a second `make search` continues (or just re-reports) the run instead of refusing it
 search: setup
-	$(BIN)/temponas search experiments/configs/default.yaml
+	$(BIN)/temponas search experiments/configs/default.yaml $$(test -f runs/default/run.json && echo --resume)
 
 test: setup
 	$(BIN)/python -m pytest

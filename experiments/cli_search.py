@@ -56,7 +56,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                                       resume=args.resume, progress=not args.no_progress))
     msg = (f"{s.run_dir}: {s.complete} complete, {s.pruned} pruned (over memory budget), "
            f"{s.failed} failed this session; {s.evaluations_run} evaluations run, "
-           f"{s.cache_hits} served from the cache; Pareto front: {s.front_size}; "
+           f"{s.cache_hits} served from the cache; Pareto front: {s.front_size} architectures; "
            f"{s.wall_time_s:.1f} s")
     print(msg)
     if s.recovered:

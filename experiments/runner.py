@@ -538,9 +538,9 @@ class Driver:
                       latency_model=getattr(self, "latency_model", None),
                       plots=final and self.opts.write_plots, report=final)
         if final:
-            from experiments.outputs import front_trials
+            from experiments.outputs import front_trials, unique_by_arch
 
-            self.summary.front_size = len(front_trials(self.study))
+            self.summary.front_size = len(unique_by_arch(front_trials(self.study)))
 
 
 def num_in(lst: list[int] | None, n: int) -> bool:
