@@ -213,9 +213,9 @@ def test_run_outputs_are_written_atomically(tmp_path, monkeypatch, record):
     written: set[str] = set()
     real = fsio.atomic_write
 
-    def spy(path, writer, mode="w"):
+    def spy(path, writer, *a, **kw):
         written.add(str(Path(path)))
-        return real(path, writer, mode)
+        return real(path, writer, *a, **kw)
 
     monkeypatch.setattr(fsio, "atomic_write", spy)
     cfg = write_config(tmp_path / "cfg.yaml", evaluator=faulty(tmp_path / "script"),
