@@ -230,3 +230,17 @@ def test_exhaustive_sampler_visits_every_architecture_once(tmp_path, smoke_cfg):
     ids = [t.user_attrs["arch_id"] for t in study.trials]
     assert s.n_trials == size == len(ids) == len(set(ids))
     assert set(ids) == {a.arch_id for a in cfg.search_space.enumerate()}
+
+
+def test_any_optuna_storage_url_sqlite(tmp_path, smoke_cfg):
+    from experiments.outputs import front_trials, open_run
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    cfg = replace(smoke_cfg, search=replace(smoke_cfg.search, n_trials=4, storage=url))
+    run_dir = tmp_path / "run"
+    run_search(cfg, SearchOptions(out=str(run_dir), progress=False, write_plots=False))
+    assert (tmp_path / "study.db").exists() and not (run_dir / "study.journal").exists()
+    run = open_run(run_dir)  # pareto/plot/export find the study through run.json
+    st = states(run.study)
+    assert st["COMPLETE"] + st["PRUNED"] == 4
+    assert {t.number for t in front_trials(run.study)} == {t.number for t in run.study.best_trials}
