@@ -11,7 +11,10 @@ of an earlier run, which are committed next to the results):
 2. Device 1 = this CPU, 1 thread, CPU-time clock (the machine is shared with other jobs: the
    timing thread's CPU time is insensitive to lost time slices; wall time is not). Every probe
    signature and ``networks`` random whole architectures are timed ``repeats`` times
-   (interleaved: each repeat visits all blocks and networks in a new shuffled order).
+   (interleaved: each repeat visits all blocks and networks in a new shuffled order). A fixed
+   reference ResNet is timed right before every probe (``ref_ms``): fits divide out the
+   machine's momentary slowdown (cache/memory-bandwidth contention from other jobs), and both
+   the raw and the corrected noise floors are reported.
 3. ``block_within_10pct``: 5-fold cross-validation over signatures (the held-out signature was
    never measured for the fit), predictor ``regression`` (the roofline is reported too).
 4. ``network_within_10pct`` / ``network_spearman``: ``lut`` on all block signatures (as the
@@ -66,12 +69,13 @@ def make_space(quick: bool) -> SearchSpace:
 
 def measure_device1(space, archs, repeats: int, path: Path, quick: bool) -> Measurements:
     """1 thread, CPU clock; blocks and networks interleaved in every repeat."""
-    from latency_models.backends.torch_cpu import TimingPolicy, TorchCpuBackend, measure
+    from latency_models.backends.torch_cpu import (TimingPolicy, TorchCpuBackend, measure,
+                                                   pick_reference)
 
     pol = TimingPolicy(warmup=2, min_runs=5 if quick else 7, max_runs=60, rel_precision=0.01,
                        time_limit_s=1.5 if quick else 3.0)
-    be = TorchCpuBackend(1, pol, clock="cpu")
     sigs = [p.sig for p in probes(space)]
+    be = TorchCpuBackend(1, pol, clock="cpu", reference=pick_reference(sigs))
     b_rows, n_rows = measure(be, sigs, [(space.backbone, a) for a in archs], repeats=repeats,
                              seed=0, desc="device 1 (1 thread)")
     m = Measurements(be.info, b_rows, n_rows, str(path))
@@ -89,7 +93,8 @@ def measure_device2(space_yaml: Path, n_nets: int, path: Path, quick: bool) -> M
            "--preset", "small", "--height", "16", "--width", "16", "--frames", "8", "--batch", "1",
            "--threads", "2", "--clock", "cpu", "--networks-only", "--networks", str(n_nets),
            "--seed", str(ARCH_SEED), "--warmup", "1", "--min-runs", "3" if quick else "5",
-           "--max-runs", "15", "--time-limit", "3" if quick else "6", "--out", str(path)]
+           "--max-runs", "15", "--time-limit", "3" if quick else "6", "--reference",
+           "--out", str(path)]
     subprocess.run(cmd, check=True, env=env, cwd=ROOT, stdout=sys.stderr)
     return read_csv(path)
 
@@ -155,9 +160,9 @@ def repeat_ceiling(m: Measurements, scope: str) -> dict:
 
     groups: dict = {}
     rows = m.blocks if scope == "block" else m.networks
-    for r in rows:
+    for r, v in zip(rows, m.values_ms(rows)):
         key = r.sig if scope == "block" else r.arch.arch_id
-        groups.setdefault(key, {})[r.repeat] = r.latency_ms
+        groups.setdefault(key, {})[r.repeat] = v
     hits = []
     for reps in groups.values():
         if len(reps) < 2:
@@ -236,6 +241,8 @@ def main(argv=None) -> int:
     res["network_within_10pct"] = net["lut"]["within_10pct"]
     res["network_spearman"] = net["lut"]["spearman"]
     res["noise_floor_pct"] = dev1.noise_floor_pct()
+    res["noise_floor_raw_pct"] = dev1.noise_floor_pct(corrected=False)
+    res["drift_corrected"] = dev1.drift_corrected
     res["fewshot"] = fewshot(dev1, dev2)
     model = create_model("lut").fit(dev1, evaluate=False)
     res["load_average_during_predict_speed"] = os.getloadavg()[0]

@@ -221,7 +221,12 @@ def _cmd_measure(args: argparse.Namespace) -> int:
     archs = [(space.backbone, a) for a in random_archs(space, args.networks, args.seed)]
     policy = TimingPolicy(warmup=args.warmup, min_runs=args.min_runs, max_runs=args.max_runs,
                           rel_precision=args.precision, time_limit_s=args.time_limit)
-    backend = TorchCpuBackend(args.threads, policy, clock=args.clock)
+    ref = None
+    if args.reference:
+        from latency_models.backends.torch_cpu import pick_reference
+
+        ref = pick_reference([p.sig for p in probes(space)])
+    backend = TorchCpuBackend(args.threads, policy, clock=args.clock, reference=ref)
     out = Measurements(backend.info, source=args.out)
     done = [0]
 
@@ -261,6 +266,9 @@ def _reg_measure(sub) -> None:
     p.add_argument("--clock", default="wall", choices=["wall", "cpu"],
                    help="wall: elapsed time (a dedicated machine); cpu: CPU time of the timing "
                         "thread/process, robust on a machine shared with other jobs")
+    p.add_argument("--reference", action="store_true",
+                   help="time a reference block before every probe (ref_ms column): fits divide "
+                        "out the machine's momentary slowdown (shared machines)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_measure)

@@ -29,6 +29,10 @@ repeat         0, 1, …: independent repetitions of the same probe (noise floor
 load_ms        Core ML: first load of the compiled model (includes device specialization);
                0 for torch
 compile_ms     Core ML: ``.mlpackage`` -> ``.mlmodelc`` compile time (informational)
+ref_ms         optional drift reference: median latency of one fixed reference block timed
+               right before this row's probe (``temponas latency measure --reference``). When
+               every row has it, fits use ``latency_ms * median(ref_ms) / ref_ms`` (the machine's
+               momentary slowdown divided out); ``latency_ms`` itself stays the raw measurement
 timestamp      ISO-8601 UTC
 ============== ==================================================================================
 """
@@ -66,7 +70,7 @@ META_COLUMNS = ("schema_version", "device", "backend", "compute_units", "precisi
                 "versions", "threads")
 ROW_COLUMNS = ("scope", "probe_id", "arch_id", "arch_json", "backbone_json")
 VALUE_COLUMNS = ("latency_ms", "p10_ms", "p90_ms", "runs", "warmup", "repeat", "load_ms",
-                 "compile_ms", "timestamp")
+                 "compile_ms", "ref_ms", "timestamp")
 COLUMNS: tuple[str, ...] = META_COLUMNS + ROW_COLUMNS + SIG_COLUMNS + VALUE_COLUMNS
 REQUIRED_COLUMNS = ("device", "backend", "scope", "latency_ms") + SIG_COLUMNS
 
@@ -104,6 +108,7 @@ class BlockRow:
     repeat: int = 0
     load_ms: float = 0.0
     timestamp: str = ""
+    ref_ms: float = math.nan
 
 
 @dataclass(frozen=True)
@@ -119,6 +124,7 @@ class NetworkRow:
     load_ms: float = 0.0
     timestamp: str = ""
     backbone_is_preset: bool = True
+    ref_ms: float = math.nan
 
 
 @dataclass
@@ -131,30 +137,49 @@ class Measurements:
     source: str = ""
 
     # ---- aggregation -------------------------------------------------------------------------
+    @property
+    def drift_corrected(self) -> bool:
+        """True when every row carries a reference timing (``ref_ms``)."""
+        rows = [*self.blocks, *self.networks]
+        return bool(rows) and all(r.ref_ms > 0 for r in rows)  # NaN compares False
+
+    def values_ms(self, rows: Sequence[BlockRow | NetworkRow]) -> list[float]:
+        """Latencies used for fitting: drift-corrected when :attr:`drift_corrected`."""
+        if not self.drift_corrected:
+            return [r.latency_ms for r in rows]
+        ref = self._ref_median()
+        return [r.latency_ms * ref / r.ref_ms for r in rows]
+
+    def _ref_median(self) -> float:
+        return float(np.median([r.ref_ms for r in [*self.blocks, *self.networks]]))
+
     def block_medians(self) -> tuple[list[BlockSignature], np.ndarray]:
         """Distinct signatures (first-seen order) and the median latency over their repeats."""
         groups: dict[BlockSignature, list[float]] = {}
-        for r in self.blocks:
-            groups.setdefault(r.sig, []).append(r.latency_ms)
+        for r, v in zip(self.blocks, self.values_ms(self.blocks)):
+            groups.setdefault(r.sig, []).append(v)
         sigs = list(groups)
         return sigs, np.array([float(np.median(groups[s])) for s in sigs])
 
     def network_medians(self) -> tuple[list[NetworkRow], np.ndarray]:
         """One representative row per arch id and the median latency over its repeats."""
-        groups: dict[str, list[NetworkRow]] = {}
-        for r in self.networks:
-            groups.setdefault(r.arch.arch_id, []).append(r)
-        reps = [g[0] for g in groups.values()]
-        return reps, np.array([float(np.median([r.latency_ms for r in g])) for g in groups.values()])
+        groups: dict[str, list[tuple[NetworkRow, float]]] = {}
+        for r, v in zip(self.networks, self.values_ms(self.networks)):
+            groups.setdefault(r.arch.arch_id, []).append((r, v))
+        reps = [g[0][0] for g in groups.values()]
+        return reps, np.array([float(np.median([v for _, v in g])) for g in groups.values()])
 
-    def noise_floor_pct(self) -> float | None:
+    def noise_floor_pct(self, corrected: bool = True) -> float | None:
         """Measurement noise: median, over probes measured >= 2 times, of the coefficient of
-        variation of their repeats (sample std / mean, in %). ``None`` without repeats."""
+        variation of their repeats (sample std / mean, in %), of the values fits use
+        (drift-corrected when available) or of the raw ones. ``None`` without repeats."""
         groups: dict[Any, list[float]] = {}
-        for r in self.blocks:
-            groups.setdefault(("b", r.sig), []).append(r.latency_ms)
-        for r in self.networks:
-            groups.setdefault(("n", r.arch.arch_id), []).append(r.latency_ms)
+        bv = self.values_ms(self.blocks) if corrected else [r.latency_ms for r in self.blocks]
+        nv = self.values_ms(self.networks) if corrected else [r.latency_ms for r in self.networks]
+        for r, v in zip(self.blocks, bv):
+            groups.setdefault(("b", r.sig), []).append(v)
+        for r, v in zip(self.networks, nv):
+            groups.setdefault(("n", r.arch.arch_id), []).append(v)
         cv = [float(np.std(v, ddof=1) / np.mean(v)) for v in groups.values() if len(v) >= 2]
         return 100.0 * float(np.median(cv)) if cv else None
 
@@ -201,7 +226,7 @@ class Measurements:
 def _values(r: BlockRow | NetworkRow) -> dict[str, Any]:
     return {"latency_ms": f"{r.latency_ms:.6g}", "p10_ms": _fmt(r.p10_ms), "p90_ms": _fmt(r.p90_ms),
             "runs": r.runs, "warmup": r.warmup, "repeat": r.repeat, "load_ms": _fmt(r.load_ms),
-            "timestamp": r.timestamp}
+            "ref_ms": _fmt(r.ref_ms), "timestamp": r.timestamp}
 
 
 def _fmt(x: float) -> str:
@@ -308,7 +333,10 @@ def read_csv(path: str | Path) -> Measurements:
                     warmup=int(_num(raw, "warmup", where, default=0)),
                     repeat=int(_num(raw, "repeat", where, default=0)),
                     load_ms=_num(raw, "load_ms", where, default=0.0),
-                    timestamp=(raw.get("timestamp") or "").strip())
+                    timestamp=(raw.get("timestamp") or "").strip(),
+                    ref_ms=_num(raw, "ref_ms", where, default=math.nan))
+        if not (math.isnan(vals["ref_ms"]) or vals["ref_ms"] > 0):
+            raise MeasurementError(f"{where}, column ref_ms: must be > 0 when given, got {vals['ref_ms']}")
         scope = (raw.get("scope") or "").strip()
         if scope == "block":
             try:

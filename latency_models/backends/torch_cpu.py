@@ -37,6 +37,17 @@ class TimingPolicy:
     time_limit_s: float = 5.0
 
 
+REF_POLICY = TimingPolicy(warmup=1, warmup_s=0.0, min_runs=5, max_runs=5, time_limit_s=1.0)
+
+
+def pick_reference(sigs) -> BlockSignature | None:
+    """A mid-cost ResNet of the probe set (deterministic): the drift reference."""
+    from latency_models.features import op_table
+
+    res = sorted((s for s in sigs if s.op.value == "resnet"), key=lambda s: op_table(s).flops.sum())
+    return res[len(res) // 2] if res else None
+
+
 @dataclass(frozen=True)
 class Timing:
     median_ms: float
@@ -120,9 +131,13 @@ def _now() -> str:
 class TorchCpuBackend:
     """Times blocks and networks with torch on the CPU, ``threads`` pinned."""
 
-    def __init__(self, threads: int = 1, policy: TimingPolicy | None = None, clock: str = "wall"):
+    def __init__(self, threads: int = 1, policy: TimingPolicy | None = None, clock: str = "wall",
+                 reference: BlockSignature | None = None):
+        """``reference``: a block timed (``REF_POLICY``) right before every probe; its latency
+        goes into ``ref_ms`` so that fits can divide out the machine's momentary slowdown."""
         import torch
 
+        self.reference = reference
         self.threads = int(threads)
         self.policy = policy or TimingPolicy()
         self.clock = clock_ns(clock, self.threads)
@@ -145,14 +160,26 @@ class TorchCpuBackend:
             self._modules[sig] = ent
         return ent
 
+    def time_reference(self) -> float:
+        """Median latency of the reference block now (NaN without a reference)."""
+        if self.reference is None:
+            return math.nan
+        import torch
+
+        m, inputs = self._block(self.reference)
+        with torch.inference_mode():
+            return time_callable(lambda: m(*inputs), REF_POLICY, self.clock).median_ms
+
     def time_block(self, sig: BlockSignature, repeat: int = 0) -> BlockRow:
         import torch
 
         torch.set_num_threads(self.threads)
+        ref = self.time_reference()
         m, inputs = self._block(sig)
         with torch.inference_mode():
             t = time_callable(lambda: m(*inputs), self.policy, self.clock)
-        return BlockRow(sig, t.median_ms, t.p10_ms, t.p90_ms, t.runs, t.warmup, repeat, 0.0, _now())
+        return BlockRow(sig, t.median_ms, t.p10_ms, t.p90_ms, t.runs, t.warmup, repeat, 0.0, _now(),
+                        ref_ms=ref)
 
     def time_network(self, backbone: BackboneSpec, arch: ArchConfig, repeat: int = 0,
                      is_preset: bool = True) -> NetworkRow:
@@ -161,6 +188,7 @@ class TorchCpuBackend:
         from search_space.modules import build_model
 
         torch.set_num_threads(self.threads)
+        ref = self.time_reference()
         torch.manual_seed(0)
         task = arch.task
         model = build_model(backbone, task, arch).eval()
@@ -172,7 +200,7 @@ class TorchCpuBackend:
         with torch.inference_mode():
             t = time_callable(lambda: model(lat, ts, text), self.policy, self.clock)
         return NetworkRow(arch, backbone, t.median_ms, t.p10_ms, t.p90_ms, t.runs, t.warmup, repeat,
-                          0.0, _now(), is_preset)
+                          0.0, _now(), is_preset, ref_ms=ref)
 
     def clear(self) -> None:
         self._modules.clear()

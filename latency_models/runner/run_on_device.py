@@ -41,7 +41,8 @@ COLUMNS = [
     "op", "kind", "in_channels", "out_channels", "skip_channels", "batch", "frames", "height",
     "width", "heads", "depth", "kernel_t", "kernel_s", "context_tokens", "context_dim", "temb_dim",
     "norm_groups", "self_attn", "linear_projection",
-    "latency_ms", "p10_ms", "p90_ms", "runs", "warmup", "repeat", "load_ms", "compile_ms", "timestamp",
+    "latency_ms", "p10_ms", "p90_ms", "runs", "warmup", "repeat", "load_ms", "compile_ms", "ref_ms",
+    "timestamp",
 ]
 COMPUTE_UNITS = {"all": "ALL", "cpu_only": "CPU_ONLY", "cpu_and_gpu": "CPU_AND_GPU",
                  "cpu_and_ne": "CPU_AND_NE"}

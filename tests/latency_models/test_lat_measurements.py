@@ -131,3 +131,26 @@ def test_cli_reports_one_line_error(csv_path, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.count("\n") == 0 and "line 5, column latency_ms" in err
     assert not (tmp_path / "model").exists()
+
+
+def test_drift_correction_with_reference_timings(tmp_path):
+    """Rows measured while the machine was 30% slower (the reference shows it) are scaled back."""
+    from dataclasses import replace
+
+    m = synthetic(n_networks=4, repeats=2, noise=0.0)
+    slow = {0: 1.0, 1: 1.3}  # repeat 1 ran on a slowed-down machine
+    m.blocks = [replace(r, latency_ms=r.latency_ms * slow[r.repeat], ref_ms=5.0 * slow[r.repeat])
+                for r in m.blocks]
+    m.networks = [replace(r, latency_ms=r.latency_ms * slow[r.repeat], ref_ms=5.0 * slow[r.repeat])
+                  for r in m.networks]
+    assert m.drift_corrected
+    assert m.noise_floor_pct(corrected=False) > 10 and m.noise_floor_pct() < 1e-6
+    p = tmp_path / "ref.csv"
+    m.to_csv(p)
+    back = read_csv(p)
+    assert back.drift_corrected and back.noise_floor_pct() < 1e-3
+    rows = _rows(p)
+    rows[3]["ref_ms"] = "-1"
+    _write(p, rows)
+    with pytest.raises(MeasurementError, match="line 5, column ref_ms"):
+        read_csv(p)

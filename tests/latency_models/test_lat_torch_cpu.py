@@ -56,8 +56,10 @@ def test_measure_cli_writes_valid_csv(tmp_path, capsys):
     out = tmp_path / "m.csv"
     rc = main(["latency", "measure", "--preset", "tiny", "--out", str(out), "--limit", "4",
                "--repeats", "2", "--networks", "1", "--min-runs", "3", "--max-runs", "4",
-               "--time-limit", "0.3", "--warmup", "1", "--no-progress", "--clock", "cpu"])
+               "--time-limit", "0.3", "--warmup", "1", "--no-progress", "--clock", "cpu",
+               "--reference"])
     assert rc == 0 and "noise floor" in capsys.readouterr().out
     m = read_csv(out)
     assert len(m.blocks) == 8 and len(m.networks) == 2
     assert m.info.device.endswith(":cpu-clock") and m.noise_floor_pct() is not None
+    assert m.drift_corrected and all(r.ref_ms > 0 for r in m.blocks)
