@@ -31,9 +31,9 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-from experiments.config import load_config  # noqa: E402
-from experiments.runner import SearchOptions, run_search  # noqa: E402
-from experiments.study import make_sampler, open_storage  # noqa: E402
+from experiments.config import load_config
+from experiments.runner import SearchOptions, run_search
+from experiments.study import make_sampler, open_storage
 
 SMOKE = ROOT / "experiments" / "configs" / "smoke.yaml"
 
@@ -51,7 +51,6 @@ def _cfg(evaluator: str, options: dict, n_trials: int, workers: int, seed: int =
 def plain_loop(cfg, n_trials: int, run_dir: Path) -> float:
     """Seconds per trial of a plain Optuna ask/tell loop on journal storage."""
     import optuna
-
     from bench_evaluators import ConstantEvaluator
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -78,7 +77,6 @@ def raw_ray_speedup(iterations: int, n_tasks: int) -> float:
     """The same busy work as plain Ray tasks (no driver), 1 then 2 in flight: the speed-up the
     machine could give at that moment (a shared box may have less than 2 free cores)."""
     import ray
-
     from bench_evaluators import spin
 
     task = ray.remote(num_cpus=1)(spin)

@@ -29,9 +29,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from experiments.config import parse_config  # noqa: E402
-from experiments.hypervolume import hypervolume, pareto_mask  # noqa: E402
-from experiments.study import make_sampler  # noqa: E402
+from experiments.config import parse_config
+from experiments.hypervolume import hypervolume, pareto_mask
+from experiments.study import make_sampler
 
 STAGES = ("down1", "down2", "mid", "up0", "up1")
 SPACE = {"defaults": {"kinds": ["none"], "heads": [8], "kernel_t": [3]},

@@ -8,9 +8,10 @@ finished (even if the driver died before telling Optuna about it).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 from experiments.fsio import append_jsonl, read_jsonl
 

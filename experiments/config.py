@@ -26,9 +26,10 @@ import collections.abc
 import math
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -147,7 +148,7 @@ class ExperimentConfig:
             d["evaluator"].pop(k, None)
         return d
 
-    def with_overrides(self, **search: Any) -> "ExperimentConfig":
+    def with_overrides(self, **search: Any) -> ExperimentConfig:
         """A copy with ``search`` fields (n_trials, workers, ...) and ``out`` replaced."""
         from dataclasses import replace
 

@@ -12,7 +12,8 @@ import math
 import os
 import socket
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from search_space.errors import TemponasError
 

@@ -141,7 +141,6 @@ def export_coreml(backbone: Any, arch: ArchConfig, out: Path) -> list[Path]:
 
     Uses the latency engineer's converter when present, else coremltools directly via
     ``torch.jit.trace`` (falling back to ``torch.export`` + ``run_decompositions``)."""
-    import torch
 
     model = _model(backbone, arch)
     inputs = example_inputs(arch)

@@ -11,12 +11,12 @@ import io
 import json
 import math
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
-from experiments.fsio import RunDirError, atomic_write, atomic_write_json, atomic_write_text
-from search_space.errors import ConfigError
+from experiments.fsio import RunDirError, atomic_write_text
 
 COLUMNS = ("number", "state", "arch_id", "quality", "latency_ms", "latency_low_ms",
            "latency_high_ms", "memory_mb", "params", "flops", "feasible",

@@ -82,19 +82,19 @@ def write_report(run_dir: Path, *, study: Any, cfg: Any, latency_model: Any = No
           f"- latency model: `{cfg.latency_model}`" + (f" ({_latency_meta(latency_model)})"
                                                       if _latency_meta(latency_model) else ""),
           *([f"- latency model accuracy: {_heldout(latency_model)}"] if _heldout(latency_model)
-            else [f"- latency model accuracy: a prior, not calibrated on this device's measurements; "
-                  f"the intervals come from transfers between devices (docs/latency.md: calibrate "
-                  f"on your phone)"] if _latency_meta(latency_model) and "prior" in _latency_meta(latency_model)
+            else ["- latency model accuracy: a prior, not calibrated on this device's measurements; "
+                  "the intervals come from transfers between devices (docs/latency.md: calibrate "
+                  "on your phone)"] if _latency_meta(latency_model) and "prior" in _latency_meta(latency_model)
             else []),
-          f"- objectives: " + ", ".join(f"{o} ({d})" for o, d in zip(objs, dirs)),
+          "- objectives: " + ", ".join(f"{o} ({d})" for o, d in zip(objs, dirs)),
           f"- sampler: `{cfg.search.sampler}` {dict(cfg.search.sampler_options) or ''}, seed "
           f"{cfg.search.seed}; {cfg.search.workers} Ray worker(s); target {cfg.search.n_trials} trials",
           f"- storage: `{storage_location(cfg.search.storage, run_dir)}`", ""]
     L += ["## Budgets", ""]
-    L += [f"- latency: " + (f"<= {c.latency_budget_ms:g} ms per denoiser call (predicted mean); "
+    L += ["- latency: " + (f"<= {c.latency_budget_ms:g} ms per denoiser call (predicted mean); "
                            "slower candidates are evaluated but cannot enter the front"
                            if c.latency_budget_ms is not None else "none"),
-          f"- memory: " + (f"<= {c.memory_budget_mb:g} MB (fp16 weights + peak activation); "
+          "- memory: " + (f"<= {c.memory_budget_mb:g} MB (fp16 weights + peak activation); "
                           "larger candidates are never evaluated (trial PRUNED)"
                           if c.memory_budget_mb is not None else "none"), ""]
     L += ["## Trials", ""]

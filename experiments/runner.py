@@ -16,17 +16,25 @@ import math
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from experiments.cache import CachedEval, EvalCache, EvalKey
-from experiments.config import ExperimentConfig, dump_config, load_config, parse_config
+from experiments.config import ExperimentConfig, dump_config, load_config
 from experiments.fsio import RunDirError, RunLock, _io_error, atomic_write_json, atomic_write_text
-from experiments.study import (INTERRUPTED, make_sampler, open_storage, recover_stale_trials,
-                               repair_run_journal, storage_location, trial_done)
+from experiments.study import (
+    INTERRUPTED,
+    make_sampler,
+    open_storage,
+    recover_stale_trials,
+    repair_run_journal,
+    storage_location,
+    trial_done,
+)
 from search_space.arch import ArchConfig
 from search_space.errors import ConfigError, TemponasError
 
@@ -134,8 +142,8 @@ class Driver:
         atomic_write_text(cfg_path, dump_config(self.cfg))
 
     def _setup(self) -> None:
-        from evaluators.registry import create_evaluator
         import latency_models
+        from evaluators.registry import create_evaluator
 
         cfg = self.cfg
         self.backbone = cfg.backbone_spec
@@ -223,8 +231,8 @@ class Driver:
                 self.summary.n_trials = self.target
                 self._arch_iter = self.space.enumerate()
             if self.done < self.target:
-                from experiments.distributed import ensure_ray, remote_evaluate
                 from evaluators.registry import ray_remote_options
+                from experiments.distributed import ensure_ray, remote_evaluate
 
                 per_task = float(ray_remote_options(self.evaluator).get("num_cpus", 1.0))
                 started_ray = ensure_ray(self.opts.ray_address,

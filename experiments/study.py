@@ -8,8 +8,9 @@ storage URL (``sqlite:///...``, ``postgresql://...``) is accepted.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from search_space.errors import ConfigError, TemponasError
 
@@ -45,7 +46,6 @@ def storage_location(url: str | None, run_dir: Path) -> str:
 
 def open_storage(url: str | None, run_dir: Path) -> Any:
     """The Optuna storage: a journal file in ``run_dir`` by default, else ``url``."""
-    import optuna
     from optuna.storages import JournalStorage, RDBStorage
     from optuna.storages.journal import JournalFileBackend
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-
 from exp_helpers import load_study, states
+
 from experiments.cache import read_records
 from experiments.outputs import trial_attrs
 from experiments.runner import SearchOptions, run_search

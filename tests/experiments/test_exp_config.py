@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import yaml
 
 from experiments.config import dump_config, load_config, parse_config
 from search_space.errors import ConfigError

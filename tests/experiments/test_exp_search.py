@@ -6,12 +6,11 @@ import csv
 import json
 import subprocess
 import sys
-import time
 from dataclasses import replace
 
 import pytest
-
 from exp_helpers import evaluation_counts, load_study, states
+
 from experiments.fsio import RunDirError, RunLock
 from experiments.outputs import trial_attrs
 from experiments.runner import SearchOptions, run_search
@@ -175,7 +174,7 @@ def test_export_json_and_torch_of_a_front_member(smoke_run, smoke_cfg, tmp_path)
     assert arch.arch_id == aid
     metrics = json.loads((tmp_path / "j" / f"{aid}.metrics.json").read_text())
     assert metrics["latency_ms"] <= smoke_cfg.constraints.latency_budget_ms
-    paths = export_arch(run_dir, aid, "torch", tmp_path / "t")
+    export_arch(run_dir, aid, "torch", tmp_path / "t")
     assert (tmp_path / "t" / "LOADING.md").exists()
     model = build_model(smoke_cfg.backbone_spec, arch.task, arch)
     model.load_state_dict(load_file(str(tmp_path / "t" / "model.safetensors")))
