@@ -212,6 +212,9 @@ class Driver:
         trials = self.study.get_trials(deepcopy=False)
         self.done = sum(1 for t in trials if trial_done(t))
         self._seen_archs = {t.user_attrs.get("arch_id") for t in trials}
+        if trials:  # a resumed sampler must not replay its first session's random draws
+            self.study.sampler = make_sampler(cfg.search.sampler, cfg.search.sampler_options,
+                                              _resume_seed(cfg.search.seed, len(trials)))
 
     # ---- the loop ---------------------------------------------------------------------------
     def run(self) -> SearchSummary:
@@ -565,6 +568,12 @@ def _thaw(x: Any) -> Any:
     from experiments.config import _thaw as t
 
     return t(x)
+
+
+def _resume_seed(seed: int, n_trials: int) -> int:
+    """Sampler seed of a session that starts after ``n_trials`` trials (deterministic, and
+    different from every earlier session's, so random draws are not repeated)."""
+    return (seed * 1_000_003 + n_trials * 7_919) % (2**31 - 1)
 
 
 def _first_diff(a: Any, b: Any, path: str = "") -> str:

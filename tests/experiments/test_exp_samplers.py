@@ -74,3 +74,11 @@ def test_latency_parity_plot_comes_from_a_fitted_model_dir(tmp_path):
     (tmp_path / "report").mkdir()
     (tmp_path / "report" / "parity.png").write_bytes(b"\x89PNG")
     assert latency_parity_png(str(tmp_path)) == tmp_path / "report" / "parity.png"
+
+
+def test_a_resumed_session_gets_a_fresh_sampler_seed():
+    from experiments.runner import _resume_seed
+
+    seeds = {_resume_seed(0, n) for n in range(1, 200)}
+    assert len(seeds) == 199 and 0 not in seeds
+    assert _resume_seed(3, 10) == _resume_seed(3, 10) != _resume_seed(4, 10)
