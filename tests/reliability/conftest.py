@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from rel_helpers import plugin_path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -24,10 +25,6 @@ SMOKE = ROOT / "experiments" / "configs" / "smoke.yaml"
 RECORDS_JSON = ROOT / ".pytest_cache" / "temponas_reliability.json"
 TABLE_MD = ROOT / "docs" / "reliability.md"
 
-# Ray workers import the test plug-in evaluators (rel_evaluators:Faulty) like a user's module:
-# through PYTHONPATH, inherited from the process that starts Ray.
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    [str(HERE)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
@@ -73,7 +70,8 @@ def rel_ray():
     if not _STATE.get("ray_started") or not ray.is_initialized():
         if ray.is_initialized():
             ray.shutdown()
-        ensure_ray(None, 2)
+        with plugin_path():
+            ensure_ray(None, 2)
         _STATE["ray_started"] = True
     yield ray.get_runtime_context().gcs_address
 

@@ -112,3 +112,18 @@ def one_line_error(rc: int, err: str) -> str:
     assert "Traceback" not in err, err
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     return lines[0]
+
+
+@contextlib.contextmanager
+def plugin_path():
+    """Ray workers import the test plug-in evaluators (``rel_evaluators:Faulty``) like a user's
+    module: through PYTHONPATH, inherited from the process that starts Ray's raylets."""
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(HERE)] + ([old] if old else []))
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = old

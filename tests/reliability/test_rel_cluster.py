@@ -4,7 +4,7 @@ while evaluations run on it: Ray re-runs them on the surviving node and the sear
 from __future__ import annotations
 
 import pytest
-from rel_helpers import evaluation_counts, faulty, load_study, states, write_config
+from rel_helpers import evaluation_counts, faulty, load_study, plugin_path, states, write_config
 
 pytestmark = [pytest.mark.fault, pytest.mark.timeout(150), pytest.mark.own_ray_cluster]
 
@@ -18,11 +18,12 @@ def two_nodes():
 
     if ray.is_initialized():
         ray.shutdown()
-    cluster = Cluster(initialize_head=True, connect=False,
-                      head_node_args={"num_cpus": 1, "include_dashboard": False,
-                                      "node_ip_address": "127.0.0.1"})
-    worker = cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
-    cluster.wait_for_nodes()
+    with plugin_path():
+        cluster = Cluster(initialize_head=True, connect=False,
+                          head_node_args={"num_cpus": 1, "include_dashboard": False,
+                                          "node_ip_address": "127.0.0.1"})
+        worker = cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+        cluster.wait_for_nodes()
     yield cluster, worker
     if ray.is_initialized():
         ray.shutdown()

@@ -37,6 +37,10 @@ def _summary(out: str) -> str:
     return next((ln for ln in out.splitlines() if " complete, " in ln), out.strip())
 
 
+def _line(out: str, start: str) -> str:
+    return next((ln for ln in out.splitlines() if ln.startswith(start)), "")
+
+
 def reasons_of(study) -> list[str]:
     return [t.user_attrs.get("failure_reason", "") for t in study.trials if t.state.name != "COMPLETE"]
 
@@ -272,7 +276,7 @@ def test_partial_last_journal_line_is_repaired_on_resume(finished_run, tmp_path,
            "a cut JSON record without newline appended to study.journal, then `--resume "
            "--n-trials 9`",
            f"nothing: the fragment (never a valid record) is dropped before appending; "
-           f"\"{_summary(out)}\"",
+           f"\"{_summary(out)}\" / \"{_line(out, 'repaired')}\"",
            "the 6 finished trials; the study reaches 9 COMPLETE and the journal stays loadable")
 
 
