@@ -9,6 +9,7 @@ misbehaves on a *script*: evaluation attempt ``i`` (counted across all Ray worke
 * ``raise``  raise ``RuntimeError``
 * ``nan`` / ``inf``  return a non-finite score
 * ``hang``   sleep ``hang_s`` seconds (past the per-trial timeout)
+* ``stuck``  the same with SIGALRM blocked, like native code that never returns to Python
 * ``die``    SIGKILL its own Ray worker process in the middle of the evaluation
 
 Attempts past the end of ``plan`` are ``ok``. ``sleep_s`` slows every evaluation down (so a
@@ -31,7 +32,7 @@ from search_space.arch import ArchConfig
 from search_space.backbone import BackboneSpec
 from search_space.errors import ConfigError
 
-MODES = ("ok", "raise", "nan", "inf", "hang", "die")
+MODES = ("ok", "raise", "nan", "inf", "hang", "stuck", "die")
 
 
 class Faulty:
@@ -88,6 +89,9 @@ class Faulty:
             time.sleep(0.2)  # mid-evaluation
             os.kill(os.getpid(), signal.SIGKILL)
         if mode == "hang":
+            time.sleep(self.hang_s)
+        if mode == "stuck":
+            signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGALRM])
             time.sleep(self.hang_s)
         if mode == "nan":
             return EvalResult(float("nan"), {}, time.perf_counter() - t0)

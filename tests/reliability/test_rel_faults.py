@@ -141,6 +141,37 @@ def test_worker_killed_mid_evaluation_retried_or_trial_failed(tmp_path, record):
            "the other 4 trials COMPLETE; report.md counts the failure under 'worker died'")
 
 
+def test_evaluation_stuck_in_native_code_is_cancelled_by_the_driver(tmp_path, monkeypatch,
+                                                                     record):
+    """The worker's alarm cannot interrupt code that never returns to Python: the driver's
+    backstop (timeout_s + grace after submission) force-cancels the task."""
+    import experiments.runner as runner
+
+    # 30 s in production; 8 s still covers a cold worker start on a busy machine
+    monkeypatch.setattr(runner, "BACKSTOP_GRACE_S", 8.0)
+    cfg = write_config(tmp_path / "stuck.yaml", constraints=NO_MEM,
+                       evaluator=faulty(tmp_path / "script", ["ok", "ok", "ok", "stuck"],
+                                        timeout_s=2, hang_s=60),
+                       search={"n_trials": 4})
+    run = tmp_path / "run"
+    t0 = time.monotonic()
+    rc, out, err = _search(cfg, run)
+    wall = time.monotonic() - t0
+    assert rc == 0, err
+    assert wall < 40
+    study = load_study(run)
+    st = states(study)
+    assert st["FAIL"] == 1 and st["COMPLETE"] == 3 and st["RUNNING"] == 0, (st, reasons_of(study))
+    reason = next(t.user_attrs["failure_reason"] for t in study.trials if t.state.name == "FAIL")
+    assert reason.startswith("timeout: no result 10 s after submission"), reason
+    record("fault", "evaluation stuck where the worker's alarm cannot reach (native code)",
+           "the evaluator blocks SIGALRM and sleeps 60 s; evaluator.timeout_s=2, driver grace "
+           "8 s (30 s by default)",
+           f"that trial FAIL with \"{reason}\"; the task is force-cancelled (its worker "
+           f"killed) and the search goes on: \"{_summary(out)}\"",
+           f"the other 3 trials COMPLETE; search finished in {wall:.0f} s")
+
+
 # ---- a full or read-only disk ---------------------------------------------------------------
 
 class FakeDisk:
