@@ -292,6 +292,11 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     from latency_models.measurements import read_many
 
     m = read_many(args.measurements)
+    if args.drift_correct:
+        if not m.has_reference:
+            raise ConfigError(f"--drift-correct: {m.source} has rows without ref_ms "
+                              f"(measure with --reference)")
+        m.correct_drift = True
     if args.prior:
         if args.predictor != "roofline":
             raise ConfigError("--prior: only the roofline predictor calibrates from a prior")
@@ -328,6 +333,8 @@ def _reg_fit(sub) -> None:
     p.add_argument("--prior", help="roofline only: calibrate from this profile/model (few-shot)")
     p.add_argument("--prior-log-sd", type=float, default=0.5,
                    help="prior width in log units (smaller = trust the prior more)")
+    p.add_argument("--drift-correct", action="store_true",
+                   help="divide out the machine drift recorded in ref_ms (measure --reference)")
     p.add_argument("--folds", type=int, default=5, help="cross-validation folds for held-out accuracy")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="directory to write model.json (+ arrays.npz)")

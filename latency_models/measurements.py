@@ -30,9 +30,9 @@ load_ms        Core ML: first load of the compiled model (includes device specia
                0 for torch
 compile_ms     Core ML: ``.mlpackage`` -> ``.mlmodelc`` compile time (informational)
 ref_ms         optional drift reference: median latency of one fixed reference block timed
-               right before this row's probe (``temponas latency measure --reference``). When
-               every row has it, fits use ``latency_ms * median(ref_ms) / ref_ms`` (the machine's
-               momentary slowdown divided out); ``latency_ms`` itself stays the raw measurement
+               right before this row's probe (``temponas latency measure --reference``). With
+               ``fit --drift-correct`` (and ref_ms on every row) fits use
+               ``latency_ms * median(ref_ms) / ref_ms``; ``latency_ms`` stays the raw value
 timestamp      ISO-8601 UTC
 ============== ==================================================================================
 """
@@ -135,17 +135,23 @@ class Measurements:
     blocks: list[BlockRow] = field(default_factory=list)
     networks: list[NetworkRow] = field(default_factory=list)
     source: str = ""
+    correct_drift: bool = False  # divide out ref_ms drift (opt-in: a noisy reference adds noise)
 
     # ---- aggregation -------------------------------------------------------------------------
     @property
-    def drift_corrected(self) -> bool:
+    def has_reference(self) -> bool:
         """True when every row carries a reference timing (``ref_ms``)."""
         rows = [*self.blocks, *self.networks]
         return bool(rows) and all(r.ref_ms > 0 for r in rows)  # NaN compares False
 
-    def values_ms(self, rows: Sequence[BlockRow | NetworkRow]) -> list[float]:
-        """Latencies used for fitting: drift-corrected when :attr:`drift_corrected`."""
-        if not self.drift_corrected:
+    @property
+    def drift_corrected(self) -> bool:
+        """Whether fits see drift-corrected values (``correct_drift`` and every row has ``ref_ms``)."""
+        return self.correct_drift and self.has_reference
+
+    def values_ms(self, rows: Sequence[BlockRow | NetworkRow], corrected: bool | None = None) -> list[float]:
+        """Latencies used for fitting: drift-corrected when asked (default: :attr:`drift_corrected`)."""
+        if not (self.drift_corrected if corrected is None else corrected and self.has_reference):
             return [r.latency_ms for r in rows]
         ref = self._ref_median()
         return [r.latency_ms * ref / r.ref_ms for r in rows]
@@ -169,16 +175,14 @@ class Measurements:
         reps = [g[0][0] for g in groups.values()]
         return reps, np.array([float(np.median([v for _, v in g])) for g in groups.values()])
 
-    def noise_floor_pct(self, corrected: bool = True) -> float | None:
+    def noise_floor_pct(self, corrected: bool | None = None) -> float | None:
         """Measurement noise: median, over probes measured >= 2 times, of the coefficient of
-        variation of their repeats (sample std / mean, in %), of the values fits use
-        (drift-corrected when available) or of the raw ones. ``None`` without repeats."""
+        variation of their repeats (sample std / mean, in %) of the values fits use (or, with
+        ``corrected``, of the drift-corrected/raw ones). ``None`` without repeats."""
         groups: dict[Any, list[float]] = {}
-        bv = self.values_ms(self.blocks) if corrected else [r.latency_ms for r in self.blocks]
-        nv = self.values_ms(self.networks) if corrected else [r.latency_ms for r in self.networks]
-        for r, v in zip(self.blocks, bv):
+        for r, v in zip(self.blocks, self.values_ms(self.blocks, corrected)):
             groups.setdefault(("b", r.sig), []).append(v)
-        for r, v in zip(self.networks, nv):
+        for r, v in zip(self.networks, self.values_ms(self.networks, corrected)):
             groups.setdefault(("n", r.arch.arch_id), []).append(v)
         cv = [float(np.std(v, ddof=1) / np.mean(v)) for v in groups.values() if len(v) >= 2]
         return 100.0 * float(np.median(cv)) if cv else None
@@ -189,14 +193,14 @@ class Measurements:
                                    f"differs from {self.info.device!r} ({self.source}); fit one "
                                    f"device at a time")
         return Measurements(self.info, self.blocks + other.blocks, self.networks + other.networks,
-                            self.source or other.source)
+                            self.source or other.source, self.correct_drift)
 
     def subset(self, blocks: Iterable[int] | None = None,
                networks: Iterable[int] | None = None) -> Measurements:
         """A copy keeping the block/network rows at the given indices (all when ``None``)."""
         b = self.blocks if blocks is None else [self.blocks[i] for i in blocks]
         n = self.networks if networks is None else [self.networks[i] for i in networks]
-        return Measurements(self.info, list(b), list(n), self.source)
+        return Measurements(self.info, list(b), list(n), self.source, self.correct_drift)
 
     # ---- CSV -----------------------------------------------------------------------------------
     def to_rows(self) -> list[dict[str, Any]]:

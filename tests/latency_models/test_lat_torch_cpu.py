@@ -62,4 +62,4 @@ def test_measure_cli_writes_valid_csv(tmp_path, capsys):
     m = read_csv(out)
     assert len(m.blocks) == 8 and len(m.networks) == 2
     assert m.info.device.endswith(":cpu-clock") and m.noise_floor_pct() is not None
-    assert m.drift_corrected and all(r.ref_ms > 0 for r in m.blocks)
+    assert m.has_reference and all(r.ref_ms > 0 for r in m.blocks)
