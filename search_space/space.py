@@ -183,7 +183,10 @@ class SearchSpace:
         kernel_s}`` lists; a stage's entry overrides ``defaults`` which override the defaults.
         """
         data = dict(data or {})
-        base = default_space(backbone, task)
+        try:
+            base = default_space(backbone, task)
+        except ConfigError as e:
+            raise ConfigError(_file_keys(str(e), where)) from None
         allowed = {"kinds", "counts", "heads", "kernel_t", "kernel_s"}
         for key in data:
             if key != "defaults" and key not in backbone.stage_ids:
@@ -218,7 +221,16 @@ class SearchSpace:
             if "heads" in merged and "heads" not in (data.get(s.stage) or {}):
                 merged["heads"] = tuple(h for h in merged["heads"] if spec.channels % h == 0) or s.heads
             stages.append(StageSpace(s.stage, **{**_fields(s), **merged}))
-        return cls(backbone, task, tuple(stages))
+        try:
+            return cls(backbone, task, tuple(stages))
+        except ConfigError as e:
+            raise ConfigError(_file_keys(str(e), where)) from None
+
+
+def _file_keys(msg: str, where: str) -> str:
+    """Name keys as a config file writes them (``space.<stage>.<dim>``, ``task.*``), not as the
+    SearchSpace object holds them (``space.stages.<stage>``, ``space.task``)."""
+    return msg.replace("space.stages.", f"{where}.", 1).replace("space.task.", "task.", 1)
 
 
 def _fields(s: StageSpace) -> dict[str, Any]:
