@@ -41,11 +41,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rc = args.func(args)
     except TemponasError as e:
-        print(f"error: {e}", file=sys.stderr)
+        msg = " ".join(str(e).split("\n"))  # always one line
+        print(f"error: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `temponas ... | head`: the reader left; not an error of ours
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     return int(rc or 0)
 
 
