@@ -78,10 +78,14 @@ def write_plots(run_dir: Path, *, study: Any, cfg: Any, latency_model: Any = Non
             order = np.argsort(x)
             ax.step(x[order], y[order], where="post" if dirs[qi] == "maximize" else "pre",
                     c="tab:blue", alpha=0.4, zorder=2)
-            step = max(1, len(front) // 12)  # label at most ~12 points so labels stay readable
-            for i, (t, xi, yi) in enumerate(zip(front, x, y)):
-                if i % step and i != len(front) - 1:
+            # label points whose labels do not collide (greedy, in axis-normalized units)
+            xr, yr = max(np.ptp(x), 1e-12), max(np.ptp(y), 1e-12)
+            placed: list[tuple[float, float]] = []
+            for t, xi, yi in zip(front, x, y):
+                u, v = (xi - x.min()) / xr, (yi - y.min()) / yr
+                if any(abs(u - pu) < 0.09 and abs(v - pv) < 0.05 for pu, pv in placed):
                     continue
+                placed.append((u, v))
                 ax.annotate(t.user_attrs.get("arch_id", "")[:6], (xi, yi), textcoords="offset points",
                             xytext=(4, 4), fontsize=7, color="tab:blue")
         if budget is not None:
