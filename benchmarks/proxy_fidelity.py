@@ -98,6 +98,10 @@ def main(argv: list[str] | None = None) -> int:
         "short_train_s_per_arch": res["short_train_s_per_arch"],
         "short_train_s_per_arch_note": f"one (arch, seed) run to {res['budgets'][-1]} steps incl. "
                                        "two validation passes, 1 thread, shared machine",
+        "short_train_runs_from_cache": res.get("short_train_runs_from_cache", 0),
+        "short_train_timing_note": "a run read from the short_train result cache reports the wall "
+                                   "and CPU time measured when it was computed; wall_time_s below "
+                                   "covers only this invocation",
         "zero_cost_s_per_arch": res["zero_cost_s_per_arch"],
         "zero_cost_s_per_arch_by_proxy": {k: v["s_per_arch"] for k, v in res["proxies"].items()},
         "short_train_cpu_s_per_arch": res.get("short_train_cpu_s_per_arch"),

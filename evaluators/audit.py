@@ -34,7 +34,7 @@ from search_space.backbone import BackboneSpec
 from search_space.errors import ConfigError
 from search_space.space import SearchSpace
 
-ZERO_COST = ("grad_norm", "snip", "synflow", "naswot", "zico")
+ZERO_COST = ("grad_norm", "snip", "synflow", "naswot", "zico", "meco")
 BASELINES = ("params", "flops")
 REFERENCE = "short_train"
 #: a proxy whose |tau| with parameter count is at least this and above its |tau| with the

@@ -37,13 +37,15 @@ BUILTIN: dict[str, str] = {
     "synflow": "evaluators._synflow:SynflowEvaluator",
     "naswot": "evaluators._naswot:NaswotEvaluator",
     "zico": "evaluators._zico:ZicoEvaluator",
+    "meco": "evaluators._meco:MecoEvaluator",
     "short_train": "evaluators._short_train:ShortTrainEvaluator",
 }
 
 #: The zero-cost proxy a fast search uses by default, chosen by the fidelity audit
 #: (benchmarks/results/proxy_fidelity.json, docs/proxies.md): on 24 snapgen_v candidates
-#: naswot had Kendall tau +0.43 [95% CI +0.19, +0.65] with short training at 30 steps, the
-#: only zero-cost proxy whose interval excludes 0; parameter count had -0.28.
+#: naswot had the highest Kendall tau with short training at 30 steps, +0.43 [95% CI +0.19,
+#: +0.65] (meco +0.41 but seed-vs-seed 0.51 vs 0.80; grad_norm/snip +0.14; synflow -0.36);
+#: parameter count had -0.28.
 DEFAULT_FAST_PROXY = "naswot"
 
 
