@@ -71,14 +71,7 @@ class AuditSpec:
 
 def sample_archs(space: SearchSpace, n: int, seed: int) -> list[ArchConfig]:
     """``n`` distinct architectures drawn uniformly from ``space`` (fewer if it is smaller)."""
-    rng = np.random.default_rng(seed)
-    seen: dict[str, ArchConfig] = {}
-    tries = 0
-    while len(seen) < min(n, space.size()) and tries < 100 * n:
-        a = space.sample(rng)
-        seen.setdefault(a.arch_id, a)
-        tries += 1
-    return list(seen.values())
+    return space.sample_distinct(n, seed)
 
 
 # ---- statistics ---------------------------------------------------------------------------------

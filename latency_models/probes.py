@@ -11,8 +11,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import numpy as np
-
 from latency_models.measurements import probe_id
 from search_space.arch import NO_TEMPORAL, ArchConfig, StageChoice
 from search_space.backbone import BackboneSpec
@@ -68,17 +66,7 @@ def probes(space: SearchSpace, include_image: bool = True) -> list[Probe]:
 def random_archs(space: SearchSpace, n: int, seed: int = 0,
                  include_image: bool = True) -> list[ArchConfig]:
     """``n`` distinct random architectures of ``space`` (the image backbone first if asked)."""
-    rng = np.random.default_rng(seed)
-    out: dict[str, ArchConfig] = {}
-    if include_image and n > 0:
-        a = space.arch({})
-        out[a.arch_id] = a
-    tries = 0
-    while len(out) < min(n, space.size()) and tries < 100 * n:
-        a = space.sample(rng)
-        out.setdefault(a.arch_id, a)
-        tries += 1
-    return list(out.values())
+    return space.sample_distinct(n, seed, first=(space.arch({}),) if include_image else ())
 
 
 def iter_signature_rows(items: list[Probe]) -> Iterator[dict]:

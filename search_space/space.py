@@ -132,6 +132,19 @@ class SearchSpace:
         picks = tuple(ch[int(rng.integers(len(ch)))] for ch in self._choices)
         return ArchConfig(self.backbone.name, self.task, tuple(zip(ids, picks)))
 
+    def sample_distinct(self, n: int, seed: int,
+                        first: tuple[ArchConfig, ...] = ()) -> list[ArchConfig]:
+        """``n`` distinct architectures: ``first`` (in order), then uniform draws from a
+        ``default_rng(seed)`` (fewer than ``n`` if the space is smaller). Deterministic."""
+        rng = np.random.default_rng(seed)
+        out: dict[str, ArchConfig] = {a.arch_id: a for a in first[:max(n, 0)]}
+        tries = 0
+        while len(out) < min(n, self.size()) and tries < 100 * n:
+            a = self.sample(rng)
+            out.setdefault(a.arch_id, a)
+            tries += 1
+        return list(out.values())
+
     # ---- Optuna ------------------------------------------------------------------------------
     def _dims(self, s: StageSpace) -> list[tuple[str, tuple[Any, ...]]]:
         dims = [("kind", tuple(k.value for k in s.kinds)), ("count", s.counts),

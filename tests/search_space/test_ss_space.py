@@ -85,3 +85,22 @@ def test_every_preset_default_space_is_valid(name):
 def test_bad_space_restrictions_are_config_errors(tiny, tiny_task, data, fragment):
     with pytest.raises(ConfigError, match=fragment):
         SearchSpace.from_dict(tiny, tiny_task, data)
+
+
+def test_sample_distinct_is_deterministic_distinct_and_keeps_first():
+    import numpy as np
+
+    from search_space.presets import default_task, get_backbone
+    from search_space.space import default_space
+
+    b = get_backbone("tiny")
+    space = default_space(b, default_task("tiny"))
+    image = space.arch({})
+    a = space.sample_distinct(12, seed=4, first=(image,))
+    assert a[0] == image
+    assert len({x.arch_id for x in a}) == 12
+    assert [x.arch_id for x in a] == [x.arch_id for x in space.sample_distinct(12, 4, (image,))]
+    # the same draws as uniform sampling from default_rng(seed), duplicates skipped
+    rng = np.random.default_rng(4)
+    first_draw = space.sample(rng)
+    assert space.sample_distinct(1, 4)[0] == first_draw
