@@ -170,11 +170,30 @@ _EXTRA: list = []  # further sub-command registrars (appended below as they are 
 
 
 # ---- probes -------------------------------------------------------------------------------------
+def _probe_items(args: argparse.Namespace, space):
+    """The probe set of ``space`` (``--temporal-only``) plus ``--calibration`` neighbours."""
+    from latency_models.probes import calibration_probes, probes
+
+    if args.calibration < 0:
+        raise ConfigError(f"--calibration: must be >= 0, got {args.calibration}")
+    items = probes(space, include_image=not args.temporal_only)
+    if args.calibration:
+        items += calibration_probes(space, args.calibration, args.seed)
+    return items
+
+
+def _add_calibration_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--calibration", type=int, default=0, metavar="N",
+                   help="add N calibration blocks from neighbours of the space (other widths, "
+                        "latent sizes, frame counts, heads, kernels): they let a predictor "
+                        "generalize to signatures that were never measured")
+
+
 def _cmd_probes(args: argparse.Namespace) -> int:
-    from latency_models.probes import iter_signature_rows, probes
+    from latency_models.probes import iter_signature_rows
 
     space = _space(args)
-    items = probes(space, include_image=not args.temporal_only)
+    items = _probe_items(args, space)
     rows = list(iter_signature_rows(items))
     if args.json:
         _print_json(rows)
@@ -197,6 +216,8 @@ def _reg_probes(sub) -> None:
                         "(default: the default space of --preset)")
     _add_task_args(p)
     p.add_argument("--temporal-only", action="store_true", help="leave out the fixed image blocks")
+    _add_calibration_arg(p)
+    p.add_argument("--seed", type=int, default=0, help="calibration draw")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_probes)
 
@@ -208,25 +229,25 @@ _EXTRA.append(_reg_probes)
 def _cmd_measure(args: argparse.Namespace) -> int:
     from latency_models.backends.torch_cpu import TimingPolicy, TorchCpuBackend, measure
     from latency_models.measurements import Measurements
-    from latency_models.probes import probes, random_archs
+    from latency_models.probes import calibration_probes, probes, random_archs
 
     space = _space(args)
     if args.threads < 1:
         raise ConfigError(f"--threads: must be >= 1, got {args.threads}")
     if args.repeats < 1:
         raise ConfigError(f"--repeats: must be >= 1, got {args.repeats}")
-    items = [] if args.networks_only else probes(space, include_image=not args.temporal_only)
-    if args.limit:
-        items = items[: args.limit]
+    items, cal = [], []
+    if not args.networks_only:
+        items = probes(space, include_image=not args.temporal_only)
+        if args.limit:
+            items = items[: args.limit]
+        if args.calibration < 0:
+            raise ConfigError(f"--calibration: must be >= 0, got {args.calibration}")
+        cal = calibration_probes(space, args.calibration, args.seed) if args.calibration else []
     archs = [(space.backbone, a) for a in random_archs(space, args.networks, args.seed)]
     policy = TimingPolicy(warmup=args.warmup, min_runs=args.min_runs, max_runs=args.max_runs,
                           rel_precision=args.precision, time_limit_s=args.time_limit)
-    ref = None
-    if args.reference:
-        from latency_models.backends.torch_cpu import pick_reference
-
-        ref = pick_reference([p.sig for p in probes(space)])
-    backend = TorchCpuBackend(args.threads, policy, clock=args.clock, reference=ref)
+    backend = TorchCpuBackend(args.threads, policy, clock=args.clock, paired=not args.no_reference)
     out = Measurements(backend.info, source=args.out)
     done = [0]
 
@@ -237,7 +258,8 @@ def _cmd_measure(args: argparse.Namespace) -> int:
             out.to_csv(args.out)
 
     measure(backend, [p.sig for p in items], archs, repeats=args.repeats, seed=args.seed,
-            progress=not args.no_progress, desc=f"torch-cpu t{args.threads}", on_row=checkpoint)
+            progress=not args.no_progress, desc=f"torch-cpu t{args.threads}", on_row=checkpoint,
+            calibration=[p.sig for p in cal], calibration_repeats=args.calibration_repeats)
     out.to_csv(args.out)
     nf = out.noise_floor_pct()
     print(f"wrote {len(out.blocks)} block and {len(out.networks)} network rows to {args.out}"
@@ -256,6 +278,10 @@ def _reg_measure(sub) -> None:
     p.add_argument("--networks", type=int, default=0, help="also time N random whole architectures")
     p.add_argument("--networks-only", action="store_true")
     p.add_argument("--temporal-only", action="store_true")
+    _add_calibration_arg(p)
+    p.add_argument("--calibration-repeats", type=int, default=None, metavar="K",
+                   help="repeats of each calibration block (default: --repeats); fewer is fine, "
+                        "a fit sees hundreds of them")
     p.add_argument("--limit", type=int, default=0, help="only the first N probes")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--min-runs", type=int, default=7)
@@ -266,9 +292,9 @@ def _reg_measure(sub) -> None:
     p.add_argument("--clock", default="wall", choices=["wall", "cpu"],
                    help="wall: elapsed time (a dedicated machine); cpu: CPU time of the timing "
                         "thread/process, robust on a machine shared with other jobs")
-    p.add_argument("--reference", action="store_true",
-                   help="time a reference block before every probe (ref_ms column): fits divide "
-                        "out the machine's momentary slowdown (shared machines)")
+    p.add_argument("--no-reference", action="store_true",
+                   help="do not pair every timed call with the reference op (no ref_ms column, "
+                        "so fits cannot divide out the machine's speed drift)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_measure)
@@ -292,11 +318,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     from latency_models.measurements import read_many
 
     m = read_many(args.measurements)
-    if args.drift_correct:
-        if not m.has_reference:
-            raise ConfigError(f"--drift-correct: {m.source} has rows without ref_ms "
-                              f"(measure with --reference)")
-        m.correct_drift = True
+    m.correct_drift = not args.no_drift_correct
     if args.prior:
         if args.predictor != "roofline":
             raise ConfigError("--prior: only the roofline predictor calibrates from a prior")
@@ -333,8 +355,8 @@ def _reg_fit(sub) -> None:
     p.add_argument("--prior", help="roofline only: calibrate from this profile/model (few-shot)")
     p.add_argument("--prior-log-sd", type=float, default=0.5,
                    help="prior width in log units (smaller = trust the prior more)")
-    p.add_argument("--drift-correct", action="store_true",
-                   help="divide out the machine drift recorded in ref_ms (measure --reference)")
+    p.add_argument("--no-drift-correct", action="store_true",
+                   help="fit the raw latency_ms even where ref_ms records the machine's drift")
     p.add_argument("--folds", type=int, default=5, help="cross-validation folds for held-out accuracy")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="directory to write model.json (+ arrays.npz)")
@@ -392,10 +414,10 @@ _EXTRA.append(_reg_report)
 # ---- export-probes ------------------------------------------------------------------------------
 def _cmd_export(args: argparse.Namespace) -> int:
     from latency_models.backends.coreml_export import export_bundle
-    from latency_models.probes import probes, random_archs
+    from latency_models.probes import random_archs
 
     space = _space(args)
-    items = probes(space, include_image=not args.temporal_only)
+    items = _probe_items(args, space)
     if args.limit:
         items = items[: args.limit]
     nets = [(space.backbone, a) for a in random_archs(space, args.networks, args.seed)]
@@ -422,6 +444,7 @@ def _reg_export(sub) -> None:
     p.add_argument("--networks", type=int, default=0,
                    help="also export N random whole networks (composition correction)")
     p.add_argument("--temporal-only", action="store_true")
+    _add_calibration_arg(p)
     p.add_argument("--limit", type=int, default=0, help="only the first N probes")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true")

@@ -29,10 +29,12 @@ repeat         0, 1, …: independent repetitions of the same probe (noise floor
 load_ms        Core ML: first load of the compiled model (includes device specialization);
                0 for torch
 compile_ms     Core ML: ``.mlpackage`` -> ``.mlmodelc`` compile time (informational)
-ref_ms         optional drift reference: median latency of one fixed reference block timed
-               right before this row's probe (``temponas latency measure --reference``). With
-               ``fit --drift-correct`` (and ref_ms on every row) fits use
-               ``latency_ms * median(ref_ms) / ref_ms``; ``latency_ms`` stays the raw value
+ref_ms         optional drift reference (torch-cpu, on by default): every timed call is
+               followed by a fixed reference op, and ref_ms = latency_ms / median(call /
+               reference) is the reference latency those pairs imply. When every row has it,
+               fits use ``latency_ms * median(ref_ms) / ref_ms`` (the median ratio at the file's
+               typical machine speed; ``fit --no-drift-correct`` to use raw values);
+               ``latency_ms`` stays the raw value. Empty for Core ML rows
 timestamp      ISO-8601 UTC
 ============== ==================================================================================
 """
@@ -135,7 +137,7 @@ class Measurements:
     blocks: list[BlockRow] = field(default_factory=list)
     networks: list[NetworkRow] = field(default_factory=list)
     source: str = ""
-    correct_drift: bool = False  # divide out ref_ms drift (opt-in: a noisy reference adds noise)
+    correct_drift: bool = True  # divide out ref_ms drift (when every row has ref_ms)
 
     # ---- aggregation -------------------------------------------------------------------------
     @property

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from latency_models.measurements import probe_id
 from search_space.arch import NO_TEMPORAL, ArchConfig, StageChoice
 from search_space.backbone import BackboneSpec
+from search_space.errors import TemponasError
 from search_space.geometry import BlockOp, BlockSignature, image_blocks, network_blocks
 from search_space.space import SearchSpace
 from search_space.task import VideoTask
@@ -74,3 +75,69 @@ def iter_signature_rows(items: list[Probe]) -> Iterator[dict]:
     for p in items:
         yield {"probe_id": p.id, "op": p.op_name, "stages": ",".join(p.stages),
                "example_path": p.example_path, **p.sig.to_dict()}
+
+
+WIDTH_MULTS = (0.5, 0.75, 1.25, 1.5)
+SIZE_MULTS = (0.5, 0.75, 1.25, 1.5)
+CAL_HEADS = (1, 2, 4, 8, 16)
+CAL_KERNEL_T = (3, 5, 7)
+CAL_KERNEL_S = (1, 3)
+CAL_COST_CAP = 2.5  # calibration blocks cost at most this times the dearest probe
+
+
+def calibration_probes(space: SearchSpace, n: int, seed: int = 0,
+                       max_frames: int | None = None) -> list[Probe]:
+    """``n`` distinct block signatures from *neighbours* of ``space`` (none of them a probe of
+    ``space`` itself): the same topology at other widths (x0.5-1.5), latent sizes (x0.5-1.5)
+    and frame counts (x0.5-1.5), with every temporal kind, heads 1-16, temporal kernels 3-7 and
+    spatial kernels 1-3. Measured next to the probe set they let a predictor interpolate to
+    signatures that were never timed, as nn-Meter samples kernel configurations around a model
+    space instead of only the model's own kernels.
+    """
+    import numpy as np
+
+    from latency_models.features import op_table
+
+    def cost(sig: BlockSignature) -> float:  # FLOPs + activation traffic, a latency proxy
+        t = op_table(sig)
+        return float(t.flops.sum() + 50.0 * t.act.sum())
+
+    rng = np.random.default_rng(seed)
+    own_probes = probes(space)
+    own = {p.sig for p in own_probes}
+    cap = CAL_COST_CAP * max(cost(p.sig) for p in own_probes)
+    levels = len(space.backbone.stages) // 2
+    step = 2 ** max(levels - 1, 0)
+    task = space.task
+    by_op: dict[str, list[Probe]] = {}
+    seen: set[BlockSignature] = set(own)
+    for _ in range(48):
+        w = float(rng.choice(WIDTH_MULTS + (1.0,)))
+        hs = float(rng.choice(SIZE_MULTS + (1.0,)))
+        fs = float(rng.choice(SIZE_MULTS + (1.0,)))
+        h = max(step, round(task.latent_height * hs / step) * step)
+        wd = max(step, round(task.latent_width * hs / step) * step)
+        t = max(2, round(task.num_frames * fs))
+        if max_frames:
+            t = min(t, max_frames)
+        try:
+            bb = space.backbone.scaled(w)
+            sub_task = task.replace(latent_height=h, latent_width=wd, num_frames=t,
+                                    text_dim=bb.cross_attention_dim)
+            sub = SearchSpace.from_dict(bb, sub_task, {"defaults": {
+                "heads": list(CAL_HEADS), "kernel_t": list(CAL_KERNEL_T),
+                "kernel_s": list(CAL_KERNEL_S)}})
+        except TemponasError:  # a neighbour the space rules reject is skipped
+            continue
+        for p in probes(sub):
+            if p.sig not in seen and cost(p.sig) <= cap:
+                seen.add(p.sig)
+                by_op.setdefault(p.op_name, []).append(p)
+    # stratified: every block type as evenly as the pool allows, random within a type
+    queues = {op: [ps[i] for i in rng.permutation(len(ps))] for op, ps in sorted(by_op.items())}
+    out: list[Probe] = []
+    while len(out) < n and any(queues.values()):
+        for op in list(queues):
+            if queues[op] and len(out) < n:
+                out.append(queues[op].pop())
+    return out

@@ -2,22 +2,39 @@
 
 Protocol per probe: build the module (``search_space.modules.build_block``) in eval mode under
 ``torch.inference_mode``, warm up (at least ``warmup`` calls and ``warmup_s`` seconds), then time
-calls one by one with ``perf_counter_ns`` until the median is stable (the bootstrap-free
-estimate ``1.58 * IQR / sqrt(n)`` of the median's standard error falls below ``rel_precision``
-of the median, after ``min_runs``), or ``max_runs`` / the per-probe ``time_limit_s`` is reached.
-Threads are pinned with ``torch.set_num_threads``. Repeats are interleaved (repeat r measures
-every probe once, in a shuffled order) so that load drifts of a shared machine show up as
-repeat-to-repeat spread (the noise floor) instead of biasing some probes.
+calls one by one until the median is stable (the bootstrap-free estimate ``1.58 * IQR / sqrt(n)``
+of the median's standard error falls below ``rel_precision`` of the median, after ``min_runs``),
+or ``max_runs`` / the per-probe ``time_limit_s`` is reached. Threads are pinned with
+``torch.set_num_threads``. Repeats are interleaved (repeat r measures every probe once, in a
+shuffled order) so that a slow spell of the machine shows up as repeat-to-repeat spread (the
+noise floor) instead of biasing some probes.
+
+Two things make timings on a shared virtual machine reproducible (``benchmarks/results/
+latency_accuracy.json`` has the numbers):
+
+* **Steady-state allocator** (:func:`steady_allocator`). glibc serves buffers above a *dynamic*
+  threshold with fresh ``mmap`` pages, so whether a block's intermediates page-fault on every
+  call depends on what ran before it (one temporal attention block measured 8-19 ms by that
+  alone). The backend turns ``mmap`` off and never trims the heap: every call reuses warm memory,
+  as an inference runtime with pre-planned buffers does.
+* **Paired reference** (``paired=True``). The machine's speed wanders by +-10-40 % over tens to
+  hundreds of milliseconds (other tenants of the host). Every timed call is followed by a fixed
+  reference op (a 256x256 matmul, :class:`ReferenceOp`); the row's ``ref_ms`` is the reference
+  latency those pairs imply, ``latency_ms / median(call / mean of the two neighbouring reference
+  calls)``, so that fits can use ``latency_ms * median(ref_ms) / ref_ms``: the median ratio at
+  the file's typical speed. ``latency_ms`` stays the raw median.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import datetime as _dt
 import math
 import platform
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -37,15 +54,46 @@ class TimingPolicy:
     time_limit_s: float = 5.0
 
 
-REF_POLICY = TimingPolicy(warmup=1, warmup_s=0.0, min_runs=5, max_runs=5, time_limit_s=1.0)
+_STEADY: bool | None = None
 
 
-def pick_reference(sigs) -> BlockSignature | None:
-    """A mid-cost ResNet of the probe set (deterministic): the drift reference."""
-    from latency_models.features import op_table
+def steady_allocator() -> bool:
+    """Serve every allocation from the (never trimmed) heap: glibc ``mallopt(M_MMAP_MAX, 0)`` and
+    ``mallopt(M_TRIM_THRESHOLD, 2**62)``. Process-wide, idempotent; False where there is no glibc
+    (the timings then include whatever page faults the allocator causes)."""
+    global _STEADY
+    if _STEADY is None:
+        _STEADY = False
+        name = ctypes.util.find_library("c")
+        if platform.system() == "Linux" and name:
+            try:
+                libc = ctypes.CDLL(name)
+                m_trim_threshold, m_mmap_max = -1, -4
+                _STEADY = bool(libc.mallopt(m_mmap_max, 0)) and bool(
+                    libc.mallopt(m_trim_threshold, ctypes.c_int(2**31 - 1)))
+            except (OSError, AttributeError):
+                _STEADY = False
+    return _STEADY
 
-    res = sorted((s for s in sigs if s.op.value == "resnet"), key=lambda s: op_table(s).flops.sum())
-    return res[len(res) // 2] if res else None
+
+class ReferenceOp:
+    """The paired reference: ``out = a @ b`` with 256x256 fp32 operands (about 0.5 ms on one core
+    of a 2.4 GHz EPYC), no allocation per call."""
+
+    SIZE = 256
+
+    def __init__(self):
+        import torch
+
+        g = torch.Generator().manual_seed(0)
+        self.a = torch.randn(self.SIZE, self.SIZE, generator=g)
+        self.b = torch.randn(self.SIZE, self.SIZE, generator=g)
+        self.out = torch.empty(self.SIZE, self.SIZE)
+
+    def __call__(self) -> None:
+        import torch
+
+        torch.mm(self.a, self.b, out=self.out)
 
 
 @dataclass(frozen=True)
@@ -55,6 +103,7 @@ class Timing:
     p90_ms: float
     runs: int
     warmup: int
+    ref_ms: float = math.nan  # the paired reference's implied latency (NaN when unpaired)
 
 
 def cpu_name() -> str:
@@ -96,32 +145,51 @@ def clock_ns(clock: str, threads: int) -> Callable[[], int]:
 
 
 def time_callable(fn: Callable[[], object], policy: TimingPolicy,
-                  clock: Callable[[], int] = time.perf_counter_ns) -> Timing:
-    """Warm up, then time ``fn`` with ``clock`` until its median is stable (module docstring)."""
+                  clock: Callable[[], int] = time.perf_counter_ns,
+                  reference: Callable[[], object] | None = None) -> Timing:
+    """Warm up, then time ``fn`` with ``clock`` until its median is stable (module docstring).
+
+    With ``reference``, every timed call is followed by a timed reference call; the stopping rule
+    then watches the call/reference ratios and ``Timing.ref_ms`` is ``median_ms / median ratio``.
+    """
     start = time.perf_counter()
     nw = 0
     while nw < policy.warmup or (time.perf_counter() - start < policy.warmup_s and nw < 50):
         fn()
+        if reference is not None:
+            reference()
         nw += 1
         if time.perf_counter() - start > policy.time_limit_s / 2:
             break
     times: list[float] = []
+    ratios: list[float] = []
+    ref_prev = 0.0
+    if reference is not None:
+        t0 = clock()
+        reference()
+        ref_prev = float(clock() - t0)
     t_begin = time.perf_counter()
     while True:
         t0 = clock()
         fn()
-        times.append((clock() - t0) / 1e6)
+        t1 = clock()
+        times.append((t1 - t0) / 1e6)
+        if reference is not None:
+            reference()
+            ref_now = float(clock() - t1)
+            ratios.append((t1 - t0) / max(0.5 * (ref_prev + ref_now), 1.0))
+            ref_prev = ref_now
         n = len(times)
         if n >= policy.max_runs or time.perf_counter() - t_begin > policy.time_limit_s:
             break
         if n >= policy.min_runs:
-            a = np.asarray(times)
-            q1, med, q3 = np.percentile(a, [25, 50, 75])
+            q1, med, q3 = np.percentile(ratios if reference is not None else times, [25, 50, 75])
             if 1.58 * (q3 - q1) / math.sqrt(n) <= policy.rel_precision * med:
                 break
     a = np.asarray(times)
     p10, med, p90 = np.percentile(a, [10, 50, 90])
-    return Timing(float(med), float(p10), float(p90), len(times), nw)
+    ref_ms = float(med / np.median(ratios)) if ratios else math.nan
+    return Timing(float(med), float(p10), float(p90), len(times), nw, ref_ms)
 
 
 def _now() -> str:
@@ -129,20 +197,22 @@ def _now() -> str:
 
 
 class TorchCpuBackend:
-    """Times blocks and networks with torch on the CPU, ``threads`` pinned."""
+    """Times blocks and networks with torch on the CPU, ``threads`` pinned, the allocator in
+    steady state; ``paired``: a reference op after every timed call (``ref_ms``, drift)."""
 
     def __init__(self, threads: int = 1, policy: TimingPolicy | None = None, clock: str = "wall",
-                 reference: BlockSignature | None = None):
-        """``reference``: a block timed (``REF_POLICY``) right before every probe; its latency
-        goes into ``ref_ms`` so that fits can divide out the machine's momentary slowdown."""
+                 paired: bool = True):
         import torch
 
-        self.reference = reference
         self.threads = int(threads)
         self.policy = policy or TimingPolicy()
         self.clock = clock_ns(clock, self.threads)
         torch.set_num_threads(self.threads)
-        self.info = device_info(self.threads, clock)
+        self.steady_allocator = steady_allocator()
+        self.reference = ReferenceOp() if paired else None
+        info = device_info(self.threads, clock)
+        self.info = replace(info, versions=info.versions + (";malloc=steady" if self.steady_allocator
+                                                            else ";malloc=default"))
         self._modules: dict[BlockSignature, tuple[object, tuple]] = {}
 
     def _block(self, sig: BlockSignature):
@@ -160,26 +230,18 @@ class TorchCpuBackend:
             self._modules[sig] = ent
         return ent
 
-    def time_reference(self) -> float:
-        """Median latency of the reference block now (NaN without a reference)."""
-        if self.reference is None:
-            return math.nan
-        import torch
-
-        m, inputs = self._block(self.reference)
-        with torch.inference_mode():
-            return time_callable(lambda: m(*inputs), REF_POLICY, self.clock).median_ms
-
-    def time_block(self, sig: BlockSignature, repeat: int = 0) -> BlockRow:
+    def _time(self, fn: Callable[[], object]) -> Timing:
         import torch
 
         torch.set_num_threads(self.threads)
-        ref = self.time_reference()
-        m, inputs = self._block(sig)
         with torch.inference_mode():
-            t = time_callable(lambda: m(*inputs), self.policy, self.clock)
+            return time_callable(fn, self.policy, self.clock, self.reference)
+
+    def time_block(self, sig: BlockSignature, repeat: int = 0) -> BlockRow:
+        m, inputs = self._block(sig)
+        t = self._time(lambda: m(*inputs))
         return BlockRow(sig, t.median_ms, t.p10_ms, t.p90_ms, t.runs, t.warmup, repeat, 0.0, _now(),
-                        ref_ms=ref)
+                        ref_ms=t.ref_ms)
 
     def time_network(self, backbone: BackboneSpec, arch: ArchConfig, repeat: int = 0,
                      is_preset: bool = True) -> NetworkRow:
@@ -187,8 +249,6 @@ class TorchCpuBackend:
 
         from search_space.modules import build_model
 
-        torch.set_num_threads(self.threads)
-        ref = self.time_reference()
         torch.manual_seed(0)
         task = arch.task
         model = build_model(backbone, task, arch).eval()
@@ -197,31 +257,50 @@ class TorchCpuBackend:
                            task.latent_width), generator=g)
         ts = torch.rand((task.batch,), generator=g) * 1000
         text = torch.randn((task.batch, task.text_tokens, task.text_dim), generator=g)
-        with torch.inference_mode():
-            t = time_callable(lambda: model(lat, ts, text), self.policy, self.clock)
+        t = self._time(lambda: model(lat, ts, text))
         return NetworkRow(arch, backbone, t.median_ms, t.p10_ms, t.p90_ms, t.runs, t.warmup, repeat,
-                          0.0, _now(), is_preset, ref_ms=ref)
+                          0.0, _now(), is_preset, ref_ms=t.ref_ms)
 
     def clear(self) -> None:
         self._modules.clear()
 
 
-def interleaved_order(n: int, repeats: int, seed: int = 0) -> list[tuple[int, int]]:
-    """``(repeat, index)`` pairs: every repeat visits all ``n`` items in its own shuffled order."""
+def interleaved_order(n: int, repeats: int, seed: int = 0,
+                      counts: Sequence[int] | None = None) -> list[tuple[int, int]]:
+    """``(repeat, index)`` pairs in ``repeats`` rounds, each round in its own shuffled order.
+    Every item is visited once per round, or, with ``counts``, in ``counts[i]`` rounds drawn at
+    random (its repeats numbered 0, 1, ... in time order)."""
     rng = np.random.default_rng(seed)
-    return [(r, int(i)) for r in range(repeats) for i in rng.permutation(n)]
+    if counts is None:
+        return [(r, int(i)) for r in range(repeats) for i in rng.permutation(n)]
+    rounds: list[list[int]] = [[] for _ in range(repeats)]
+    for i, c in enumerate(counts):
+        for r in rng.choice(repeats, size=min(int(c), repeats), replace=False):
+            rounds[int(r)].append(i)
+    seen = [0] * n
+    out = []
+    for members in rounds:
+        for i in rng.permutation(np.asarray(members, dtype=int)):
+            out.append((seen[int(i)], int(i)))
+            seen[int(i)] += 1
+    return out
 
 
 def measure(backend: TorchCpuBackend, sigs: Sequence[BlockSignature],
             archs: Sequence[tuple[BackboneSpec, ArchConfig]] = (), repeats: int = 1,
             seed: int = 0, progress: bool = True, desc: str = "measure",
-            on_row: Callable[[BlockRow | NetworkRow], None] | None = None
+            on_row: Callable[[BlockRow | NetworkRow], None] | None = None,
+            calibration: Sequence[BlockSignature] = (), calibration_repeats: int | None = None
             ) -> tuple[list[BlockRow], list[NetworkRow]]:
-    """Time every block signature and network ``repeats`` times (interleaved), with a tqdm bar."""
+    """Time every block signature and network ``repeats`` times and every ``calibration`` block
+    ``calibration_repeats`` times (default ``repeats``), all interleaved, with a tqdm bar."""
     from tqdm import tqdm
 
-    items: list[tuple[str, object]] = [("b", s) for s in sigs] + [("n", a) for a in archs]
-    order = interleaved_order(len(items), repeats, seed)
+    items: list[tuple[str, object]] = ([("b", s) for s in sigs] + [("b", s) for s in calibration]
+                                       + [("n", a) for a in archs])
+    cal_r = repeats if calibration_repeats is None else max(1, min(calibration_repeats, repeats))
+    counts = [repeats] * len(sigs) + [cal_r] * len(calibration) + [repeats] * len(archs)
+    order = interleaved_order(len(items), repeats, seed, counts if cal_r != repeats else None)
     blocks: list[BlockRow] = []
     nets: list[NetworkRow] = []
     for r, i in tqdm(order, desc=desc, disable=not progress, unit="probe", dynamic_ncols=True):

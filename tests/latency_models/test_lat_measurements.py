@@ -143,16 +143,19 @@ def test_drift_correction_with_reference_timings(tmp_path):
                 for r in m.blocks]
     m.networks = [replace(r, latency_ms=r.latency_ms * slow[r.repeat], ref_ms=5.0 * slow[r.repeat])
                   for r in m.networks]
-    assert m.has_reference and not m.drift_corrected  # opt-in
-    assert m.noise_floor_pct() > 10 and m.noise_floor_pct(corrected=True) < 1e-6
+    assert m.has_reference and m.drift_corrected  # on whenever every row has ref_ms
+    assert m.noise_floor_pct(corrected=False) > 10 and m.noise_floor_pct() < 1e-6
+    m.correct_drift = False  # fit --no-drift-correct
+    assert not m.drift_corrected and m.noise_floor_pct() > 10
     m.correct_drift = True
-    assert m.drift_corrected and m.noise_floor_pct() < 1e-6
     sigs, y = m.block_medians()
     assert m.subset(networks=[]).block_medians()[1] == pytest.approx(y)
     p = tmp_path / "ref.csv"
     m.to_csv(p)
     back = read_csv(p)
-    assert back.has_reference and back.noise_floor_pct(corrected=True) < 1e-3
+    assert back.has_reference and back.noise_floor_pct() < 1e-3
+    back.blocks[0] = replace(back.blocks[0], ref_ms=float("nan"))  # one row without: raw values
+    assert not back.drift_corrected and back.noise_floor_pct() > 10
     rows = _rows(p)
     rows[3]["ref_ms"] = "-1"
     _write(p, rows)

@@ -17,6 +17,13 @@ from lat_helpers import tiny_space
 FAST = TimingPolicy(warmup=1, warmup_s=0.0, min_runs=3, max_runs=5, time_limit_s=0.5)
 
 
+def test_interleaved_order_with_counts_spreads_fewer_repeats():
+    order = interleaved_order(5, 4, seed=2, counts=[4, 4, 1, 2, 2])
+    per_item = {i: [r for r, j in order if j == i] for i in range(5)}
+    assert {i: len(v) for i, v in per_item.items()} == {0: 4, 1: 4, 2: 1, 3: 2, 4: 2}
+    assert all(v == list(range(len(v))) for v in per_item.values())  # repeats numbered in order
+
+
 def test_interleaved_order_visits_everything_each_repeat():
     order = interleaved_order(7, 3, seed=1)
     assert len(order) == 21
@@ -57,9 +64,9 @@ def test_measure_cli_writes_valid_csv(tmp_path, capsys):
     rc = main(["latency", "measure", "--preset", "tiny", "--out", str(out), "--limit", "4",
                "--repeats", "2", "--networks", "1", "--min-runs", "3", "--max-runs", "4",
                "--time-limit", "0.3", "--warmup", "1", "--no-progress", "--clock", "cpu",
-               "--reference"])
+               "--calibration", "3", "--calibration-repeats", "1"])
     assert rc == 0 and "noise floor" in capsys.readouterr().out
     m = read_csv(out)
-    assert len(m.blocks) == 8 and len(m.networks) == 2
+    assert len(m.blocks) == 8 + 3 and len(m.networks) == 2  # 4 probes x 2 + 3 calibration x 1
     assert m.info.device.endswith(":cpu-clock") and m.noise_floor_pct() is not None
     assert m.has_reference and all(r.ref_ms > 0 for r in m.blocks)
