@@ -8,23 +8,25 @@ of an earlier run, which are committed next to the results):
 
 1. Space: ``small`` backbone, 8 frames of 16x16 latents, batch 1 (blocks take ~0.1-300 ms on
    one core), all temporal kinds, heads {2,4,8}, kernel_t {3,5,7} (quick: {4,8}, {3,5}).
-2. Device 1 = this CPU, 1 thread, CPU-time clock (the machine is shared with other jobs: the
-   timing thread's CPU time is insensitive to lost time slices; wall time is not). Every probe
-   signature and ``networks`` random whole architectures are timed ``repeats`` times
-   (interleaved: each repeat visits all blocks and networks in a new shuffled order). A fixed
-   reference ResNet is timed right before every probe (``ref_ms``); fits use the raw values
-   (the correction is opt-in), and the noise floor with the drift divided out is reported
-   next to the raw one.
-3. ``block_within_10pct``: 5-fold cross-validation over signatures (the held-out signature was
-   never measured for the fit), predictor ``regression`` (the roofline is reported too).
+2. Device 1 = this CPU, 1 thread, CPU-time clock, steady-state allocator, a reference matmul
+   paired with every timed call (``ref_ms``; fits divide out the machine's speed drift, see
+   ``latency_models.backends.torch_cpu``). Every probe signature and ``networks`` random whole
+   architectures are timed ``repeats`` times, plus 900 calibration blocks (quick: 150) from
+   neighbours of the space 3 times (quick: 2), all interleaved (each round visits its items in
+   a new shuffled order).
+3. ``block_within_10pct``: 5-fold cross-validation over the space's probe signatures (the
+   held-out signature was never measured for the fit, which sees the other probes and the
+   calibration blocks), predictor ``regression`` (the roofline is reported too, and both
+   without calibration blocks under ``detail.block_without_calibration``).
 4. ``network_within_10pct`` / ``network_spearman``: ``lut`` on all block signatures (as the
    paper's lookup table: every probe measured) + composition correction, cross-validated over
    the networks (the tested network's own measurement is never in the fit).
 5. ``fewshot``: device 2 = the same CPU with 2 threads (process CPU clock, i.e. CPU-seconds
-   summed over both threads, ``OMP_WAIT_POLICY=PASSIVE``). The device-1
+   summed over both threads, ``OMP_WAIT_POLICY=PASSIVE``), each network 3 times. The device-1
    roofline is the prior; k = 5, 10, 20 device-2 network measurements calibrate it (MAP); the
    remaining device-2 networks are predicted. Mean over 10 random draws of the k networks.
-6. ``noise_floor_pct``: median coefficient of variation of the repeats of each probe and network.
+6. ``noise_floor_pct``: median coefficient of variation of the repeats of each probe and network
+   (of the drift-corrected values the fits use; raw ``latency_ms``: ``noise_floor_raw_pct``).
 7. ``predict_us_single`` / ``predict_per_s_batched``: steady-state cost of predicting distinct
    random architectures with a fitted model (no torch), by thread CPU time; wall-clock numbers
    (which on a loaded machine include other jobs' time slices) are under ``predict_wall``.
@@ -48,7 +50,7 @@ from latency_models import create_model
 from latency_models._blockwise import accuracy, split_folds
 from latency_models._roofline import RooflineModel
 from latency_models.measurements import Measurements, read_csv
-from latency_models.probes import probes, random_archs
+from latency_models.probes import calibration_probes, probes, random_archs
 from search_space.presets import default_task, get_backbone
 from search_space.space import SearchSpace
 
@@ -68,17 +70,22 @@ def make_space(quick: bool) -> SearchSpace:
     return SearchSpace.from_dict(bb, task, {"defaults": space_dims(quick)})
 
 
-def measure_device1(space, archs, repeats: int, path: Path, quick: bool) -> Measurements:
-    """1 thread, CPU clock; blocks and networks interleaved in every repeat."""
-    from latency_models.backends.torch_cpu import (TimingPolicy, TorchCpuBackend, measure,
-                                                   pick_reference)
+def n_calibration(quick: bool) -> int:
+    return 150 if quick else 900
 
-    pol = TimingPolicy(warmup=2, min_runs=5 if quick else 7, max_runs=60, rel_precision=0.01,
-                       time_limit_s=1.5 if quick else 3.0)
+
+def measure_device1(space, archs, repeats: int, path: Path, quick: bool) -> Measurements:
+    """1 thread, CPU clock; probes, calibration blocks and networks interleaved."""
+    from latency_models.backends.torch_cpu import TimingPolicy, TorchCpuBackend, measure
+
+    pol = TimingPolicy(warmup=2, min_runs=5, max_runs=12, rel_precision=0.02,
+                       time_limit_s=1.0 if quick else 1.5)
     sigs = [p.sig for p in probes(space)]
-    be = TorchCpuBackend(1, pol, clock="cpu", reference=pick_reference(sigs))
+    cal = [p.sig for p in calibration_probes(space, n_calibration(quick), seed=0)]
+    be = TorchCpuBackend(1, pol, clock="cpu", paired=True)
     b_rows, n_rows = measure(be, sigs, [(space.backbone, a) for a in archs], repeats=repeats,
-                             seed=0, desc="device 1 (1 thread)")
+                             seed=0, desc="device 1 (1 thread)", calibration=cal,
+                             calibration_repeats=2 if quick else 3)
     m = Measurements(be.info, b_rows, n_rows, str(path))
     m.to_csv(path)
     return m
@@ -94,18 +101,25 @@ def measure_device2(space_yaml: Path, n_nets: int, path: Path, quick: bool) -> M
            "--preset", "small", "--height", "16", "--width", "16", "--frames", "8", "--batch", "1",
            "--threads", "2", "--clock", "cpu", "--networks-only", "--networks", str(n_nets),
            "--seed", str(ARCH_SEED), "--warmup", "1", "--min-runs", "3" if quick else "5",
-           "--max-runs", "15", "--time-limit", "3" if quick else "6", "--reference",
-           "--out", str(path)]
+           "--max-runs", "10", "--time-limit", "2" if quick else "3", "--repeats",
+           "2" if quick else "3", "--precision", "0.02", "--out", str(path)]
     subprocess.run(cmd, check=True, env=env, cwd=ROOT, stdout=sys.stderr)
     return read_csv(path)
 
 
-def block_accuracy(m: Measurements, name: str, folds: int = 5, seed: int = 0) -> dict:
-    sigs, y = m.block_medians()
+def block_accuracy(m: Measurements, space, name: str, calibration: bool = True, folds: int = 5,
+                   seed: int = 0) -> dict:
+    """Cross-validated over the space's own probe signatures: each fold is predicted by a model
+    fitted on the other probes (plus, with ``calibration``, every calibration block)."""
+    own = {p.sig for p in probes(space)}
+    all_sigs, all_y = m.block_medians()
+    sigs = [s for s in all_sigs if s in own]
+    y = np.array([v for s, v in zip(all_sigs, all_y) if s in own])
     pred = np.empty(len(sigs))
     for test in split_folds(len(sigs), folds, seed):
         held = {sigs[i] for i in test}
-        keep = [i for i, r in enumerate(m.blocks) if r.sig not in held]
+        keep = [i for i, r in enumerate(m.blocks)
+                if r.sig not in held and (calibration or r.sig in own)]
         model = create_model(name).fit(m.subset(blocks=keep, networks=[]), evaluate=False)
         pred[test] = model.block_ms([sigs[i] for i in test])
     return accuracy(pred, y)
@@ -225,7 +239,7 @@ def main(argv=None) -> int:
 
         space_yaml = data / "space.yaml"
         space_yaml.write_text(yaml.safe_dump({"space": {"defaults": space_dims(quick)}}), encoding="utf-8")
-        dev1 = measure_device1(space, archs, 2 if quick else 3, p1, quick)
+        dev1 = measure_device1(space, archs, 3 if quick else 5, p1, quick)
         dev2 = measure_device2(space_yaml, n_nets, p2, quick)
         if [r.arch.arch_id for r in dev2.network_medians()[0]] and \
                 {r.arch.arch_id for r in dev2.networks} != {a.arch_id for a in archs}:
@@ -235,20 +249,23 @@ def main(argv=None) -> int:
 
     res: dict = {"benchmark": "latency_accuracy", "quick": quick,
                  "space": {"preset": "small", "task": space.task.to_dict(),
-                           "probes": len(dev1.block_medians()[0]),
+                           "probes": len(probes(space)),
+                           "calibration_blocks": len(dev1.block_medians()[0]) - len(probes(space)),
                            "networks_device1": len(dev1.network_medians()[0]),
                            "networks_device2": len(dev2.network_medians()[0])},
                  "device1": dev1.info.device, "device2": dev2.info.device,
                  "clock": "cpu (thread CPU time for 1 thread, process CPU time for 2 threads)",
                  "measure_wall_s": round(measure_s, 1),
                  "reused_measurements": bool(a.reuse)}
-    blk = {n: block_accuracy(dev1, n) for n in ("roofline", "regression")}
+    blk = {n: block_accuracy(dev1, space, n) for n in ("roofline", "regression")}
+    blk_space_only = {n: block_accuracy(dev1, space, n, calibration=False)
+                      for n in ("roofline", "regression")}
     net = {n: network_accuracy(dev1, n) for n in ("lut", "roofline", "regression")}
     res["block_within_10pct"] = blk["regression"]["within_10pct"]
     res["network_within_10pct"] = net["lut"]["within_10pct"]
     res["network_spearman"] = net["lut"]["spearman"]
     res["noise_floor_pct"] = dev1.noise_floor_pct()
-    res["noise_floor_drift_corrected_pct"] = dev1.noise_floor_pct(corrected=True)
+    res["noise_floor_raw_pct"] = dev1.noise_floor_pct(corrected=False)
     res["drift_corrected"] = dev1.drift_corrected
     res["fewshot"] = fewshot(dev1, dev2)
     model = create_model("lut").fit(dev1, evaluate=False)
@@ -258,7 +275,7 @@ def main(argv=None) -> int:
     res["predict_wall"] = {"us_single": speed["wall"][0], "per_s_batched": speed["wall"][1]}
     res["predict_clock"] = "thread CPU time (wall-clock numbers under predict_wall)"
     res["measure_load_average_at_end"] = measure_load
-    res["detail"] = {"block": blk, "network": net,
+    res["detail"] = {"block": blk, "block_without_calibration": blk_space_only, "network": net,
                      "block_noise_floor_pct": dev1.subset(networks=[]).noise_floor_pct(),
                      "network_noise_floor_pct": dev1.subset(blocks=[]).noise_floor_pct(),
                      "noise_ceiling_block": repeat_ceiling(dev1, "block"),
