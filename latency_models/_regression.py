@@ -128,7 +128,7 @@ class RegressionModel(BlockwiseModel):
             self.trees.fit(x, rc - z @ self.w)
         return False
 
-    def fit(self, measurements, **kw):  # noqa: D401 - same contract as the base class
+    def fit(self, measurements, **kw):
         super().fit(measurements, **kw)
         self._meta["ridge_alpha"] = self.alpha
         self._meta["ridge_correction_rms"] = float(np.sqrt(np.mean(self.w ** 2)))

@@ -98,3 +98,41 @@ def test_boosted_trees_learn_a_step(depth):
     y = (x[:, 0] > 0.5).astype(float)
     bt = BoostedTrees(n_trees=100, depth=depth, learning_rate=0.2, subsample=1.0).fit(x, y)
     assert np.allclose(bt.predict(np.array([[0.1], [0.9]])), [0, 1], atol=0.05)
+
+
+def test_regression_trees_learn_a_jump_the_roofline_cannot_and_survive_save_load(tmp_path):
+    """Synthetic truth (tests the fitting code, not a measurement): the roofline of lat_helpers,
+    times 2.5 for attention blocks with head dim < 16 (a kernel-efficiency cliff). Calibration
+    blocks provide the signatures; the trees must find the cliff on held-out signatures."""
+    from lat_helpers import truth
+
+    from latency_models import create_model, load_latency_model
+    from latency_models._regression import MIN_TREE_SIGNATURES
+    from latency_models.measurements import BlockRow, DeviceInfo, Measurements
+    from search_space.geometry import BlockOp
+
+    space = tiny_space()
+    sigs = [p.sig for p in probes(space)] + [p.sig for p in calibration_probes(space, 160, seed=1)]
+    assert len(sigs) >= MIN_TREE_SIGNATURES
+
+    def cliff(s):
+        attn = s.op is BlockOp.TEMPORAL and s.kind.is_attention
+        return 2.5 if attn and s.in_channels // s.heads < 16 else 1.0
+
+    t = truth()
+    y = t.block_ms(sigs) * np.array([cliff(s) for s in sigs])
+    test = set(range(0, len(sigs), 5))  # every 5th signature is never fitted on
+    rows = [BlockRow(s, float(v), runs=5) for i, (s, v) in enumerate(zip(sigs, y)) if i not in test]
+    m = Measurements(DeviceInfo("synthetic-device", "synthetic"), rows, [], source="synthetic")
+    model = create_model("regression").fit(m, evaluate=False)
+    held = [sigs[i] for i in sorted(test)]
+    err = np.abs(model.block_ms(held) / y[sorted(test)] - 1)
+    roof = create_model("roofline").fit(m, evaluate=False)
+    err_roof = np.abs(roof.block_ms(held) / y[sorted(test)] - 1)
+    on_cliff = np.array([cliff(s) > 1 for s in held])
+    assert model.metadata["trees"] > 0 and on_cliff.sum() >= 3
+    assert np.median(err_roof[on_cliff]) > 0.2  # one set of constants cannot have the cliff
+    assert np.median(err[on_cliff]) < 0.1 and np.median(err) < 0.05
+    model.save(tmp_path / "m")
+    again = load_latency_model(tmp_path / "m")
+    np.testing.assert_allclose(again.block_ms(held), model.block_ms(held), rtol=1e-12)
