@@ -328,7 +328,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         model = RooflineModel.calibrating(prior, prior_log_sd=args.prior_log_sd)
     else:
         model = create_model(args.predictor)
-    model.fit(m, folds=args.folds, seed=args.seed)
+    model.fit(m, folds=args.folds, seed=args.seed, progress=not args.no_progress)
     if args.prior:
         model.set_metadata(calibrated_from=str(args.prior))
     model.save(args.out)
@@ -358,6 +358,7 @@ def _reg_fit(sub) -> None:
     p.add_argument("--no-drift-correct", action="store_true",
                    help="fit the raw latency_ms even where ref_ms records the machine's drift")
     p.add_argument("--folds", type=int, default=5, help="cross-validation folds for held-out accuracy")
+    p.add_argument("--no-progress", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="directory to write model.json (+ arrays.npz)")
     p.set_defaults(func=_cmd_fit)

@@ -378,15 +378,24 @@ class BlockwiseModel:
 
     # ---- fitting --------------------------------------------------------------------------------
     def fit(self, measurements: Measurements, *, folds: int = 5, seed: int = 0,
-            evaluate: bool = True) -> BlockwiseModel:
+            evaluate: bool = True, progress: bool = False) -> BlockwiseModel:
         """Fit on ``measurements`` (one device); with ``evaluate``, cross-validate to get
-        held-out accuracy and the prediction interval."""
+        held-out accuracy and the prediction interval; ``progress``: a tqdm bar over the fits."""
+        from tqdm import tqdm
+
         sigs, y = measurements.block_medians()
         nets, ny = measurements.network_medians()
         if not sigs and not nets:
             raise TemponasError(f"{measurements.source or 'measurements'}: nothing to fit on")
+        with tqdm(total=1 + (2 * folds if evaluate else 0), desc=f"fit {self.name}", unit="fit",
+                  disable=not progress, dynamic_ncols=True, leave=False) as bar:
+            return self._fit(measurements, sigs, y, nets, ny, folds, seed, evaluate, bar.update)
+
+    def _fit(self, measurements: Measurements, sigs, y, nets, ny, folds: int, seed: int,
+             evaluate: bool, tick) -> BlockwiseModel:
         self._reset_cache()
         used_nets = self._fit_core(sigs, y, nets, ny)
+        tick()
         self._reset_cache()
         self.composition = Composition()
         if nets and not used_nets:
@@ -402,11 +411,11 @@ class BlockwiseModel:
                       "noise_floor_pct": measurements.noise_floor_pct()}
         if evaluate:
             self._meta["heldout"] = self._cross_validate(measurements, sigs, y, nets, ny, used_nets,
-                                                         folds, seed)
+                                                         folds, seed, tick)
         return self
 
     def _cross_validate(self, m: Measurements, sigs, y, nets, ny, used_nets: bool, folds: int,
-                        seed: int) -> dict[str, Any]:
+                        seed: int, tick=lambda: None) -> dict[str, Any]:
         out: dict[str, Any] = {"folds": folds}
         log_res: np.ndarray | None = None
         if len(sigs) >= max(folds, 3) and not used_nets:
@@ -417,6 +426,7 @@ class BlockwiseModel:
                 sub = self._spawn()
                 sub.fit(m.subset(blocks=keep, networks=[]), evaluate=False)
                 pred[test] = sub.block_ms([sigs[i] for i in test])
+                tick()
             out["block"] = accuracy(pred, y)
             log_res = np.log(y / pred)
             out["by_op"] = _by_op(sigs, pred, y)
@@ -429,6 +439,7 @@ class BlockwiseModel:
                 sub = self._spawn()
                 sub.fit(m.subset(networks=keep), evaluate=False)
                 pred[test] = [sub.predict(nets[i].arch, nets[i].backbone).mean_ms for i in test]
+                tick()
             out["network"] = accuracy(pred, ny)
             log_res = np.log(ny / pred)
             self.interval_source = f"5-95% of {len(nets)} cross-validated network residuals"
