@@ -170,16 +170,18 @@ _EXTRA: list = []  # further sub-command registrars (appended below as they are 
 
 
 # ---- probes -------------------------------------------------------------------------------------
-def _probe_items(args: argparse.Namespace, space):
-    """The probe set of ``space`` (``--temporal-only``) plus ``--calibration`` neighbours."""
+def _probe_items(args: argparse.Namespace, space) -> tuple[list, list]:
+    """The probe set of ``space`` (``--temporal-only``, ``--limit``) and ``--calibration``
+    neighbours, as two lists of :class:`~latency_models.probes.Probe`."""
     from latency_models.probes import calibration_probes, probes
 
     if args.calibration < 0:
         raise ConfigError(f"--calibration: must be >= 0, got {args.calibration}")
     items = probes(space, include_image=not args.temporal_only)
-    if args.calibration:
-        items += calibration_probes(space, args.calibration, args.seed)
-    return items
+    if getattr(args, "limit", 0):
+        items = items[: args.limit]
+    cal = calibration_probes(space, args.calibration, args.seed) if args.calibration else []
+    return items, cal
 
 
 def _add_calibration_arg(p: argparse.ArgumentParser) -> None:
@@ -193,7 +195,8 @@ def _cmd_probes(args: argparse.Namespace) -> int:
     from latency_models.probes import iter_signature_rows
 
     space = _space(args)
-    items = _probe_items(args, space)
+    items, cal = _probe_items(args, space)
+    items = items + cal
     rows = list(iter_signature_rows(items))
     if args.json:
         _print_json(rows)
@@ -229,21 +232,14 @@ _EXTRA.append(_reg_probes)
 def _cmd_measure(args: argparse.Namespace) -> int:
     from latency_models.backends.torch_cpu import TimingPolicy, TorchCpuBackend, measure
     from latency_models.measurements import Measurements
-    from latency_models.probes import calibration_probes, probes, random_archs
+    from latency_models.probes import random_archs
 
     space = _space(args)
     if args.threads < 1:
         raise ConfigError(f"--threads: must be >= 1, got {args.threads}")
     if args.repeats < 1:
         raise ConfigError(f"--repeats: must be >= 1, got {args.repeats}")
-    items, cal = [], []
-    if not args.networks_only:
-        items = probes(space, include_image=not args.temporal_only)
-        if args.limit:
-            items = items[: args.limit]
-        if args.calibration < 0:
-            raise ConfigError(f"--calibration: must be >= 0, got {args.calibration}")
-        cal = calibration_probes(space, args.calibration, args.seed) if args.calibration else []
+    items, cal = ([], []) if args.networks_only else _probe_items(args, space)
     archs = [(space.backbone, a) for a in random_archs(space, args.networks, args.seed)]
     policy = TimingPolicy(warmup=args.warmup, min_runs=args.min_runs, max_runs=args.max_runs,
                           rel_precision=args.precision, time_limit_s=args.time_limit)
@@ -418,9 +414,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from latency_models.probes import random_archs
 
     space = _space(args)
-    items = _probe_items(args, space)
-    if args.limit:
-        items = items[: args.limit]
+    items, cal = _probe_items(args, space)
+    items = items + cal
     nets = [(space.backbone, a) for a in random_archs(space, args.networks, args.seed)]
     out = Path(args.out)
     if (out / "manifest.json").exists() and not args.force:

@@ -87,3 +87,10 @@ def test_probes_cli_json(capsys):
     assert main(["latency", "probes", "--preset", "tiny", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert len(rows) == len(probes(tiny_space())) and {"probe_id", "op", "stages"} <= set(rows[0])
+    assert main(["latency", "probes", "--preset", "tiny", "--json", "--calibration", "7"]) == 0
+    with_cal = json.loads(capsys.readouterr().out)
+    assert len(with_cal) == len(rows) + 7 and with_cal[: len(rows)] == rows
+    assert len({r["probe_id"] for r in with_cal}) == len(with_cal)
+    assert main(["latency", "probes", "--preset", "tiny", "--calibration", "-1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--calibration" in err
