@@ -83,10 +83,10 @@ CAL_HEADS = (1, 2, 4, 8, 16)
 CAL_KERNEL_T = (3, 5, 7)
 CAL_KERNEL_S = (1, 3)
 CAL_COST_CAP = 2.5  # calibration blocks cost at most this times the dearest probe
+CAL_NEIGHBOURS = 48  # neighbour spaces drawn (each adds tens of candidate signatures)
 
 
-def calibration_probes(space: SearchSpace, n: int, seed: int = 0,
-                       max_frames: int | None = None) -> list[Probe]:
+def calibration_probes(space: SearchSpace, n: int, seed: int = 0) -> list[Probe]:
     """``n`` distinct block signatures from *neighbours* of ``space`` (none of them a probe of
     ``space`` itself): the same topology at other widths (x0.5-1.5), latent sizes (x0.5-1.5)
     and frame counts (x0.5-1.5), with every temporal kind, heads 1-16, temporal kernels 3-7 and
@@ -104,22 +104,19 @@ def calibration_probes(space: SearchSpace, n: int, seed: int = 0,
 
     rng = np.random.default_rng(seed)
     own_probes = probes(space)
-    own = {p.sig for p in own_probes}
     cap = CAL_COST_CAP * max(cost(p.sig) for p in own_probes)
     levels = len(space.backbone.stages) // 2
     step = 2 ** max(levels - 1, 0)
     task = space.task
     by_op: dict[str, list[Probe]] = {}
-    seen: set[BlockSignature] = set(own)
-    for _ in range(48):
+    seen: set[BlockSignature] = {p.sig for p in own_probes}
+    for _ in range(CAL_NEIGHBOURS):
         w = float(rng.choice(WIDTH_MULTS + (1.0,)))
         hs = float(rng.choice(SIZE_MULTS + (1.0,)))
         fs = float(rng.choice(SIZE_MULTS + (1.0,)))
         h = max(step, round(task.latent_height * hs / step) * step)
         wd = max(step, round(task.latent_width * hs / step) * step)
         t = max(2, round(task.num_frames * fs))
-        if max_frames:
-            t = min(t, max_frames)
         try:
             bb = space.backbone.scaled(w)
             sub_task = task.replace(latent_height=h, latent_width=wd, num_frames=t,
