@@ -12,7 +12,7 @@ of an earlier run, which are committed next to the results):
    paired with every timed call (``ref_ms``; fits divide out the machine's speed drift, see
    ``latency_models.backends.torch_cpu``). Every probe signature and ``networks`` random whole
    architectures are timed ``repeats`` times, plus 900 calibration blocks (quick: 150) from
-   neighbours of the space 3 times (quick: 2), all interleaved (each round visits its items in
+   neighbours of the space 4 times (quick: 2), all interleaved (each round visits its items in
    a new shuffled order).
 3. ``block_within_10pct``: 5-fold cross-validation over the space's probe signatures (the
    held-out signature was never measured for the fit, which sees the other probes and the
@@ -85,7 +85,7 @@ def measure_device1(space, archs, repeats: int, path: Path, quick: bool) -> Meas
     be = TorchCpuBackend(1, pol, clock="cpu", paired=True)
     b_rows, n_rows = measure(be, sigs, [(space.backbone, a) for a in archs], repeats=repeats,
                              seed=0, desc="device 1 (1 thread)", calibration=cal,
-                             calibration_repeats=2 if quick else 3)
+                             calibration_repeats=2 if quick else 4)
     m = Measurements(be.info, b_rows, n_rows, str(path))
     m.to_csv(path)
     return m
@@ -112,7 +112,7 @@ def block_accuracy(m: Measurements, space, name: str, calibration: bool = True, 
     """Cross-validated over the space's own probe signatures: each fold is predicted by a model
     fitted on the other probes (plus, with ``calibration``, every calibration block)."""
     own = {p.sig for p in probes(space)}
-    all_sigs, all_y = m.block_medians()
+    all_sigs, all_y = m.block_latencies()
     sigs = [s for s in all_sigs if s in own]
     y = np.array([v for s, v in zip(all_sigs, all_y) if s in own])
     pred = np.empty(len(sigs))
@@ -126,7 +126,7 @@ def block_accuracy(m: Measurements, space, name: str, calibration: bool = True, 
 
 
 def network_accuracy(m: Measurements, name: str, folds: int = 5, seed: int = 0) -> dict:
-    nets, y = m.network_medians()
+    nets, y = m.network_latencies()
     pred = np.empty(len(nets))
     ids = [r.arch.arch_id for r in nets]
     for test in split_folds(len(nets), folds, seed):
@@ -139,7 +139,7 @@ def network_accuracy(m: Measurements, name: str, folds: int = 5, seed: int = 0) 
 
 def fewshot(dev1: Measurements, dev2: Measurements, ks=(5, 10, 20), draws: int = 10) -> dict:
     prior = create_model("roofline").fit(dev1, evaluate=False)
-    nets, y = dev2.network_medians()
+    nets, y = dev2.network_latencies()
     out = {}
     base_pred = np.array([prior.predict(r.arch, r.backbone).mean_ms for r in nets])
     out["0"] = {k: v for k, v in accuracy(base_pred, y).items()
@@ -241,7 +241,7 @@ def main(argv=None) -> int:
         space_yaml.write_text(yaml.safe_dump({"space": {"defaults": space_dims(quick)}}), encoding="utf-8")
         dev1 = measure_device1(space, archs, 3 if quick else 5, p1, quick)
         dev2 = measure_device2(space_yaml, n_nets, p2, quick)
-        if [r.arch.arch_id for r in dev2.network_medians()[0]] and \
+        if [r.arch.arch_id for r in dev2.network_latencies()[0]] and \
                 {r.arch.arch_id for r in dev2.networks} != {a.arch_id for a in archs}:
             raise SystemExit("device 2 measured different architectures than device 1")
     measure_s = time.time() - t_start
@@ -250,9 +250,9 @@ def main(argv=None) -> int:
     res: dict = {"benchmark": "latency_accuracy", "quick": quick,
                  "space": {"preset": "small", "task": space.task.to_dict(),
                            "probes": len(probes(space)),
-                           "calibration_blocks": len(dev1.block_medians()[0]) - len(probes(space)),
-                           "networks_device1": len(dev1.network_medians()[0]),
-                           "networks_device2": len(dev2.network_medians()[0])},
+                           "calibration_blocks": len(dev1.block_latencies()[0]) - len(probes(space)),
+                           "networks_device1": len(dev1.network_latencies()[0]),
+                           "networks_device2": len(dev2.network_latencies()[0])},
                  "device1": dev1.info.device, "device2": dev2.info.device,
                  "clock": "cpu (thread CPU time for 1 thread, process CPU time for 2 threads)",
                  "measure_wall_s": round(measure_s, 1),
@@ -276,6 +276,10 @@ def main(argv=None) -> int:
     res["predict_clock"] = "thread CPU time (wall-clock numbers under predict_wall)"
     res["measure_load_average_at_end"] = measure_load
     res["detail"] = {"block": blk, "block_without_calibration": blk_space_only, "network": net,
+                     "block_within_10pct_by_fold_seed": {
+                         "0": blk["regression"]["within_10pct"],
+                         **{str(k): block_accuracy(dev1, space, "regression", seed=k)["within_10pct"]
+                            for k in (1, 2)}},
                      "block_noise_floor_pct": dev1.subset(networks=[]).noise_floor_pct(),
                      "network_noise_floor_pct": dev1.subset(blocks=[]).noise_floor_pct(),
                      "noise_ceiling_block": repeat_ceiling(dev1, "block"),

@@ -383,8 +383,8 @@ class BlockwiseModel:
         held-out accuracy and the prediction interval; ``progress``: a tqdm bar over the fits."""
         from tqdm import tqdm
 
-        sigs, y = measurements.block_medians()
-        nets, ny = measurements.network_medians()
+        sigs, y = measurements.block_latencies()
+        nets, ny = measurements.network_latencies()
         if not sigs and not nets:
             raise TemponasError(f"{measurements.source or 'measurements'}: nothing to fit on")
         with tqdm(total=1 + (2 * folds if evaluate else 0), desc=f"fit {self.name}", unit="fit",

@@ -1,6 +1,6 @@
 """Accuracy report of a latency model against measurements it was NOT fitted on.
 
-``evaluate(model, measurements)`` compares predictions with the measured medians (over repeats)
+``evaluate(model, measurements)`` compares predictions with the measured latencies (geometric mean over repeats)
 of every block and network row: ±5 %/±10 % hit rates, MAPE, RMSPE, Spearman and Kendall,
 residuals by block type, and the measurement noise floor from repeats (no predictor can beat
 it). ``parity_plot`` draws predicted vs measured (matplotlib Agg, PNG).
@@ -29,13 +29,13 @@ def evaluate(model: BlockwiseModel, m: Measurements) -> dict[str, Any]:
     if model.metadata.get("device") and model.metadata.get("device") != m.info.device:
         out["warning"] = (f"model was fitted on device {model.metadata.get('device')!r}, "
                           f"measurements come from {m.info.device!r}")
-    sigs, y = m.block_medians()
+    sigs, y = m.block_latencies()
     if sigs:
         pred = model.block_ms(sigs)
         out["block"] = accuracy(pred, y)
         out["by_op"] = _by_op(sigs, pred, y)
         out["_block_pairs"] = (pred.tolist(), y.tolist(), [s.op_name for s in sigs])
-    nets, ny = m.network_medians()
+    nets, ny = m.network_latencies()
     if nets:
         pred = np.array([model.predict(r.arch, r.backbone).mean_ms for r in nets])
         lows = np.array([model.predict(r.arch, r.backbone).low_ms for r in nets])

@@ -46,8 +46,8 @@ def test_protocol_and_metadata(fitted, data):
     meta = fitted.metadata
     assert REQUIRED_META <= set(meta)
     assert meta["kind"] == "calibrated" and meta["device"] == "synthetic-device"
-    assert meta["fitted_on"]["blocks"] == len(data.block_medians()[0])
-    assert meta["heldout"]["network"]["n"] == len(data.network_medians()[0])
+    assert meta["fitted_on"]["blocks"] == len(data.block_latencies()[0])
+    assert meta["heldout"]["network"]["n"] == len(data.network_latencies()[0])
     assert meta["noise_floor_pct"] is not None
 
 

@@ -148,8 +148,8 @@ def test_drift_correction_with_reference_timings(tmp_path):
     m.correct_drift = False  # fit --no-drift-correct
     assert not m.drift_corrected and m.noise_floor_pct() > 10
     m.correct_drift = True
-    sigs, y = m.block_medians()
-    assert m.subset(networks=[]).block_medians()[1] == pytest.approx(y)
+    sigs, y = m.block_latencies()
+    assert m.subset(networks=[]).block_latencies()[1] == pytest.approx(y)
     p = tmp_path / "ref.csv"
     m.to_csv(p)
     back = read_csv(p)
@@ -161,3 +161,21 @@ def test_drift_correction_with_reference_timings(tmp_path):
     _write(p, rows)
     with pytest.raises(MeasurementError, match="line 5, column ref_ms"):
         read_csv(p)
+
+
+def test_repeats_combine_by_geometric_mean():
+    """A probe timed 1 ms and 4 ms counts as 2 ms: the mean of log latency, not the median or
+    the arithmetic mean (2.5 ms); drift correction is applied to each repeat first."""
+    from dataclasses import replace
+
+    from latency_models.measurements import combine_repeats
+
+    assert combine_repeats([1.0, 4.0]) == pytest.approx(2.0)
+    assert combine_repeats([3.0]) == pytest.approx(3.0)
+    m = synthetic(n_networks=2, repeats=3, noise=0.0)
+    scale = {0: 1.0, 1: 2.0, 2: 8.0}
+    m.blocks = [replace(r, latency_ms=r.latency_ms * scale[r.repeat]) for r in m.blocks]
+    m.networks = [replace(r, latency_ms=r.latency_ms * scale[r.repeat]) for r in m.networks]
+    base = synthetic(n_networks=2, repeats=1, noise=0.0)
+    assert m.block_latencies()[1] == pytest.approx(base.block_latencies()[1] * 16 ** (1 / 3))
+    assert m.network_latencies()[1] == pytest.approx(base.network_latencies()[1] * 16 ** (1 / 3))
