@@ -1,9 +1,9 @@
 """``lut``: a lookup table of measured block latencies (private).
 
-Exact signatures return their measured median (over repeats) — the ProxylessNAS/FBNet/SnapGen-V
-table. Signatures that were never measured fall back to a roofline fitted on the same rows,
-and the model says how many table entries it holds so users can see when the fallback is used
-(``metadata["table_size"]``, :meth:`LutModel.coverage`).
+Exact signatures return their measured latency (geometric mean over repeats) — the
+ProxylessNAS/FBNet/SnapGen-V table. Signatures that were never measured fall back to a roofline
+fitted on the same rows, and the model says how many table entries it holds so users can see
+when the fallback is used (``metadata["table_size"]``, :meth:`LutModel.coverage`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from search_space.geometry import BlockSignature
 
 
 class LutModel(BlockwiseModel):
-    """Measured median per exact signature; roofline fallback for unseen signatures."""
+    """Measured latency (geometric mean of the repeats) per exact signature; roofline fallback
+    for unseen signatures."""
 
     name = "lut"
 
