@@ -1,9 +1,9 @@
 """Accuracy report of a latency model against measurements it was NOT fitted on.
 
-``evaluate(model, measurements)`` compares predictions with the measured latencies (geometric mean over repeats)
-of every block and network row: ±5 %/±10 % hit rates, MAPE, RMSPE, Spearman and Kendall,
-residuals by block type, and the measurement noise floor from repeats (no predictor can beat
-it). ``parity_plot`` draws predicted vs measured (matplotlib Agg, PNG).
+``evaluate(model, measurements)`` compares predictions with the measured latencies (geometric
+mean over repeats) of every block and network row: ±5 %/±10 % hit rates, MAPE, RMSPE, Spearman
+and Kendall, residuals by block type, and the measurement noise floor from repeats (no
+predictor can beat it). ``parity_plot`` draws predicted vs measured (matplotlib Agg, PNG).
 """
 
 from __future__ import annotations

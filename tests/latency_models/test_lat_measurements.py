@@ -164,8 +164,8 @@ def test_drift_correction_with_reference_timings(tmp_path):
 
 
 def test_repeats_combine_by_geometric_mean():
-    """A probe timed 1 ms and 4 ms counts as 2 ms: the mean of log latency, not the median or
-    the arithmetic mean (2.5 ms); drift correction is applied to each repeat first."""
+    """A probe timed 1 ms and 4 ms counts as 2 ms: the mean of log latency, not the arithmetic
+    mean (2.5 ms); with three repeats at 1x, 2x and 8x, not the median (2x) either."""
     from dataclasses import replace
 
     from latency_models.measurements import combine_repeats
