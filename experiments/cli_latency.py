@@ -239,6 +239,10 @@ def _cmd_measure(args: argparse.Namespace) -> int:
         raise ConfigError(f"--threads: must be >= 1, got {args.threads}")
     if args.repeats < 1:
         raise ConfigError(f"--repeats: must be >= 1, got {args.repeats}")
+    k = args.calibration_repeats
+    if k is not None and not 1 <= k <= args.repeats:
+        raise ConfigError(f"--calibration-repeats: must be between 1 and --repeats "
+                          f"({args.repeats}), got {k}")
     items, cal = ([], []) if args.networks_only else _probe_items(args, space)
     archs = [(space.backbone, a) for a in random_archs(space, args.networks, args.seed)]
     policy = TimingPolicy(warmup=args.warmup, min_runs=args.min_runs, max_runs=args.max_runs,

@@ -70,3 +70,13 @@ def test_measure_cli_writes_valid_csv(tmp_path, capsys):
     assert len(m.blocks) == 8 + 3 and len(m.networks) == 2  # 4 probes x 2 + 3 calibration x 1
     assert m.info.device.endswith(":cpu-clock") and m.noise_floor_pct() is not None
     assert m.has_reference and all(r.ref_ms > 0 for r in m.blocks)
+
+
+@pytest.mark.parametrize("k", ["0", "3"])
+def test_measure_cli_rejects_calibration_repeats_outside_1_to_repeats(tmp_path, capsys, k):
+    out = tmp_path / "m.csv"
+    rc = main(["latency", "measure", "--preset", "tiny", "--out", str(out), "--repeats", "2",
+               "--calibration", "3", "--calibration-repeats", k, "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.count("\n") == 0 and "--calibration-repeats" in err
+    assert not out.exists()
