@@ -46,6 +46,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from common.fsio import atomic_write_text
+from common.stats import spearman
 from latency_models import create_model
 from latency_models._blockwise import accuracy, split_folds
 from latency_models._roofline import RooflineModel
@@ -172,7 +174,6 @@ def repeat_ceiling(m: Measurements, scope: str) -> dict:
     """What a PERFECT predictor would score against one noisy measurement: each repeat compared
     with the median of the other repeats of the same probe (±10 % rate), and for networks the
     Spearman between repeat 0 and repeat 1 (the ranking ceiling)."""
-    from scipy import stats
 
     groups: dict = {}
     rows = m.blocks if scope == "block" else m.networks
@@ -190,7 +191,7 @@ def repeat_ceiling(m: Measurements, scope: str) -> dict:
     pairs = [(g[0], g[1]) for g in groups.values() if 0 in g and 1 in g]
     if scope == "network" and len(pairs) >= 3:
         a, b = zip(*pairs)
-        out["repeat0_vs_repeat1_spearman"] = float(stats.spearmanr(a, b).statistic)
+        out["repeat0_vs_repeat1_spearman"] = spearman(a, b)
     return out
 
 
@@ -290,10 +291,8 @@ def main(argv=None) -> int:
                       "predict_us_single": "<= 100", "predict_per_s_batched": ">= 100000"}
     res["total_wall_s"] = round(time.time() - t_start, 1)
     if not quick:
-        out = RESULTS / "latency_accuracy.json"
-        tmp = out.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(res, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        os.replace(tmp, out)
+        atomic_write_text(RESULTS / "latency_accuracy.json",
+                          json.dumps(res, indent=2, sort_keys=True) + "\n")
     if a.json:
         print(json.dumps(res, sort_keys=True))
     else:

@@ -206,7 +206,7 @@ def main(argv=None) -> int:
                                              "raw_ray_speedup_same_time",
                                              "pass", "load_average_1_5_15")}, indent=2))
     if args.json:
-        from experiments.fsio import atomic_write_json
+        from common.fsio import atomic_write_json
 
         out = ROOT / "benchmarks" / "results" / ("overhead_quick.json" if args.quick else "overhead.json")
         atomic_write_json(out, result)

@@ -30,7 +30,8 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from evaluators.audit import AuditSpec, _json_safe, run_audit, write_report
+from common.fsio import atomic_write_text, json_safe
+from evaluators.audit import AuditSpec, run_audit, write_report
 from search_space.presets import default_task, get_backbone
 from search_space.space import default_space
 
@@ -112,16 +113,13 @@ def main(argv: list[str] | None = None) -> int:
         "wall_time_s": time.perf_counter() - t0,
         "load_average_1m_at_end": os.getloadavg()[0],
     }
-    summary = _json_safe(summary)
+    summary = json_safe(summary)
     text = json.dumps(summary, indent=1, sort_keys=True)
     if args.json:
         name = "proxy_fidelity_quick" if args.quick else "proxy_fidelity"
         out = os.path.join(HERE, "results")
         write_report(res, os.path.join(out, name))
-        tmp = os.path.join(out, f".{name}.json.tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text + "\n")
-        os.replace(tmp, os.path.join(out, f"{name}.json"))
+        atomic_write_text(os.path.join(out, f"{name}.json"), text + "\n")
     print(text)
     return 0
 

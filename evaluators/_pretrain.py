@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from common.fsio import atomic_path, atomic_write_json
 from evaluators._common import CODE_VERSION
 from evaluators._torch_setup import (
     NUM_TRAIN_TIMESTEPS,
@@ -48,13 +49,6 @@ def pretrain_key(full: BackboneSpec, opts: TorchOptions, latent_channels: int) -
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _atomic_write_json(path: str, obj: Any) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
-
-
 def pretrained_spatial(full: BackboneSpec, opts: TorchOptions, latent_channels: int,
                        progress: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """``(spatial state dict, metadata)`` of the pretrained scaled image backbone."""
@@ -76,10 +70,9 @@ def pretrained_spatial(full: BackboneSpec, opts: TorchOptions, latent_channels: 
             else:
                 state, meta = _pretrain(full, opts, latent_channels, progress)
                 meta["key"] = key
-                tmp = f"{st_path}.tmp{os.getpid()}"
-                save_file(state, tmp, metadata={"key": key})
-                os.replace(tmp, st_path)
-                _atomic_write_json(meta_path, meta)
+                with atomic_path(st_path) as tmp:
+                    save_file(state, str(tmp), metadata={"key": key})
+                atomic_write_json(meta_path, meta, indent=1)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
     _MEMO[key] = (state, meta)

@@ -23,8 +23,9 @@ from typing import Any
 
 import torch
 
+from common.fsio import atomic_write_json, json_safe
 from evaluators._common import BuiltinEvaluator
-from evaluators._pretrain import _atomic_write_json, pretrained_spatial
+from evaluators._pretrain import pretrained_spatial
 from evaluators._torch_setup import (
     NUM_TRAIN_TIMESTEPS,
     TorchOptions,
@@ -108,10 +109,10 @@ class ShortTrainEvaluator(BuiltinEvaluator):
         if not self.options.cache_results:
             return
         path = self._cache_path(arch, budget, seed)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        _atomic_write_json(path, {"arch_id": arch.arch_id, "arch": arch.to_dict(), "budget": budget,
-                                  "seed": seed, "evaluator": self.describe(), "value": r.value,
-                                  "extras": dict(r.extras), "wall_time_s": r.wall_time_s})
+        record = {"arch_id": arch.arch_id, "arch": arch.to_dict(), "budget": budget,
+                  "seed": seed, "evaluator": self.describe(), "value": r.value,
+                  "extras": dict(r.extras), "wall_time_s": r.wall_time_s}
+        atomic_write_json(path, json_safe(record), indent=1)
 
     # ---- evaluation ------------------------------------------------------------------------
     def evaluate(self, arch: ArchConfig, *, seed: int = 0, budget: int = 0) -> EvalResult:

@@ -32,7 +32,7 @@ class _MeanScale(nn.Module):
 
 
 def _strip_norms(model: nn.Module) -> None:
-    for name, m in list(model.named_modules()):
+    for m in list(model.modules()):
         for cname, child in list(m.named_children()):
             if isinstance(child, (nn.GroupNorm, nn.LayerNorm)):
                 setattr(m, cname, _MeanScale())

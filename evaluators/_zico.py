@@ -46,7 +46,7 @@ class ZicoEvaluator(ZeroCostEvaluator):
             for n, p in params:
                 grads[n].append(torch.zeros_like(p) if p.grad is None else p.grad.detach().clone())
         score, used = 0.0, 0
-        for n, gs in grads.items():
+        for gs in grads.values():
             g = torch.stack(gs).double()
             std = g.std(dim=0)
             mask = std > 0

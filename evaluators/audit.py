@@ -22,12 +22,14 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from common.fsio import atomic_path, atomic_write_json, atomic_write_text, json_safe
+from common.stats import correlation, kendall
 from evaluators.registry import create_evaluator
 from search_space.arch import ArchConfig
 from search_space.backbone import BackboneSpec
@@ -72,50 +74,6 @@ class AuditSpec:
 def sample_archs(space: SearchSpace, n: int, seed: int) -> list[ArchConfig]:
     """``n`` distinct architectures drawn uniformly from ``space`` (fewer if it is smaller)."""
     return space.sample_distinct(n, seed)
-
-
-# ---- statistics ---------------------------------------------------------------------------------
-def _finite(x: Sequence[float]) -> np.ndarray:
-    a = np.asarray(x, dtype=np.float64)
-    return np.where(np.isfinite(a), a, np.where(a > 0, 1e300, -1e300))
-
-
-def kendall(x: Sequence[float], y: Sequence[float]) -> float:
-    from scipy.stats import kendalltau
-    a, b = _finite(x), _finite(y)
-    if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
-        return float("nan")
-    return float(kendalltau(a, b).statistic)
-
-
-def spearman(x: Sequence[float], y: Sequence[float]) -> float:
-    from scipy.stats import spearmanr
-    a, b = _finite(x), _finite(y)
-    if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
-        return float("nan")
-    return float(spearmanr(a, b).statistic)
-
-
-def bootstrap_ci(x: Sequence[float], y: Sequence[float], stat: Callable, n: int, seed: int = 0,
-                 level: float = 0.95) -> tuple[float, float]:
-    """Percentile interval of ``stat(x, y)`` over ``n`` resamples of the architectures."""
-    a, b = _finite(x), _finite(y)
-    rng = np.random.default_rng(seed)
-    vals = []
-    for _ in range(n):
-        idx = rng.integers(0, len(a), len(a))
-        v = stat(a[idx], b[idx])
-        if math.isfinite(v):
-            vals.append(v)
-    if not vals:
-        return float("nan"), float("nan")
-    lo, hi = np.quantile(vals, [(1 - level) / 2, 1 - (1 - level) / 2])
-    return float(lo), float(hi)
-
-
-def correlation(x: Sequence[float], y: Sequence[float], n_boot: int) -> dict[str, Any]:
-    return {"kendall": kendall(x, y), "kendall_ci": bootstrap_ci(x, y, kendall, n_boot),
-            "spearman": spearman(x, y), "spearman_ci": bootstrap_ci(x, y, spearman, n_boot, seed=1)}
 
 
 # ---- running --------------------------------------------------------------------------------------
@@ -341,14 +299,18 @@ def markdown(res: Mapping[str, Any]) -> str:
       f"(per-seed mean).\n\n")
     w("## Proxies vs short training\n\n| proxy | Kendall tau | 95% CI | Spearman | tau vs params "
       "| beats params | flag | s/arch |\n|---|---|---|---|---|---|---|---|\n")
-    order = sorted(res["proxies"], key=lambda n: -(res["proxies"][n]["vs_short_train"]["kendall"]
-                                                  if math.isfinite(res["proxies"][n]["vs_short_train"]["kendall"]) else -9))
+    def tau(n: str) -> float:
+        t = res["proxies"][n]["vs_short_train"]["kendall"]
+        return t if math.isfinite(t) else -9.0
+
+    order = sorted(res["proxies"], key=lambda n: -tau(n))
     for n in order:
         e = res["proxies"][n]
         c = e["vs_short_train"]
         vp = e.get("vs_params", {}).get("kendall", math.nan)
         flag = "mostly size" if e["size_dominated"] else ""
-        beats = "—" if n == "params" else ("yes" + (" (CI)" if e["ci_above_params"] else "") if e["beats_params"] else "no")
+        beats = ("—" if n == "params" else
+                 ("yes" + (" (CI)" if e["ci_above_params"] else "")) if e["beats_params"] else "no")
         w(f"| {n} | {_fmt(c['kendall'])} | [{_fmt(c['kendall_ci'][0])}, {_fmt(c['kendall_ci'][1])}] "
           f"| {_fmt(c['spearman'])} | {_fmt(vp)} | {beats} | {flag} | {e['s_per_arch']:.2f} |\n")
     im = res["improvement"]
@@ -409,7 +371,8 @@ def plot(res: Mapping[str, Any], path: str) -> None:
     ref = [np.mean([r[f"short_train_b{top}_s{x}"] for x in s]) for r in rows]
     ax = axes[1]
     if len(s) >= 2:
-        ax.scatter([r[f"short_train_b{top}_s{s[0]}"] for r in rows], [r[f"short_train_b{top}_s{s[1]}"] for r in rows], s=14)
+        ax.scatter([r[f"short_train_b{top}_s{s[0]}"] for r in rows],
+                   [r[f"short_train_b{top}_s{s[1]}"] for r in rows], s=14)
         ax.set_xlabel(f"short_train seed {s[0]}")
         ax.set_ylabel(f"short_train seed {s[1]}")
         ax.set_title(f"seed vs seed, tau {res['seed_kendall']:.2f}")
@@ -422,29 +385,11 @@ def plot(res: Mapping[str, Any], path: str) -> None:
     if best in ("synflow",):
         ax.set_xscale("log")
     fig.tight_layout()
-    tmp = f"{path}.tmp{os.getpid()}.png"
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-
-
-def _atomic_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def _json_safe(o: Any) -> Any:
-    if isinstance(o, float):
-        return o if math.isfinite(o) else None
-    if isinstance(o, dict):
-        return {str(k): _json_safe(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_json_safe(v) for v in o]
-    if isinstance(o, (np.floating, np.integer)):
-        return _json_safe(o.item())
-    return o
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
+    finally:
+        plt.close(fig)
 
 
 def write_report(res: Mapping[str, Any], out_dir: str) -> dict[str, str]:
@@ -452,8 +397,8 @@ def write_report(res: Mapping[str, Any], out_dir: str) -> dict[str, str]:
     os.makedirs(out_dir, exist_ok=True)
     paths = {k: os.path.join(out_dir, f) for k, f in
              (("json", "audit.json"), ("md", "audit.md"), ("csv", "archs.csv"), ("png", "audit.png"))}
-    _atomic_text(paths["json"], json.dumps(_json_safe(res), indent=1, sort_keys=True))
-    _atomic_text(paths["md"], markdown(res))
-    _atomic_text(paths["csv"], _csv(res))
+    atomic_write_json(paths["json"], json_safe(res), indent=1)
+    atomic_write_text(paths["md"], markdown(res))
+    atomic_write_text(paths["csv"], _csv(res))
     plot(res, paths["png"])
     return paths

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from experiments.fsio import append_jsonl, read_jsonl
+from common.fsio import append_jsonl, read_jsonl
 
 CACHE_FILE = "evaluations.jsonl"
 FSYNC_ABOVE_S = 0.5

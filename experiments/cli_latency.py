@@ -369,16 +369,17 @@ _EXTRA.append(_reg_fit)
 
 # ---- report -------------------------------------------------------------------------------------
 def _cmd_report(args: argparse.Namespace) -> int:
+    from common.fsio import atomic_write_json, json_safe
     from latency_models import load_latency_model
     from latency_models.measurements import read_many
-    from latency_models.report import evaluate, parity_plot, public, write_json
+    from latency_models.report import evaluate, parity_plot, public
 
     model = load_latency_model(args.model)
     m = read_many(args.measurements)
     res = evaluate(model, m)
     out = Path(args.out) if args.out else None
     if out is not None:
-        write_json(public(res), out / "latency_report.json")
+        atomic_write_json(out / "latency_report.json", json_safe(public(res)))
         parity_plot(res, out / "parity.png",
                     title=f"{model.metadata.get('predictor')} ({model.metadata.get('device')}) vs {m.source}")
     if args.json:

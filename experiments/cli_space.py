@@ -110,8 +110,10 @@ def _print_arch(d: dict[str, Any]) -> None:
            f"{'GFLOPs':>9} {'act MB':>9}"
     print(head)
     print("-" * len(head))
+    def shp(s):
+        return "x".join(map(str, s))
+
     for b in d["blocks"]:
-        shp = lambda s: "x".join(map(str, s))
         print(f"{b['path']:<30} {b['op']:<22} {shp(b['in_shape']):<22} {shp(b['out_shape']):<22} "
               f"{b['params']:>12,} {b['gflops']:>9.2f} {b['activation_mb']:>9.1f}")
     print("-" * len(head))

@@ -8,15 +8,12 @@ not train the final model. The export gives the network to train, measure or shi
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from experiments.fsio import RunDirError, atomic_write_bytes, atomic_write_json, atomic_write_text
+from common.errors import ExportError, TemponasError
+from common.fsio import atomic_dir, atomic_write_bytes, atomic_write_json, atomic_write_text
 from search_space.arch import ArchConfig
-from search_space.errors import TemponasError
 
 FORMATS = ("json", "torch", "coreml")
 
@@ -40,10 +37,6 @@ Spatial parameter names do not depend on the temporal choices, so pretrained ima
 load with `model.load_spatial_state_dict(...)`; temporal ones live under
 `stages.<stage>.temporal.<i>`.
 """
-
-
-class ExportError(TemponasError):
-    """An export cannot be done (unknown arch id, converter failure)."""
 
 
 def _find_trial(run: Any, arch_id: str) -> Any:
@@ -145,30 +138,16 @@ def export_coreml(backbone: Any, arch: ArchConfig, out: Path) -> list[Path]:
     model = _model(backbone, arch)
     inputs = example_inputs(arch)
     target = out / f"{arch.arch_id}.mlpackage"
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{arch.arch_id}.", suffix=".mlpackage.tmp", dir=out))
     try:
         mlmodel = _convert(model, inputs)
-        pkg = tmp / "model.mlpackage"
-        mlmodel.short_description = f"temponas {arch.arch_id} ({arch.backbone})"
-        mlmodel.save(str(pkg))
-        if target.exists():
-            old = target.with_name(target.name + ".old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(target, old)
-            os.replace(pkg, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(pkg, target)
     except TemponasError:
         raise
-    except OSError as e:
-        raise RunDirError(f"{target}: cannot write ({e.strerror})") from None
     except Exception as e:
         raise ExportError(f"coreml export of {arch.arch_id} failed ({type(e).__name__}: "
                           f"{' '.join(str(e).split())[:300]})") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    mlmodel.short_description = f"temponas {arch.arch_id} ({arch.backbone})"
+    with atomic_dir(target) as tmp:
+        mlmodel.save(str(tmp))
     return [target]
 
 

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from experiments.fsio import RunDirError, atomic_write_text
+from common.fsio import atomic_write_text
+from experiments.fsio import RunDirError
 
 COLUMNS = ("number", "state", "arch_id", "quality", "latency_ms", "latency_low_ms",
            "latency_high_ms", "memory_mb", "params", "flops", "feasible",
@@ -38,7 +39,7 @@ def trial_row(t: Any, objectives: Sequence[str]) -> dict[str, Any]:
     """One CSV row of a FrozenTrial (objective values from the study, the rest from attrs)."""
     ua = trial_attrs(t)
     cons = dict(getattr(t, "constraints", {}) or {})
-    row: dict[str, Any] = {c: "" for c in COLUMNS}
+    row: dict[str, Any] = dict.fromkeys(COLUMNS, "")
     row.update(number=t.number, state=t.state.name, arch_id=ua.get("arch_id", ""))
     for k in ("latency_ms", "latency_low_ms", "latency_high_ms", "memory_mb", "params", "flops",
               "eval_wall_time_s", "wall_time_s", "cache_hits", "failure_reason", "quality"):

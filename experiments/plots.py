@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from experiments.fsio import atomic_write_bytes
+from common.fsio import atomic_write_bytes
 from experiments.hypervolume import hypervolume_history
 
 STAGE_COLORS = "tab20"

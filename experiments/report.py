@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from experiments.fsio import atomic_write_text
+from common.fsio import atomic_write_text
 
 
 def _stage_summary(arch_json: str | None) -> str:

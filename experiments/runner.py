@@ -23,9 +23,10 @@ from typing import Any
 
 import numpy as np
 
+from common.fsio import atomic_write_json, atomic_write_text, io_error
 from experiments.cache import CachedEval, EvalCache, EvalKey
 from experiments.config import ExperimentConfig, dump_config, load_config
-from experiments.fsio import RunDirError, RunLock, _io_error, atomic_write_json, atomic_write_text
+from experiments.fsio import RunDirError, RunLock
 from experiments.study import (
     INTERRUPTED,
     make_sampler,
@@ -179,7 +180,7 @@ class Driver:
             try:
                 self.summary.repairs = repair_run_journal(self.run_dir)
             except OSError as e:
-                raise _io_error(self.run_dir / "study.journal", e) from None
+                raise io_error(self.run_dir / "study.journal", e) from None
         self.storage = open_storage(cfg.search.storage, self.run_dir)
         sampler = self.sampler
         names = optuna.get_all_study_names(self.storage)
@@ -253,7 +254,7 @@ class Driver:
             if isinstance(e, ConnectionError):
                 raise
             where = storage_location(self.cfg.search.storage, self.run_dir)
-            raise _io_error(Path(getattr(e, "filename", None) or where), e) from None
+            raise io_error(Path(getattr(e, "filename", None) or where), e) from None
         except BaseException:
             fatal = True
             raise

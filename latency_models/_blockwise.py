@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from common.fsio import atomic_path, atomic_write_text, jsonable
+from common.stats import kendall, spearman
 from latency_models.base import LatencyEstimate
 from latency_models.measurements import Measurements, NetworkRow
 from search_space.arch import NO_TEMPORAL, ArchConfig, StageChoice
@@ -120,8 +120,6 @@ def split_folds(n: int, folds: int, seed: int) -> list[np.ndarray]:
 
 def accuracy(pred: np.ndarray, meas: np.ndarray) -> dict[str, float]:
     """±5/±10 % hit rates, MAPE, RMSPE (%), Spearman/Kendall of predicted vs measured."""
-    from scipy import stats
-
     pred, meas = np.asarray(pred, float), np.asarray(meas, float)
     rel = (pred - meas) / meas
     out = {"n": len(meas),
@@ -129,11 +127,8 @@ def accuracy(pred: np.ndarray, meas: np.ndarray) -> dict[str, float]:
            "within_10pct": float(np.mean(np.abs(rel) <= 0.10)) if len(meas) else math.nan,
            "mape_pct": 100 * float(np.mean(np.abs(rel))) if len(meas) else math.nan,
            "rmspe_pct": 100 * float(np.sqrt(np.mean(rel ** 2))) if len(meas) else math.nan}
-    if len(meas) >= 3 and np.ptp(meas) > 0 and np.ptp(pred) > 0:
-        out["spearman"] = float(stats.spearmanr(pred, meas).statistic)
-        out["kendall"] = float(stats.kendalltau(pred, meas).statistic)
-    else:
-        out["spearman"] = out["kendall"] = math.nan
+    out["spearman"] = spearman(pred, meas)
+    out["kendall"] = kendall(pred, meas)
     return out
 
 
@@ -152,7 +147,7 @@ class _ArchTable:
         self.stage_ids = backbone.stage_ids
         blocks = image_blocks(backbone, task)
         ms = model.block_ms([b.sig for b in blocks])
-        self.image_stage_ms: dict[str, float] = {s: 0.0 for s in ("stem", *self.stage_ids, "head")}
+        self.image_stage_ms: dict[str, float] = dict.fromkeys(("stem", *self.stage_ids, "head"), 0.0)
         for b, t in zip(blocks, ms):
             self.image_stage_ms[b.stage] = self.image_stage_ms.get(b.stage, 0.0) + float(t)
         self.image_ms = float(sum(self.image_stage_ms.values()))
@@ -478,18 +473,11 @@ class BlockwiseModel:
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         doc, arrays = self.to_json_dict()
-        _atomic_write(d / "model.json", (json.dumps(doc, indent=2, sort_keys=True, default=_jsonable)
-                                         + "\n").encode())
+        atomic_write_text(d / "model.json",
+                          json.dumps(doc, indent=2, sort_keys=True, default=jsonable) + "\n")
         if arrays:
-            fd, tmp = tempfile.mkstemp(prefix=".arrays.", suffix=".npz", dir=d)
-            os.close(fd)
-            try:
+            with atomic_path(d / "arrays.npz") as tmp:
                 np.savez(tmp, **arrays)
-                os.chmod(tmp, 0o644)
-                os.replace(tmp, d / "arrays.npz")
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
 
     def _load_doc(self, doc: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
         self._meta = dict(doc.get("metadata") or {})
@@ -512,24 +500,3 @@ def _by_op(sigs: Sequence[BlockSignature], pred: np.ndarray, y: np.ndarray) -> d
     return {op: {"n": len(ix), "median_rel_error_pct": 100 * float(np.median((pred[ix] - y[ix]) / y[ix])),
                  "mape_pct": 100 * float(np.mean(np.abs(pred[ix] - y[ix]) / y[ix]))}
             for op, ix in sorted(groups.items())}
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, (np.floating, np.integer)):
-        return x.item()
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    raise TypeError(f"not JSON serializable: {type(x).__name__}")
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

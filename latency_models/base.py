@@ -29,7 +29,7 @@ class LatencyEstimate:
 
     @classmethod
     def _make(cls, mean_ms: float, low_ms: float, high_ms: float,
-              per_stage_ms: Mapping[str, float]) -> "LatencyEstimate":
+              per_stage_ms: Mapping[str, float]) -> LatencyEstimate:
         """Same object as ``cls(...)``, built without the frozen-dataclass ``__init__``
         (batched prediction creates ~10^5 of them per second)."""
         self = object.__new__(cls)

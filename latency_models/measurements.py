@@ -45,8 +45,6 @@ import csv
 import hashlib
 import json
 import math
-import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -54,6 +52,7 @@ from typing import Any
 
 import numpy as np
 
+from common.fsio import atomic_write
 from search_space.arch import ArchConfig
 from search_space.backbone import BackboneSpec
 from search_space.errors import ConfigError, TemponasError
@@ -222,7 +221,7 @@ class Measurements:
             d = {**base, "scope": "block", "probe_id": probe_id(r.sig), "arch_id": "",
                  "arch_json": "", "backbone_json": "", **r.sig.to_dict()}
             rows.append({**d, **_values(r)})
-        empty_sig = {c: "" for c in SIG_COLUMNS}
+        empty_sig = dict.fromkeys(SIG_COLUMNS, "")
         for r in self.networks:
             bb = "" if r.backbone_is_preset else json.dumps(r.backbone.to_dict(), sort_keys=True)
             d = {**base, "scope": "network", "probe_id": r.arch.arch_id, "arch_id": r.arch.arch_id,
@@ -259,20 +258,14 @@ def write_rows(path: str | Path, rows: Sequence[Mapping[str, Any]], append: bool
     if append and path.exists():
         with open(path, newline="", encoding="utf-8") as f:
             old = list(csv.DictReader(f))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-            w = csv.DictWriter(f, fieldnames=list(COLUMNS), extrasaction="ignore")
-            w.writeheader()
-            for r in list(old) + list(rows):
-                w.writerow({c: r.get(c, "") for c in COLUMNS})
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+    def writer(f) -> None:
+        w = csv.DictWriter(f, fieldnames=list(COLUMNS), extrasaction="ignore")
+        w.writeheader()
+        for r in list(old) + list(rows):
+            w.writerow({c: r.get(c, "") for c in COLUMNS})
+
+    atomic_write(path, writer)
 
 
 def _num(raw: dict[str, str], col: str, where: str, *, positive: bool = False,

@@ -8,14 +8,12 @@ predictor can beat it). ``parity_plot`` draws predicted vs measured (matplotlib 
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from common.fsio import atomic_path
 from latency_models._blockwise import BlockwiseModel, _by_op, accuracy
 from latency_models.measurements import Measurements
 
@@ -84,31 +82,14 @@ def parity_plot(result: dict[str, Any], path: str | Path, title: str = "") -> No
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=120)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=120, format="png")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def public(result: dict[str, Any]) -> dict[str, Any]:
     """The result without the raw prediction pairs (for JSON output)."""
     return {k: v for k, v in result.items() if not k.startswith("_")}
 
-
-def write_json(obj: Any, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, sort_keys=True, default=float)
-        f.write("\n")
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)

@@ -10,9 +10,10 @@ saved at their resolution (one per unit while skips of that resolution remain).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from enum import Enum
-from typing import Any, Mapping
+from typing import Any
 
 from search_space.errors import ConfigError
 
@@ -126,7 +127,7 @@ class BackboneSpec:
             raise ConfigError(f"backbone {self.name!r}: cross_attention_dim must be >= 1")
 
     # ---- derived backbones -------------------------------------------------------------------
-    def scaled(self, width_mult: float, multiple: int | None = None) -> "BackboneSpec":
+    def scaled(self, width_mult: float, multiple: int | None = None) -> BackboneSpec:
         """The same topology with every width multiplied by ``width_mult``.
 
         Channels are rounded to a multiple of ``multiple`` (default: ``norm_groups``); head
@@ -152,7 +153,7 @@ class BackboneSpec:
         return d
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], where: str = "backbone") -> "BackboneSpec":
+    def from_dict(cls, data: Mapping[str, Any], where: str = "backbone") -> BackboneSpec:
         if not isinstance(data, Mapping):
             raise ConfigError(f"{where}: expected a mapping")
         known = {f.name for f in fields(cls)}

@@ -10,9 +10,10 @@ blocks see the same activations as ``(batch, channels, frames, height, width)``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from enum import Enum
-from typing import Any, Mapping
+from typing import Any
 
 from search_space.arch import ArchConfig, StageChoice, TemporalKind
 from search_space.backbone import BackboneSpec, StageRole, StageSpec
@@ -96,7 +97,7 @@ class BlockSignature:
         return d
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], where: str = "signature") -> "BlockSignature":
+    def from_dict(cls, data: Mapping[str, Any], where: str = "signature") -> BlockSignature:
         kw: dict[str, Any] = {}
         for f in fields(cls):
             if f.name not in data:

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -189,7 +190,7 @@ class SearchSpace:
 
     @classmethod
     def from_dict(cls, backbone: BackboneSpec, task: VideoTask, data: Mapping[str, Any] | None,
-                  where: str = "space") -> "SearchSpace":
+                  where: str = "space") -> SearchSpace:
         """The default space of ``backbone`` with per-stage restrictions from ``data``.
 
         ``data`` maps ``defaults`` and/or stage ids to ``{kinds, counts, heads, kernel_t,

@@ -11,12 +11,14 @@ the table is written by hand.
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from common.fsio import atomic_write_text  # noqa: E402  (after the path set-up above)
+
 DEFAULT_JSON = ROOT / ".pytest_cache" / "temponas_reliability.json"
 DEFAULT_MD = ROOT / "docs" / "reliability.md"
 
@@ -36,26 +38,8 @@ SECTIONS = (
 )
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def write_json(path: str | Path, doc: dict) -> None:
-    _atomic_write(Path(path), json.dumps(doc, indent=1, sort_keys=True) + "\n")
+    atomic_write_text(path, json.dumps(doc, indent=1, sort_keys=True) + "\n")
 
 
 def _cell(s: str) -> str:
@@ -98,7 +82,7 @@ def render(doc: dict) -> str:
 
 def write_table(json_path: str | Path = DEFAULT_JSON, md_path: str | Path = DEFAULT_MD) -> None:
     doc = json.loads(Path(json_path).read_text(encoding="utf-8"))
-    _atomic_write(Path(md_path), render(doc))
+    atomic_write_text(md_path, render(doc))
 
 
 def main(argv: list[str] | None = None) -> int:

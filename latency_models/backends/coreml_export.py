@@ -18,12 +18,13 @@ import datetime as _dt
 import json
 import os
 import shutil
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from common.errors import ExportError
+from common.fsio import atomic_dir, atomic_write_json
 from latency_models.measurements import COLUMNS, probe_id
 from latency_models.probes import Probe
 from search_space.arch import ArchConfig
@@ -34,10 +35,6 @@ from search_space.geometry import BlockSignature
 TARGETS = ("iOS17", "iOS18")
 RUNNER = Path(__file__).resolve().parent.parent / "runner" / "run_on_device.py"
 MANIFEST_VERSION = 1
-
-
-class ExportError(TemponasError):
-    """A probe could not be converted to Core ML."""
 
 
 def _ct():
@@ -190,23 +187,13 @@ def mil_features(sig: BlockSignature, target: str = "iOS18", cache: Path | None 
     model = mlmodel if mlmodel is not None else convert_block(sig, target)
     ops = mil_op_counts(model)
     data = {"signature": sig.to_dict(), "target": target, "ops": ops, "groups": summarize_mil(ops)}
-    d.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{f.name}.", dir=d)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=1, sort_keys=True)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, f)
+    atomic_write_json(f, data, indent=1, durable=False)  # a cache: derivable
     return data
 
 
 def _save_package(mlmodel, dest: Path) -> None:
-    tmp = dest.with_name(f".tmp-{dest.name}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    mlmodel.save(str(tmp))
-    if dest.exists():
-        shutil.rmtree(dest)
-    os.replace(tmp, dest)
+    with atomic_dir(dest) as tmp:
+        mlmodel.save(str(tmp))
 
 
 def export_bundle(out: str | Path, items: Sequence[Probe],
@@ -258,9 +245,5 @@ def export_bundle(out: str | Path, items: Sequence[Probe],
                 "csv_columns": list(COLUMNS), **(description or {}), "probes": entries}
     shutil.copyfile(RUNNER, out / "run_on_device.py")
     os.chmod(out / "run_on_device.py", 0o755)
-    fd, tmp = tempfile.mkstemp(prefix=".manifest.", dir=out)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(manifest, f, indent=1, sort_keys=True)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, out / "manifest.json")
+    atomic_write_json(out / "manifest.json", manifest, indent=1)
     return manifest

@@ -175,7 +175,7 @@ def test_evaluation_stuck_in_native_code_is_cancelled_by_the_driver(tmp_path, mo
 # ---- a full or read-only disk ---------------------------------------------------------------
 
 class FakeDisk:
-    """Stands in for ``os`` in the writers (``experiments.fsio`` and Optuna's journal backend):
+    """Stands in for ``os`` in the writers (``common.fsio`` and Optuna's journal backend):
     after ``budget`` successful fsyncs of files under ``root``, every fsync/replace there fails
     with ``err`` — the output disk filled up (ENOSPC) or was remounted read-only (EROFS)."""
 
@@ -207,7 +207,7 @@ class FakeDisk:
 def test_disk_full_or_read_only_mid_run_then_resume(tmp_path, monkeypatch, record, err):
     import optuna.storages.journal._file as journal_file
 
-    from experiments import fsio
+    from common import fsio
 
     cfg = write_config(tmp_path / "disk.yaml", constraints=NO_MEM,
                        evaluator=faulty(tmp_path / "script", sleep_s=0.05),
@@ -243,7 +243,7 @@ def test_disk_full_or_read_only_mid_run_then_resume(tmp_path, monkeypatch, recor
 def test_run_outputs_are_written_atomically(tmp_path, monkeypatch, record):
     """Every file of a run dir (plots and report included) comes from the atomic writer, except
     the two append-only logs (one fsync'd record per write) and the lock; modes follow umask."""
-    from experiments import fsio
+    from common import fsio
 
     written: set[str] = set()
     real = fsio.atomic_write
@@ -266,7 +266,7 @@ def test_run_outputs_are_written_atomically(tmp_path, monkeypatch, record):
     modes = {oct(p.stat().st_mode & 0o777) for p in run.rglob("*") if p.is_file() and p.name != ".lock"}
     assert modes == {oct(0o666 & ~umask)}, modes
     record("safety", "a whole search writes every output atomically",
-           "spy on experiments.fsio.atomic_write during a search with plots and report",
+           "spy on common.fsio.atomic_write during a search with plots and report",
            f"{len(files - appended)} output files, all via temp file + rename; file modes "
            f"{sorted(modes)} (umask {oct(umask)})",
            "study.journal and evaluations.jsonl are append-only logs (one fsync'd record per "
