@@ -313,8 +313,7 @@ def _fmt_acc(acc: dict | None) -> str:
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
-    from latency_models import create_model, load_latency_model
-    from latency_models._roofline import RooflineModel
+    from latency_models import RooflineModel, create_model, load_latency_model
     from latency_models.measurements import read_many
 
     m = read_many(args.measurements)

@@ -53,17 +53,14 @@ from typing import Any
 import numpy as np
 
 from common.fsio import atomic_write
+from latency_models.errors import MeasurementError
 from search_space.arch import ArchConfig
 from search_space.backbone import BackboneSpec
-from search_space.errors import ConfigError, TemponasError
+from search_space.errors import ConfigError
 from search_space.geometry import BlockSignature
 from search_space.presets import get_backbone
 
 SCHEMA_VERSION = 1
-
-
-class MeasurementError(TemponasError):
-    """A measurement file is malformed (the message names file, line and column)."""
 
 
 SIG_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(BlockSignature))
@@ -232,10 +229,6 @@ class Measurements:
     def to_csv(self, path: str | Path) -> None:
         """Write atomically (temp file + rename)."""
         write_rows(path, self.to_rows())
-
-    @classmethod
-    def from_csv(cls, path: str | Path) -> Measurements:
-        return read_csv(path)
 
 
 def _values(r: BlockRow | NetworkRow) -> dict[str, Any]:
