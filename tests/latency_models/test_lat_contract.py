@@ -195,6 +195,14 @@ def test_loaded_model_is_torch_free(fitted, tmp_path):
     subprocess.run([sys.executable, "-c", code], check=True, cwd=here)
 
 
+def test_package_api_is_torch_free():
+    code = ("import sys, latency_models, latency_models.backends as b;"
+            "assert 'torch' not in sys.modules and 'coremltools' not in sys.modules;"
+            "missing = [n for m in (latency_models, b) for n in m.__all__ if not hasattr(m, n)];"
+            "assert not missing, missing")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_refuses_mixed_fit_sources(data):
     other = synthetic(device="another-device", n_networks=0)
     with pytest.raises(Exception, match="device"):
