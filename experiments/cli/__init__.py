@@ -11,10 +11,10 @@ from search_space.errors import TemponasError
 
 # module, attribute that adds sub-commands: register(subparsers) -> None
 _COMMAND_MODULES = (
-    "experiments.cli_space",     # temponas space
-    "experiments.cli_latency",   # temponas latency ...
-    "experiments.cli_proxies",   # temponas proxies ...
-    "experiments.cli_search",    # temponas search / pareto / plot / export
+    "experiments.cli._space",    # temponas space
+    "experiments.cli._latency",  # temponas latency ...
+    "experiments.cli._proxies",  # temponas proxies ...
+    "experiments.cli._search",   # temponas search / pareto / plot / export
 )
 
 
@@ -54,7 +54,3 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         return 0
     return int(rc or 0)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
