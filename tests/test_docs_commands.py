@@ -1,0 +1,553 @@
+"""Every command line shown in README.md and docs/*.md runs, at small sizes (issue 11).
+
+The lines come from the docs themselves: every line of a ```sh block, every line of an
+unlabeled ``` block that starts like a command, and every inline `code` span that does
+(``temponas``, ``make``, ``.venv/bin/...``, ``python``, ``python3``, ``pip``). Each documented
+line must be a key of exactly one table:
+
+* ``AS_DOCUMENTED``: run exactly as written;
+* ``SUBSTITUTED``: run as the steps given, every difference from the documented line justified
+  in ``why`` (tiny presets and sizes, a stand-in for a file only a phone makes, ...);
+* ``SKIPPED``: cannot run on Linux, with the reason.
+
+Two kinds of line need no entry: an inline mention that is the start of a covered line
+(`temponas latency fit` names the command `temponas latency fit cpu.csv ...` runs), and a
+line inside the scenario tables of the generated docs/reliability.md (each is the record of the
+reliability test that ran it). A documented line in no table, or a table key no doc shows,
+fails ``test_every_documented_command_line_is_covered``.
+
+How a step runs: ``temponas ...`` in this process through ``experiments.cli.main`` (the console
+script's function) and ``python X.py`` / ``python -m X`` through ``runpy`` (imports are
+shared, so ~40 lines cost seconds, not minutes); ``make``, ``pip`` and ``.venv/bin/...`` lines
+as real subprocesses, ``make`` lines through their recipe as ``make -n`` prints it.
+``python``, ``pip`` and ``.venv/bin/`` mean the virtualenv running this test. Everything runs
+in one temporary workspace (cwd): one small search run (the `tiny` smoke config) serves
+pareto/plot/export, one Ray instance serves every search, and the documented outputs
+(``cpu.csv``, ``model_dir``, ``bundle``) feed the lines after them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import re
+import runpy
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = (ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")))
+BIN = Path(sys.executable).parent
+SMOKE = ROOT / "experiments" / "configs" / "smoke.yaml"
+COMMAND_WORDS = ("temponas", "make", "python", "python3", "pip")
+SHELL_FENCES = ("sh", "bash", "console", "shell")
+
+#: torch-evaluator options small enough for seconds (3 frames of 8x8 latents, 12 pretraining steps)
+TINY_TORCH = {
+    "scale": {"width_mult": 1.0, "num_frames": 3, "latent_height": 8, "latent_width": 8,
+              "text_tokens": 4},
+    "data": {"num_train": 12, "num_val": 4, "patch": 2},
+    "pretrain": {"steps": 12, "batch": 2, "lr": 3e-3},
+    "batch": 2,
+}
+
+
+# ---- reading the docs -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DocLine:
+    doc: str        # file name
+    line: int       # 1-based line number
+    kind: str       # "block", "inline" or "table"
+    text: str       # as written
+    key: str        # shell tokens without comments, joined by one space
+
+
+def _is_command(text: str) -> bool:
+    first = text.split()[0] if text.split() else ""
+    return first in COMMAND_WORDS or first.startswith(".venv/bin/")
+
+
+def _key(text: str) -> str:
+    return " ".join(shlex.split(text, comments=True))
+
+
+def doc_lines(path: Path) -> list[DocLine]:
+    """The command lines of one markdown file (fenced blocks and inline code spans)."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    found: list[DocLine] = []
+    prose: list[str] = []  # the text outside fences, fences blanked (keeps line numbers)
+    fence, pending = None, ""
+    for no, line in enumerate(lines, 1):
+        m = re.match(r"^\s*```(\S*)\s*$", line)
+        if m:
+            fence = None if fence is not None else m.group(1)
+            prose.append("")
+            continue
+        if fence is None:
+            prose.append(line)
+            continue
+        prose.append("")
+        if fence not in ("", *SHELL_FENCES):
+            continue
+        text = pending + line.strip()
+        if text.endswith("\\"):  # continued on the next line
+            pending = text[:-1] + " "
+            continue
+        pending, text = "", text.removeprefix("$ ")
+        if text and not text.startswith("#") and (fence in SHELL_FENCES or _is_command(text)):
+            found.append(DocLine(path.name, no, "block", text, _key(text)))
+    joined = "\n".join(prose)
+    for m in re.finditer(r"`([^`\n]+(?:\n[^`\n]+)*)`", joined):
+        text = " ".join(m.group(1).split())
+        if _is_command(text):
+            no = joined.count("\n", 0, m.start()) + 1
+            kind = "table" if lines[no - 1].lstrip().startswith("|") else "inline"
+            found.append(DocLine(path.name, no, kind, text, _key(text)))
+    return found
+
+
+def all_doc_lines() -> list[DocLine]:
+    return [d for p in DOCS for d in doc_lines(p)]
+
+
+# ---- the tables -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Case:
+    """How a documented line runs: ``steps`` (commands, ``{placeholders}`` filled in from the
+    workspace), after the lines in ``after``; ``why`` justifies every difference."""
+
+    steps: tuple[str, ...] = ()
+    why: str = ""
+    after: tuple[str, ...] = ()
+    make_subs: tuple[tuple[str, str], ...] = ()  # (old, new) applied to a make recipe
+    cwd: str = "ws"                               # "ws" (the workspace) or "root" (the checkout)
+    expect: tuple[str, ...] = ()                  # substrings of the combined output
+    files: tuple[str, ...] = ()                   # paths (in the workspace) that must exist after
+    server: str = ""                              # a URL path to poll, for a line that serves
+    #: steps another test already runs exactly (``path::function``), with the step's text
+    covered_by: tuple[tuple[str, str], ...] = ()
+
+
+L_MEASURE = ("temponas latency measure CONFIG --out cpu.csv --threads 1 --repeats 5 --networks 40 "
+             "--calibration 900 --calibration-repeats 4 --clock cpu")
+L_FIT = "temponas latency fit cpu.csv --predictor lut|roofline|regression --out model_dir"
+L_EXPORT_PROBES = "temponas latency export-probes CONFIG --out bundle --target iOS18 [--networks 5]"
+L_SEARCH = ("temponas search CONFIG [--n-trials N] [--workers W] [--ray-address ADDR] [--out DIR] "
+            "[--resume]")
+L_MAKE_SEARCH = "make search"
+L_AUDIT = ("temponas proxies audit snapgen_v --n-archs 24 --budgets 15,30 --seeds 2 --out runs/audit "
+           "--workers 2")
+
+AS_DOCUMENTED: dict[str, Case] = {
+    "temponas space --preset snapgen_v": Case(expect=("distinct architectures",)),
+    "temponas latency devices": Case(expect=("iphone16pm",)),
+    "temponas latency predict --device iphone14pm --preset sd21 --frames 1 --batch 2":
+        Case(expect=("latency ",)),
+    # the README's example config (`name: my_search`), saved where the line expects it
+    "temponas latency probes experiments/configs/my_search.yaml":
+        Case(expect=("distinct block signatures for snapgen_v",)),
+    "python bundle/run_on_device.py bundle --template --device iPhone17,2 --out phone.csv":
+        Case(after=(L_EXPORT_PROBES,), files=("phone.csv",)),
+    "temponas proxies list": Case(expect=("naswot",)),
+    "temponas proxies preview-data --out train.png": Case(files=("train.png",)),
+    "temponas proxies preview-data --out val.gif --split val --decoded": Case(files=("val.gif",)),
+}
+
+_TINY_AUDIT = ("tiny (snapgen_v's proxy-scale backbone pretrains ~3 min), 4 architectures (the "
+               "minimum), one budget of 1 step, one seed, naswot only (every proxy takes the same "
+               "path), tiny torch options (3 frames of 8x8, 12 pretraining steps), 20 bootstrap "
+               "resamples, 1 worker (a second process would import torch again)")
+_HELP_ONLY = ("the list of sub-commands: each one runs for real in its own documented line "
+              "(docs/latency.md, docs/proxies.md); here each one's --help shows it exists")
+_BENCH = ("a benchmark: its smallest mode (--quick) runs for minutes and --json rewrites the "
+          "committed results (`make bench` runs it); here: it starts and parses its flags")
+
+SUBSTITUTED: dict[str, Case] = {
+    L_MAKE_SEARCH: Case(
+        why="default.yaml in the workspace scores with `params` (naswot pretrains its denoiser for "
+            "~2 min) over 4 trials; the recipe runs twice (the second resumes) and joins the "
+            "test's Ray (--ray-address) instead of starting its own",
+        make_subs=(("$(test", "--ray-address {ray} --no-progress $(test"),),
+        expect=("runs/default: ",), files=("runs/default/study.journal", "runs/default/report.md")),
+    "make test": Case(
+        why="the suite this test belongs to (running it would recurse): ruff runs for real, "
+            "pytest only collects this file",
+        cwd="root",
+        make_subs=(("-m pytest", "-m pytest --collect-only -q -p no:cacheprovider "
+                                 "tests/test_docs_commands.py"),),
+        expect=("All checks passed!", "test_docs_commands.py")),
+    "make reliability-doc": Case(
+        why="the whole reliability suite takes ~2 min: one safety scenario, its records and the "
+            "page rendered (--partial) into the workspace instead of docs/reliability.md",
+        cwd="root",
+        make_subs=((".pytest_cache/temponas_reliability.json", "{ws}/reliability.json"),
+                   ("pytest tests/reliability", "pytest -p no:cacheprovider "
+                    "tests/reliability/test_rel_safety.py -k unsafe_deserialization"),
+                   ("tools/reliability_table.py", "tools/reliability_table.py --partial"),
+                   ("docs/reliability.md", "{ws}/reliability.md")),
+        files=("reliability.md",), expect=("reliability.md",)),
+    L_SEARCH: Case(
+        steps=("temponas search {smoke} --n-trials 8 --workers 2 --ray-address {ray} --out runs/smoke "
+               "--no-progress",
+               "temponas search {smoke} --n-trials 10 --workers 2 --ray-address {ray} --out runs/smoke "
+               "--resume --no-progress"),
+        why="CONFIG = the tiny smoke config, 8 trials, then --resume to 10 (a fresh run has "
+            "nothing to resume); ADDR = the test's Ray",
+        expect=("runs/smoke: ",), files=("runs/smoke/pareto.csv",)),
+    "temponas search CONFIG --out runs/<name> --resume": Case(
+        steps=("temponas search {smoke} --out runs/smoke --resume --no-progress",),
+        why="CONFIG = the smoke config of the run, <name> = smoke", after=(L_SEARCH,),
+        expect=("runs/smoke: ",)),
+    "temponas pareto RUN": Case(steps=("temponas pareto runs/smoke",), why="RUN = the small run",
+                                after=(L_SEARCH,), expect=("on the feasible front",)),
+    "temponas plot RUN": Case(steps=("temponas plot runs/smoke",), why="RUN = the small run",
+                              after=(L_SEARCH,), files=("runs/smoke/plots/pareto_front.png",)),
+    "temponas export RUN --arch-id ID --format json|torch|coreml --out DIR": Case(
+        steps=("temponas export runs/smoke --arch-id {arch_id} --format json --out exported",
+               "temponas export runs/smoke --arch-id {arch_id} --format torch --out exported"),
+        why="RUN = the small run, ID = a member of its front, DIR = exported; json and torch here, "
+            "coreml (a ~15 s conversion of the same tiny network) in the test named below",
+        covered_by=(("tests/experiments/test_exp_search.py::test_export_coreml_writes_an_mlpackage",
+                     '"--format", "coreml"'),),
+        after=(L_SEARCH,), files=("exported/LOADING.md",)),
+    "temponas latency devices|predict|probes|measure|fit|report|export-probes": Case(
+        steps=tuple(f"temponas latency {c} --help" for c in
+                    "devices predict probes measure fit report export-probes".split()),
+        why=_HELP_ONLY),
+    "temponas proxies list|preview-data|audit": Case(
+        steps=tuple(f"temponas proxies {c} --help" for c in ("list", "preview-data", "audit")),
+        why=_HELP_ONLY),
+    ".venv/bin/pip install optuna-dashboard==0.21.0": Case(
+        steps=(".venv/bin/pip install --no-index optuna-dashboard==0.21.0",),
+        why="--no-index: tests never download; the dev extra `make` installs already holds it",
+        expect=("optuna-dashboard",)),
+    ".venv/bin/optuna-dashboard runs/default/study.journal": Case(
+        steps=(".venv/bin/optuna-dashboard runs/default/study.journal --port {port}",),
+        why="a server: on a free port, until /api/studies lists the study, then stopped",
+        after=(L_MAKE_SEARCH,), server="/api/studies", expect=("study_summaries",)),
+    "python -m latency_models.apple_priors": Case(
+        steps=("python -m latency_models.apple_priors --out profiles",),
+        why="--out: the default rewrites the shipped latency_models/profiles/*.json; the rebuilt "
+            "priors must predict what the shipped ones do (checked below)",
+        expect=("iphone16pm",)),
+    "temponas latency probes CONFIG --calibration 900": Case(
+        steps=("temponas latency probes {smoke} --calibration 20",),
+        why="CONFIG = the tiny smoke config, 20 calibration blocks (their neighbour spaces cost "
+            "~5 s on snapgen_v's space, whatever the count; 900 draws take longer)",
+        expect=("distinct block signatures",)),
+    L_MEASURE: Case(
+        steps=("temponas latency measure {smoke} --out cpu.csv --threads 1 --repeats 2 --networks 1 "
+               "--calibration-repeats 1 --clock cpu --limit 5 --warmup 1 --min-runs 2 --max-runs 3 "
+               "--time-limit 0.1 --no-progress",),
+        why="CONFIG = the tiny smoke config; 5 probes, 2 repeats, 1 network, at most 3 timed calls "
+            "of 0.1 s per probe (the documented run takes ~30 min); no calibration blocks (drawing "
+            "them costs ~5 s whatever the count; the probes line above draws them, "
+            "tests/latency_models/test_lat_torch_cpu.py times them)",
+        files=("cpu.csv",)),
+    L_FIT: Case(
+        steps=tuple(f"temponas latency fit cpu.csv --predictor {p} --out model_dir --no-progress"
+                    for p in ("lut", "roofline", "regression")),
+        why="each predictor of the alternatives; --no-progress", after=(L_MEASURE,),
+        files=("model_dir/model.json",)),
+    "temponas latency report model_dir held_out.csv --out report/": Case(
+        steps=("temponas latency report model_dir cpu.csv --out report/",),
+        why="held_out.csv = cpu.csv (a second measurement would double the timing; the report "
+            "computes the same either way)", after=(L_FIT,), files=("report/parity.png",)),
+    "temponas latency fit phone.csv --prior iphone16pm --out model_dir": Case(
+        steps=("temponas latency fit cpu.csv --prior iphone16pm --out model_dir --no-progress",),
+        why="phone.csv comes from an iPhone via Xcode (the template has no latencies): the "
+            "torch-cpu measurement stands in", after=(L_MEASURE,), expect=("held-out",)),
+    L_EXPORT_PROBES: Case(
+        steps=("temponas latency export-probes {smoke} --out bundle --target iOS18 --limit 1 "
+               "--no-progress",),
+        why="CONFIG = the tiny smoke config, one probe (--limit 1), [--networks 5] left out (one "
+            "whole-network conversion takes ~20 s; tests/latency_models/test_lat_coreml.py "
+            "converts networks)", files=("bundle/manifest.json",)),
+    L_AUDIT:
+        Case(steps=("temponas proxies audit tiny --n-archs 4 --budgets 1 --seeds 1 --out runs/audit "
+                    "--workers 1 --proxies naswot --options tiny_torch.yaml --bootstrap 20",),
+             why=_TINY_AUDIT, files=("runs/audit/audit.json",)),
+    "temponas proxies audit experiments/configs/my.yaml --n-archs 24 --budgets 15,30 --seeds 2 --out DIR":
+        Case(steps=("temponas proxies audit experiments/configs/my.yaml --n-archs 4 --budgets 1 "
+                    "--seeds 1 --out audit_my --proxies naswot --bootstrap 20",),
+             why="my.yaml = the smoke config (tiny) with naswot and the tiny torch options and the "
+                 "default space; as the line above (whose short-training results it reuses from "
+                 "the cache), DIR = audit_my", after=(L_AUDIT,),
+             files=("audit_my/audit.md",)),
+    "python benchmarks/latency_accuracy.py --json": Case(
+        steps=("python benchmarks/latency_accuracy.py --help",), why=_BENCH, cwd="root"),
+    "python benchmarks/proxy_fidelity.py [--quick] --json": Case(
+        steps=("python benchmarks/proxy_fidelity.py --help",), why=_BENCH, cwd="root"),
+    "python benchmarks/proxy_fidelity.py --json": Case(
+        steps=("python benchmarks/proxy_fidelity.py --help",), why=_BENCH, cwd="root"),
+}
+
+SKIPPED: dict[str, str] = {
+    "python3 -m venv venv && . venv/bin/activate && pip install coremltools numpy":
+        "sets up Python on the Mac that runs a probe bundle (and downloads packages)",
+    "python bundle/run_on_device.py bundle --compute-units cpu_and_ne --runs 50 --repeats 3":
+        "Core ML predictions need macOS (on Linux the runner refuses; --template runs above)",
+}
+
+
+def case_of(key: str) -> Case:
+    if key in AS_DOCUMENTED:
+        c = AS_DOCUMENTED[key]
+        return Case(steps=(key,), after=c.after, expect=c.expect, files=c.files, cwd=c.cwd)
+    return SUBSTITUTED[key]
+
+
+# ---- coverage ---------------------------------------------------------------------------------
+def _mention_of(d: DocLine, runnable: list[str]) -> bool:
+    """An inline span naming a command (`temponas latency fit`, `temponas ...`) that starts
+    a line which is run."""
+    words = d.key.split()
+    if words and words[-1] == "...":
+        words = words[:-1]
+    return any(k.split()[: len(words)] == words for k in runnable)
+
+
+def test_every_documented_command_line_is_covered():
+    tables = (set(AS_DOCUMENTED), set(SUBSTITUTED), set(SKIPPED))
+    assert not (tables[0] & tables[1] or tables[0] & tables[2] or tables[1] & tables[2])
+    runnable = [*AS_DOCUMENTED, *SUBSTITUTED]
+    shown, missing = set(), []
+    for d in all_doc_lines():
+        if d.kind == "table" and d.doc == "reliability.md":
+            continue  # the record of a reliability scenario that ran this command line
+        if d.key in AS_DOCUMENTED or d.key in SUBSTITUTED or d.key in SKIPPED:
+            shown.add(d.key)
+        elif not (d.kind == "inline" and _mention_of(d, runnable)):
+            missing.append(f"{d.doc}:{d.line}: {d.text}")
+    assert not missing, "documented command lines the walk neither runs nor skips:\n" + "\n".join(missing)
+    stale = sorted(set().union(*tables) - shown)
+    assert not stale, f"table entries no doc shows any more: {stale}"
+    for key, case in SUBSTITUTED.items():
+        assert case.why, f"{key}: a substitution needs its reason"
+        assert case.steps or key.startswith("make "), key
+        for node, text in case.covered_by:
+            path, func = node.split("::")
+            src = (ROOT / path).read_text(encoding="utf-8")
+            body = src[src.index(f"def {func}("):].split("\ndef ", 1)[0]
+            assert text in body, f"{key}: {node} no longer runs {text}"
+
+
+def test_the_walk_reads_fences_continuations_and_inline_spans(tmp_path):
+    doc = tmp_path / "x.md"
+    doc.write_text("Run `temponas latency\nfit` then.\n\n```sh\nmake search   # note\n```\n\n"
+                   "```\ntemponas latency measure A \\\n    --out b.csv\nnot a command\n```\n\n"
+                   "```yaml\ntemponas: ignored\n```\n| a | `temponas pareto <tmp>/out` |\n")
+    got = [(d.line, d.kind, d.key) for d in doc_lines(doc)]
+    assert got == [(5, "block", "make search"), (10, "block", "temponas latency measure A --out b.csv"),
+                   (1, "inline", "temponas latency fit"), (17, "table", "temponas pareto <tmp>/out")]
+
+
+# ---- the workspace and the runner -------------------------------------------------------------
+@dataclass
+class Walk:
+    """Runs documented lines in one workspace, each at most once (dependencies first)."""
+
+    ws: Path
+    ray: str
+    env: dict
+    done: dict = field(default_factory=dict)  # key -> combined output
+
+    def context(self) -> dict[str, str]:
+        ctx = {"ws": str(self.ws), "root": str(ROOT), "smoke": str(SMOKE), "ray": self.ray,
+               "bin": str(BIN), "py": sys.executable}
+        front = self.ws / "runs" / "smoke" / "pareto.csv"
+        if front.exists():
+            with open(front, newline="") as f:
+                ctx["arch_id"] = next(csv.DictReader(f))["arch_id"]
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ctx["port"] = str(s.getsockname()[1])
+        return ctx
+
+    def run(self, key: str) -> str:
+        if key in self.done:
+            return self.done[key]
+        case = case_of(key)
+        for dep in case.after:
+            self.run(dep)
+        if key.startswith("make "):
+            out = self._make(key.split()[1], case)
+        else:
+            out = "".join(self._step(s.format(**self.context()), case) for s in case.steps)
+        for want in case.expect:
+            assert want in out, f"{key}: {want!r} not in the output:\n{out[-3000:]}"
+        for f in case.files:
+            assert (self.ws / f).exists(), f"{key}: {f} was not written"
+        self.done[key] = out
+        return out
+
+    def _step(self, step: str, case: Case) -> str:
+        argv = shlex.split(step)
+        if case.server:
+            return self._serve(argv, case.server)
+        cwd = ROOT if case.cwd == "root" else self.ws
+        if argv[0] == "temponas":
+            return self._in_process(lambda: _cli_main(argv[1:]), step, cwd)
+        if argv[0] == "python":
+            return self._in_process(lambda: _run_python(argv[1:]), step, cwd)
+        return self._subprocess(step.replace(".venv/bin/", f"{BIN}/"), cwd)
+
+    def _in_process(self, fn, step: str, where: Path) -> str:
+        out, err = io.StringIO(), io.StringIO()
+        cwd = os.getcwd()
+        os.chdir(where)
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                try:
+                    rc = fn()
+                except SystemExit as e:  # argparse, --help, scripts' sys.exit
+                    rc = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        finally:
+            os.chdir(cwd)
+        assert rc in (0, None), f"{step}: exit {rc}\n{err.getvalue()[-3000:]}"
+        return out.getvalue() + err.getvalue()
+
+    def _subprocess(self, cmd: str, cwd: Path) -> str:
+        p = subprocess.run(["bash", "-c", cmd], cwd=cwd, env=self.env, capture_output=True,
+                           text=True, timeout=300)
+        assert p.returncode == 0, f"{cmd}: exit {p.returncode}\n{p.stdout[-2000:]}\n{p.stderr[-3000:]}"
+        return p.stdout + p.stderr
+
+    def _make(self, target: str, case: Case) -> str:
+        """The target's recipe as ``make -n`` prints it (the venv is not rebuilt: -o setup),
+        with ``case.make_subs`` applied; each logical line runs as make would run it."""
+        p = subprocess.run(["make", "-s", "-n", "-o", "setup", "-f", str(ROOT / "Makefile"), target,
+                            f"BIN={BIN}"], cwd=ROOT, env=self.env, capture_output=True, text=True)
+        assert p.returncode == 0, f"make -n {target}: {p.stderr}"
+        recipe = p.stdout.replace("\\\n", " ")
+        for old, new in case.make_subs:
+            assert old in recipe, f"make {target}: {old!r} not in its recipe:\n{recipe}"
+            recipe = recipe.replace(old, new.format(**self.context()))
+        cwd = ROOT if case.cwd == "root" else self.ws
+        runs = 2 if target == "search" else 1  # a second `make search` resumes the run
+        return "".join(self._subprocess(line, cwd) for _ in range(runs)
+                       for line in recipe.splitlines() if line.strip())
+
+    def _serve(self, argv: list[str], path: str) -> str:
+        argv = [str(BIN / a.removeprefix(".venv/bin/")) if a.startswith(".venv/bin/") else a
+                for a in argv]
+        port = argv[argv.index("--port") + 1]
+        proc = subprocess.Popen(argv, cwd=self.ws, env=self.env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+                        return r.read().decode()
+                except OSError:
+                    assert proc.poll() is None, f"{argv}: exited {proc.returncode}: {proc.stderr.read()}"
+                    assert time.monotonic() < deadline, f"{argv}: no answer on port {port}"
+                    time.sleep(0.3)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
+def _cli_main(argv: list[str]) -> int:
+    from experiments.cli import main
+
+    return main(argv)
+
+
+def _run_python(argv: list[str]) -> int:
+    """``python -m MOD ARGS`` / ``python FILE ARGS`` in this process (``runpy``)."""
+    old = sys.argv[:]
+    try:
+        if argv[0] == "-m":
+            sys.argv = [argv[1], *argv[2:]]
+            runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
+        else:
+            sys.argv = list(argv)
+            runpy.run_path(argv[0], run_name="__main__")
+    finally:
+        sys.argv = old
+    return 0
+
+
+@pytest.fixture(scope="module")
+def walk(tmp_path_factory):
+    import ray
+
+    from experiments.distributed import ensure_ray
+
+    ws = tmp_path_factory.mktemp("docs_walk")
+    configs = ws / "experiments" / "configs"
+    configs.mkdir(parents=True)
+    # the README's example experiment config, under the name the docs use for it
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    example = re.search(r"```yaml\n(name: my_search.*?)```", readme, re.S).group(1)
+    (configs / "my_search.yaml").write_text(example)
+    default = yaml.safe_load((ROOT / "experiments" / "configs" / "default.yaml").read_text())
+    default["evaluator"]["name"] = "params"
+    default["search"]["n_trials"] = 4
+    (configs / "default.yaml").write_text(yaml.safe_dump(default, sort_keys=False))
+    smoke = yaml.safe_load(SMOKE.read_text())
+    smoke["evaluator"] = {**smoke["evaluator"], "name": "naswot", "options": TINY_TORCH}
+    del smoke["space"]  # tiny's default space: the audit samples what the preset line sampled
+    (configs / "my.yaml").write_text(yaml.safe_dump(smoke, sort_keys=False))
+    (ws / "tiny_torch.yaml").write_text(yaml.safe_dump(TINY_TORCH))
+
+    pythonpath = [str(ROOT), *(p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(pythonpath),
+           "PATH": os.pathsep.join([str(BIN), os.environ["PATH"]]),
+           "TEMPONAS_CACHE": str(ws / "cache"), "RAY_AUTH_MODE": "disabled",
+           "RAY_USAGE_STATS_ENABLED": "0", "PYTHONDONTWRITEBYTECODE": "1"}
+    saved = {k: os.environ.get(k) for k in ("TEMPONAS_CACHE",)}
+    os.environ["TEMPONAS_CACHE"] = env["TEMPONAS_CACHE"]
+    if ray.is_initialized():
+        ray.shutdown()
+    ensure_ray(None, 2)
+    try:
+        yield Walk(ws, ray.get_runtime_context().gcs_address, env)
+    finally:
+        ray.shutdown()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        shutil.rmtree(ws / "cache", ignore_errors=True)
+
+
+@pytest.mark.parametrize("key", [*AS_DOCUMENTED, *SUBSTITUTED])
+def test_documented_command_runs(walk, key):
+    walk.run(key)
+
+
+def test_rebuilt_priors_predict_what_the_shipped_ones_do(walk):
+    from latency_models import load_latency_model, profile_names
+    from search_space.arch import ArchConfig
+    from search_space.presets import default_task, get_backbone
+
+    walk.run("python -m latency_models.apple_priors")
+    bb = get_backbone("sd21")
+    arch = ArchConfig.create("sd21", default_task("sd21"), {}, bb.stage_ids)
+    for name in profile_names():
+        rebuilt = load_latency_model(walk.ws / "profiles" / f"{name}.json")
+        assert rebuilt.predict(arch, bb).mean_ms == pytest.approx(
+            load_latency_model(name).predict(arch, bb).mean_ms, rel=1e-9), name
+
+
+def test_dashboard_lists_the_trials_of_make_search(walk):
+    body = json.loads(walk.run(".venv/bin/optuna-dashboard runs/default/study.journal"))
+    (study,) = [s for s in body["study_summaries"] if s["study_name"] == "default"]
+    assert study["directions"] and study["study_id"] is not None
