@@ -109,12 +109,12 @@ SUBSTITUTED: dict[str, Case] = {
                    ("docs/reliability.md", "{ws}/reliability.md")),
         files=("reliability.md",), expect=("reliability.md",)),
     L_SEARCH: Case(
-        steps=("temponas search {smoke} --n-trials 8 --workers 2 --ray-address {ray} --out runs/smoke "
+        steps=("temponas search {smoke} --n-trials 8 --workers 1 --ray-address {ray} --out runs/smoke "
                "--no-progress",
-               "temponas search {smoke} --n-trials 10 --workers 2 --ray-address {ray} --out runs/smoke "
+               "temponas search {smoke} --n-trials 10 --workers 1 --ray-address {ray} --out runs/smoke "
                "--resume --no-progress"),
         why="CONFIG = the tiny smoke config, 8 trials, then --resume to 10 (a fresh run has "
-            "nothing to resume); ADDR = the test's Ray",
+            "nothing to resume); ADDR = the test's Ray; 1 worker",
         expect=("runs/smoke: ",), files=("runs/smoke/pareto.csv",)),
     "temponas search CONFIG --out runs/<name> --resume": Case(
         steps=("temponas search {smoke} --out runs/smoke --resume --no-progress",),
