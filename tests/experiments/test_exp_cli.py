@@ -35,3 +35,28 @@ def test_missing_subcommand_is_an_argparse_error(capsys):
     with pytest.raises(SystemExit) as e:
         build_parser().parse_args(["latency"])
     assert e.value.code == 2 and "SUBCOMMAND" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [
+    ["latency", "probes", "no_such_preset_or_file"],
+    ["latency", "measure", "no_such_preset_or_file", "--out", "x.csv"],
+    ["proxies", "audit", "no_such_preset_or_file", "--out", "x"],
+])
+def test_config_or_preset_that_names_nothing_is_one_error(argv, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: no_such_preset_or_file: neither a preset (tiny, ") and err.count("\n") == 1
+
+
+def test_config_or_preset_reads_a_space_only_yaml_and_task_flags(tmp_path, capsys):
+    import json
+
+    space = tmp_path / "space.yaml"
+    space.write_text("space:\n  defaults: {kinds: [none, conv1d], kernel_t: [3]}\n")
+    assert main(["latency", "probes", str(space), "--preset", "tiny", "--frames", "2", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows and {r["frames"] for r in rows} == {2}
+    assert {r["kind"] for r in rows} <= {"", "none", "conv1d"}
+    space.write_text("- not a mapping\n")
+    assert main(["latency", "probes", str(space)]) == 2
+    assert capsys.readouterr().err == f"error: {space}: expected a mapping at the top level\n"
