@@ -93,6 +93,7 @@ class Case:
     why: str = ""
     after: tuple[str, ...] = ()
     make_subs: tuple[tuple[str, str], ...] = ()  # (old, new) applied to a make recipe
+    repeat: int = 1                               # runs of a make recipe
     cwd: str = "ws"                               # "ws" (the workspace) or "root" (the checkout)
     expect: tuple[str, ...] = ()                  # substrings of the combined output
     files: tuple[str, ...] = ()                   # paths (in the workspace) that must exist after
@@ -193,16 +194,16 @@ class Walk:
             assert old in recipe, f"make {target}: {old!r} not in its recipe:\n{recipe}"
             recipe = recipe.replace(old, new.format(**self.context()))
         cwd = ROOT if case.cwd == "root" else self.ws
-        runs = 2 if target == "search" else 1  # a second `make search` resumes the run
-        return "".join(self._subprocess(line, cwd) for _ in range(runs)
+        return "".join(self._subprocess(line, cwd) for _ in range(case.repeat)
                        for line in recipe.splitlines() if line.strip())
 
     def _serve(self, argv: list[str], path: str) -> str:
         argv = [str(BIN / a.removeprefix(".venv/bin/")) if a.startswith(".venv/bin/") else a
                 for a in argv]
         port = argv[argv.index("--port") + 1]
-        proc = subprocess.Popen(argv, cwd=self.ws, env=self.env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True)
+        log = self.ws / f"{Path(argv[0]).name}.log"
+        with open(log, "w") as f:
+            proc = subprocess.Popen(argv, cwd=self.ws, env=self.env, stdout=f, stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + 60
             while True:
@@ -210,7 +211,7 @@ class Walk:
                     with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
                         return r.read().decode()
                 except OSError:
-                    assert proc.poll() is None, f"{argv}: exited {proc.returncode}: {proc.stderr.read()}"
+                    assert proc.poll() is None, f"{argv}: exited {proc.returncode}: {log.read_text()}"
                     assert time.monotonic() < deadline, f"{argv}: no answer on port {port}"
                     time.sleep(0.3)
         finally:

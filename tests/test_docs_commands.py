@@ -31,7 +31,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 
 import pytest
 import yaml
@@ -89,7 +88,7 @@ SUBSTITUTED: dict[str, Case] = {
         why="default.yaml in the workspace scores with `params` (naswot pretrains its denoiser for "
             "~2 min) over 4 trials; the recipe runs twice (the second resumes) and joins the "
             "test's Ray (--ray-address) instead of starting its own",
-        make_subs=(("$(test", "--ray-address {ray} --no-progress $(test"),),
+        make_subs=(("$(test", "--ray-address {ray} --no-progress $(test"),), repeat=2,
         expect=("runs/default: ",), files=("runs/default/study.journal", "runs/default/report.md")),
     "make test": Case(
         why="the suite this test belongs to (running it would recurse): ruff runs for real, "
@@ -220,9 +219,6 @@ def case_of(key: str) -> Case:
 
 
 # ---- coverage ---------------------------------------------------------------------------------
-
-
-# ---- coverage ---------------------------------------------------------------------------------
 def test_every_documented_command_line_is_covered():
     tables = (set(AS_DOCUMENTED), set(SUBSTITUTED), set(SKIPPED))
     assert not (tables[0] & tables[1] or tables[0] & tables[2] or tables[1] & tables[2])
@@ -258,9 +254,6 @@ def test_the_walk_reads_fences_continuations_and_inline_spans(tmp_path):
                    (1, "inline", "temponas latency fit"), (17, "table", "temponas pareto <tmp>/out")]
 
 
-# ---- the workspace and the runner -------------------------------------------------------------
-
-
 # ---- the walk ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def walk(tmp_path_factory):
@@ -290,21 +283,15 @@ def walk(tmp_path_factory):
            "PATH": os.pathsep.join([str(BIN), os.environ["PATH"]]),
            "TEMPONAS_CACHE": str(ws / "cache"), "RAY_AUTH_MODE": "disabled",
            "RAY_USAGE_STATS_ENABLED": "0", "PYTHONDONTWRITEBYTECODE": "1"}
-    saved = {k: os.environ.get(k) for k in ("TEMPONAS_CACHE",)}
-    os.environ["TEMPONAS_CACHE"] = env["TEMPONAS_CACHE"]
-    if ray.is_initialized():
-        ray.shutdown()
-    ensure_ray(None, 2)
-    try:
-        yield Walk(ws, ray.get_runtime_context().gcs_address, env, case_of, SMOKE)
-    finally:
-        ray.shutdown()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        shutil.rmtree(ws / "cache", ignore_errors=True)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TEMPONAS_CACHE", env["TEMPONAS_CACHE"])  # for the lines run in this process
+        if ray.is_initialized():
+            ray.shutdown()
+        ensure_ray(None, 2)
+        try:
+            yield Walk(ws, ray.get_runtime_context().gcs_address, env, case_of, SMOKE)
+        finally:
+            ray.shutdown()
 
 
 @pytest.mark.parametrize("key", [*AS_DOCUMENTED, *SUBSTITUTED])
@@ -326,7 +313,7 @@ def test_rebuilt_priors_predict_what_the_shipped_ones_do(walk):
             load_latency_model(name).predict(arch, bb).mean_ms, rel=1e-9), name
 
 
-def test_dashboard_lists_the_trials_of_make_search(walk):
+def test_dashboard_reads_the_study_of_make_search(walk):
     body = json.loads(walk.run(".venv/bin/optuna-dashboard runs/default/study.journal"))
     (study,) = [s for s in body["study_summaries"] if s["study_name"] == "default"]
     assert study["directions"] and study["study_id"] is not None
