@@ -73,8 +73,9 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_pareto(args: argparse.Namespace) -> int:
-    from experiments.outputs import front_trials, open_run, trial_attrs, write_outputs
-    from experiments.report import _stage_summary
+    from experiments.outputs import write_outputs
+    from experiments.rundir import open_run
+    from experiments.trials import front_trials, stage_summary, trial_attrs
 
     run = open_run(args.run)
     write_outputs(run.run_dir, study=run.study, cfg=run.cfg, plots=False, report=False)
@@ -85,13 +86,14 @@ def cmd_pareto(args: argparse.Namespace) -> int:
     for t in front:
         print(f"{t.number:>5}  {t.user_attrs.get('arch_id', ''):12}  "
               + "  ".join(f"{v:>12.5g}" for v in t.values)
-              + f"  {_stage_summary(trial_attrs(t).get('arch'))}")
+              + f"  {stage_summary(trial_attrs(t).get('arch'))}")
     print(f"{len(front)} trial(s) on the feasible front; written to {run.run_dir / 'pareto.csv'}")
     return 0
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from experiments.outputs import open_run, write_outputs
+    from experiments.outputs import write_outputs
+    from experiments.rundir import open_run
 
     run = open_run(args.run)
     model = None
