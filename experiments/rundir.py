@@ -1,4 +1,5 @@
-"""A run directory: its metadata file (``run.json``), its lock, and opening it for reading.
+"""A run directory: its metadata file (``run.json``), its lock, its study, and opening it for
+reading.
 
 ``run.json`` (format version 1, unchanged since the first release) tells the commands that
 read a run (``pareto``, ``plot``, ``export``, :func:`experiments.load_run`) where the study is::
@@ -17,6 +18,7 @@ import json
 import os
 import socket
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,13 @@ from typing import Any
 from common.errors import ConfigError, TemponasError
 from common.fsio import atomic_write_json, atomic_write_text, io_error
 from experiments.config import ExperimentConfig, dump_config, load_config
-from experiments.study import open_storage
+from experiments.study import (
+    JOURNAL_FILE,
+    open_storage,
+    recover_stale_trials,
+    repair_run_journal,
+    storage_location,
+)
 
 RUN_FILE = "run.json"
 RUN_FORMAT_VERSION = 1
@@ -113,6 +121,52 @@ def _first_diff(a: Any, b: Any, path: str = "") -> str:
             if a.get(k) != b.get(k):
                 return _first_diff(a.get(k), b.get(k), f"{path}.{k}" if path else str(k))
     return path or "config"
+
+
+def open_search_study(run_dir: Path, cfg: ExperimentConfig, *, directions: list[str],
+                      sampler: Any, config_key: str, resume: bool) -> tuple[Any, list[str], list[int]]:
+    """Create the study of a search in ``run_dir`` (or load it to ``resume``), name its
+    metrics, write ``run.json``, and after a crash repair the run's journal and recover the
+    trials a dead driver left RUNNING. Returns ``(study, repairs, recovered trial numbers)``.
+    Call it holding the lock."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    repairs: list[str] = []
+    if cfg.search.storage is None:  # our own journal; the lock says no other driver writes it
+        try:
+            repairs = repair_run_journal(run_dir)
+        except OSError as e:
+            raise io_error(run_dir / JOURNAL_FILE, e) from None
+    storage = open_storage(cfg.search.storage, run_dir)
+    exists = cfg.name in optuna.get_all_study_names(storage)
+    if exists and not resume:
+        n = len(optuna.load_study(study_name=cfg.name, storage=storage).trials)
+        if n:
+            raise RunDirError(f"{run_dir}: already holds study {cfg.name!r} with {n} "
+                              f"trial(s); pass --resume to continue it or use another --out")
+    if resume and not exists:
+        raise RunDirError(f"{run_dir}: no study {cfg.name!r} in "
+                          f"{storage_location(cfg.search.storage, run_dir)} to resume")
+    study = optuna.create_study(study_name=cfg.name, storage=storage, sampler=sampler,
+                                directions=directions, load_if_exists=True)
+    stored = [d.name.lower() for d in study.directions]
+    if stored != list(directions):
+        raise RunDirError(f"{run_dir}: the stored study optimizes {stored}, this config "
+                          f"{list(directions)}")
+    if not exists:
+        study.set_user_attr("objectives", list(cfg.objectives))
+        study.set_user_attr("evaluator", cfg.evaluator.name)
+        study.set_user_attr("config_key", config_key)
+    if study.metric_names is None:  # new studies, and those of an older temponas
+        with warnings.catch_warnings():  # "experimental" since Optuna 3.2
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(list(cfg.objectives))
+    RunMeta(study_name=cfg.name, storage=cfg.search.storage, objectives=tuple(cfg.objectives),
+            directions=tuple(directions), evaluator=cfg.evaluator.name, config_key=config_key,
+            latency_model=cfg.latency_model).write(run_dir)
+    recovered = recover_stale_trials(study) if resume else []
+    return study, repairs, recovered
 
 
 # ---- opening a finished (or running) run for reading ------------------------------------------

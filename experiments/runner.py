@@ -32,18 +32,10 @@ from experiments.config import ExperimentConfig
 from experiments.distributed import ensure_ray, remote_evaluate, shutdown_ray
 from experiments.hypervolume import pareto_mask
 from experiments.outputs import write_outputs
-from experiments.rundir import RunDirError, RunLock, RunMeta, prepare_run_dir
+from experiments.rundir import RunLock, open_search_study, prepare_run_dir
 from experiments.scheduler import EvaluationScheduler, Outcome
-from experiments.study import (
-    INTERRUPTED,
-    make_sampler,
-    open_storage,
-    recover_stale_trials,
-    repair_run_journal,
-    storage_location,
-    trial_done,
-)
-from experiments.trials import pareto_front
+from experiments.study import INTERRUPTED, make_sampler, storage_location, trial_done
+from experiments.trials import pareto_front, result_attr
 from search_space.arch import ArchConfig
 from search_space.flops import network_cost
 
@@ -141,42 +133,11 @@ class Driver:
                           "options": cfg.to_dict()["evaluator"]["options"]}
 
     def _open_study(self) -> None:
-        """Create the study (or load it with ``--resume``), write ``run.json``, recover trials a
-        dead driver left RUNNING and reseed the sampler of a resumed session."""
-        import optuna
-
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        """Open the run's study; count what is done; reseed the sampler of a resumed session."""
         cfg = self.cfg
-        if cfg.search.storage is None:  # our own journal; we hold the run-dir lock
-            try:
-                self.summary.repairs = repair_run_journal(self.run_dir)
-            except OSError as e:
-                raise io_error(self.run_dir / "study.journal", e) from None
-        storage = open_storage(cfg.search.storage, self.run_dir)
-        exists = cfg.name in optuna.get_all_study_names(storage)
-        if exists and not self.opts.resume:
-            n = len(optuna.load_study(study_name=cfg.name, storage=storage).trials)
-            if n:
-                raise RunDirError(f"{self.run_dir}: already holds study {cfg.name!r} with {n} "
-                                  f"trial(s); pass --resume to continue it or use another --out")
-        if self.opts.resume and not exists:
-            raise RunDirError(f"{self.run_dir}: no study {cfg.name!r} in "
-                              f"{storage_location(cfg.search.storage, self.run_dir)} to resume")
-        self.study = optuna.create_study(study_name=cfg.name, storage=storage, sampler=self.sampler,
-                                         directions=self.directions, load_if_exists=True)
-        stored = [d.name.lower() for d in self.study.directions]
-        if stored != self.directions:
-            raise RunDirError(f"{self.run_dir}: the stored study optimizes {stored}, this config "
-                              f"{self.directions}")
-        if not exists:
-            self.study.set_user_attr("objectives", list(cfg.objectives))
-            self.study.set_user_attr("evaluator", cfg.evaluator.name)
-            self.study.set_user_attr("config_key", self.config_key)
-        RunMeta(study_name=cfg.name, storage=cfg.search.storage, objectives=tuple(cfg.objectives),
-                directions=tuple(self.directions), evaluator=cfg.evaluator.name,
-                config_key=self.config_key, latency_model=cfg.latency_model).write(self.run_dir)
-        if self.opts.resume:
-            self.summary.recovered = recover_stale_trials(self.study)
+        self.study, self.summary.repairs, self.summary.recovered = open_search_study(
+            self.run_dir, cfg, directions=self.directions, sampler=self.sampler,
+            config_key=self.config_key, resume=self.opts.resume)
         trials = self.study.get_trials(deepcopy=False)
         self.done = sum(1 for t in trials if trial_done(t))
         self._seen_archs = {t.user_attrs.get("arch_id") for t in trials}
@@ -415,7 +376,8 @@ class Driver:
             self.summary.failed += 1
             self._finished()
             return
-        q, result = _result_attrs(act, wall)
+        result = result_attr([act.results[k] for k in act.keys], wall)
+        q = result["quality"]
         trial.set_user_attr("result", result)
         if act.cache_hits:
             trial.set_user_attr("cache_hits", act.cache_hits)
@@ -460,22 +422,6 @@ class Driver:
                       plots=final and self.opts.write_plots, report=final)
         if final:
             self.summary.front_size = len(pareto_front(self.study))
-
-
-def _result_attrs(act: _Active, wall: float) -> tuple[float, dict[str, Any]]:
-    """The quality (mean over seeds) and the ``result`` user attr of a completed trial."""
-    vals = [act.results[k].value for k in act.keys]
-    q = float(np.mean(vals))
-    nodes = sorted({act.results[k].node_id for k in act.keys if act.results[k].node_id})
-    result: dict[str, Any] = {
-        "quality": q, "wall_time_s": wall, "node_ids": nodes,
-        "eval_wall_time_s": float(sum(act.results[k].wall_time_s for k in act.keys))}
-    if len(vals) > 1:
-        result["quality_std"] = float(np.std(vals))
-    extras = act.results[act.keys[0]].extras
-    if extras:
-        result["extras"] = dict(extras)
-    return q, result
 
 
 def _resume_seed(seed: int, n_trials: int) -> int:

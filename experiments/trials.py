@@ -42,6 +42,22 @@ def trial_attrs(t: Any) -> dict[str, Any]:
     return ua
 
 
+def result_attr(evaluations: Sequence[Any], wall_time_s: float) -> dict[str, Any]:
+    """The ``result`` user attr of a completed trial from its evaluations (one per seed, each
+    with ``value``, ``extras``, ``wall_time_s``, ``node_id``): ``quality`` is their mean
+    (``quality_std`` with several seeds); ``extras`` are the first seed's."""
+    vals = [e.value for e in evaluations]
+    result: dict[str, Any] = {
+        "quality": float(np.mean(vals)), "wall_time_s": wall_time_s,
+        "node_ids": sorted({e.node_id for e in evaluations if e.node_id}),
+        "eval_wall_time_s": float(sum(e.wall_time_s for e in evaluations))}
+    if len(vals) > 1:
+        result["quality_std"] = float(np.std(vals))
+    if evaluations[0].extras:
+        result["extras"] = dict(evaluations[0].extras)
+    return result
+
+
 def is_feasible(t: Any) -> bool:
     """Every constraint value <= 0 (a trial without constraints is feasible)."""
     return all(v <= 0 for v in (getattr(t, "constraints", None) or {}).values())
