@@ -33,8 +33,8 @@ from typing import Any
 
 import yaml
 
+from common.errors import ConfigError
 from search_space.backbone import BackboneSpec
-from search_space.errors import ConfigError
 from search_space.presets import default_task, get_backbone, preset_names
 from search_space.space import SearchSpace
 from search_space.task import VideoTask
