@@ -64,20 +64,22 @@ class Pareto(Command):
         p.add_argument("run", help="run directory")
 
     def take_action(self, args: argparse.Namespace) -> int:
-        from experiments.outputs import front_trials, open_run, trial_attrs, write_outputs
-        from experiments.report import _stage_summary
+        from experiments.outputs import write_outputs
+        from experiments.rundir import open_run
+        from experiments.trials import pareto_front, stage_summary, trial_attrs
 
         run = open_run(args.run)
         write_outputs(run.run_dir, study=run.study, cfg=run.cfg, plots=False, report=False)
         objs = list(run.study.user_attrs.get("objectives", run.cfg.objectives))
-        front = front_trials(run.study)
+        front = pareto_front(run.study)
         print(f"{'trial':>5}  {'arch_id':12}  " + "  ".join(f"{o:>12}" for o in objs)
               + "  temporal layers")
         for t in front:
             print(f"{t.number:>5}  {t.user_attrs.get('arch_id', ''):12}  "
                   + "  ".join(f"{v:>12.5g}" for v in t.values)
-                  + f"  {_stage_summary(trial_attrs(t).get('arch'))}")
-        print(f"{len(front)} trial(s) on the feasible front; written to {run.run_dir / 'pareto.csv'}")
+                  + f"  {stage_summary(trial_attrs(t).get('arch'))}")
+        print(f"{len(front)} architecture(s) on the feasible front (the earliest trial of each); "
+              f"written to {run.run_dir / 'pareto.csv'}")
         return 0
 
 
@@ -90,7 +92,8 @@ class Plot(Command):
         p.add_argument("run", help="run directory")
 
     def take_action(self, args: argparse.Namespace) -> int:
-        from experiments.outputs import open_run, write_outputs
+        from experiments.outputs import write_outputs
+        from experiments.rundir import open_run
 
         run = open_run(args.run)
         model = None
