@@ -3,16 +3,18 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# the reliability suite's records (untracked) and the page rendered from them
+RELIABILITY_RECORDS := .pytest_cache/temponas_reliability.json
 export RAY_AUTH_MODE ?= disabled
 export RAY_USAGE_STATS_ENABLED ?= 0
 export PYTHONDONTWRITEBYTECODE ?= 1
 
-.PHONY: setup search test bench clean
+.PHONY: setup search test reliability-doc bench clean
 
 setup: $(STAMP)
 
 # torch is installed first and alone: the exact pin takes the CPU wheel; a looser
-# requirement would pull a multi-GB CUDA build.
+# requirement would pull a multi-GB CUDA build. The dev extra is everything the tests need.
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
@@ -24,8 +26,17 @@ $(STAMP): setup.cfg pyproject.toml
 search: setup
 	$(BIN)/temponas search experiments/configs/default.yaml $$(test -f runs/default/run.json && echo --resume)
 
+# lint first, so the last line is pytest's summary; tests never write tracked files
 test: setup
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+
+# docs/reliability.md: run the reliability suite, then render the records it collected (a
+# failing scenario shows up in the table as FAILED, and the target still fails)
+reliability-doc: setup
+	rm -f $(RELIABILITY_RECORDS)
+	TEMPONAS_RELIABILITY_RECORDS=$(RELIABILITY_RECORDS) $(BIN)/python -m pytest tests/reliability; rc=$$?; \
+	$(BIN)/python tools/reliability_table.py $(RELIABILITY_RECORDS) docs/reliability.md && exit $$rc
 
 bench: setup
 	$(BIN)/python benchmarks/latency_accuracy.py --json

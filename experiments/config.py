@@ -33,8 +33,8 @@ from typing import Any
 
 import yaml
 
+from common.errors import ConfigError
 from search_space.backbone import BackboneSpec
-from search_space.errors import ConfigError
 from search_space.presets import default_task, get_backbone, preset_names
 from search_space.space import SearchSpace
 from search_space.task import VideoTask
@@ -126,8 +126,9 @@ class ExperimentConfig:
     def search_space(self) -> SearchSpace:
         return SearchSpace.from_dict(self.backbone_spec, self.video_task, _thaw(self.space), "space")
 
-    def run_dir(self, out: str | None = None) -> Path:
-        return Path(out or self.out) / self.name
+    def run_dir(self) -> Path:
+        """``<out>/<name>``: where a search of this config goes unless ``--out`` says otherwise."""
+        return Path(self.out) / self.name
 
     def to_dict(self) -> dict[str, Any]:
         d = _to_plain(self)
@@ -179,10 +180,6 @@ def _to_plain(obj: Any) -> Any:
     if is_dataclass(obj):
         return {f.name: _to_plain(getattr(obj, f.name)) for f in fields(obj)}
     return _thaw(obj)
-
-
-def _type_name(t: Any) -> str:
-    return {int: "an integer", float: "a number", str: "a string", bool: "true/false"}.get(t, str(t))
 
 
 def _check_scalar(value: Any, t: Any, where: str) -> Any:

@@ -15,7 +15,10 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from search_space.errors import TemponasError
+from common.errors import TemponasError
+from evaluators.registry import create_evaluator
+from search_space.arch import ArchConfig
+from search_space.backbone import BackboneSpec
 
 _LOCAL_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
 
@@ -150,10 +153,6 @@ def evaluate_task(spec: Mapping[str, Any], arch_json: str, seed: int, budget: in
     import torch
 
     torch.set_num_threads(max(1, int(threads)))
-    from evaluators.registry import create_evaluator
-    from search_space.arch import ArchConfig
-    from search_space.backbone import BackboneSpec
-
     key = json.dumps(spec, sort_keys=True)
     ev = _EVALUATORS.get(key)
     if ev is None:

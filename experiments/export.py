@@ -13,6 +13,8 @@ from typing import Any
 
 from common.errors import ExportError
 from common.fsio import atomic_dir, atomic_write_bytes, atomic_write_json, atomic_write_text
+from experiments.rundir import open_run
+from experiments.trials import trial_attrs
 from search_space.arch import ArchConfig
 
 FORMATS = ("json", "torch", "coreml")
@@ -51,25 +53,19 @@ def _find_trial(run: Any, arch_id: str) -> Any:
 
 def load_run_arch(run_dir: Path, arch_id: str) -> tuple[Any, ArchConfig, dict[str, Any]]:
     """``(run, arch, metrics)`` of ``arch_id`` in ``run_dir``."""
-    from experiments.outputs import open_run
-
     run = open_run(run_dir)
     t = _find_trial(run, arch_id)
     if t is None:
         known = sorted({x.user_attrs.get("arch_id") for x in run.study.best_trials})[:5]
         raise ExportError(f"--arch-id: {arch_id!r} is not an architecture of {run_dir} "
                           f"(front members: {', '.join(known) or 'none'}; see pareto.csv)")
-    from experiments.outputs import trial_attrs as _attrs
-
-    arch = ArchConfig.from_json(_attrs(t)["arch"], where=f"{run_dir} trial {t.number} arch")
+    arch = ArchConfig.from_json(trial_attrs(t)["arch"], where=f"{run_dir} trial {t.number} arch")
     objs = list(run.study.user_attrs.get("objectives", run.cfg.objectives))
     metrics: dict[str, Any] = {"arch_id": arch_id, "trial": t.number, "state": t.state.name,
                                "run": str(run_dir), "evaluator": run.cfg.evaluator.name,
                                "latency_model": run.cfg.latency_model}
     if t.values is not None:
         metrics.update(dict(zip(objs, t.values)))
-    from experiments.outputs import trial_attrs
-
     ua = trial_attrs(t)
     for k in ("latency_ms", "latency_low_ms", "latency_high_ms", "per_stage_ms", "memory_mb",
               "params", "flops", "quality"):

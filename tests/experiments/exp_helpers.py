@@ -23,3 +23,12 @@ def evaluation_counts(run_dir: Path) -> Counter:
 
 def states(study) -> Counter:
     return Counter(t.state.name for t in study.get_trials(deepcopy=False))
+
+
+def best_by_arch(study) -> set[int]:
+    """The trial numbers pareto.csv holds: of ``study.best_trials``, the earliest trial of each
+    architecture."""
+    first: dict[str, int] = {}
+    for t in sorted(study.best_trials, key=lambda t: t.number):
+        first.setdefault(t.user_attrs["arch_id"], t.number)
+    return set(first.values())

@@ -8,8 +8,8 @@ import pytest
 from exp_helpers import load_study, states
 
 from experiments.cache import read_records
-from experiments.outputs import trial_attrs
 from experiments.runner import SearchOptions, run_search
+from experiments.trials import trial_attrs
 
 
 @pytest.fixture(scope="module")

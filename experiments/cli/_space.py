@@ -9,29 +9,16 @@ table (op, stage, shape, params, GFLOPs, activation MB) and totals.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from typing import Any
 
+from experiments.cli._args import add_preset, print_json
+from experiments.cli._base import Command
 from search_space.arch import ArchConfig
 from search_space.errors import ConfigError
 from search_space.flops import backbone_params, image_cost, network_cost
 from search_space.geometry import stage_resolution, validate_arch
 from search_space.presets import default_task, get_backbone
 from search_space.space import default_space
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "space", help="describe a preset's search space or an architecture's cost",
-        description="Describe a preset's default search space (stages, resolutions, channels, "
-                    "allowed choices, size), or with --arch the per-block cost of one architecture.")
-    p.add_argument("--preset", metavar="NAME",
-                   help="backbone preset (tiny, small, sd15, sd21, snapgen_v); defaults to the "
-                        "arch file's backbone when --arch is given")
-    p.add_argument("--arch", metavar="FILE.json", help="an architecture JSON (ArchConfig)")
-    p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
-    p.set_defaults(func=run)
 
 
 def describe_space(preset: str) -> dict[str, Any]:
@@ -123,18 +110,27 @@ def _print_arch(d: dict[str, Any]) -> None:
           f"{d['memory_mb']:.0f} MB (fp16 model)")
 
 
-def run(args: argparse.Namespace) -> int:
-    if args.arch is None and args.preset is None:
-        raise ConfigError("space: give --preset NAME (and/or --arch FILE.json)")
-    if args.arch is not None:
-        d = describe_arch(args.preset, args.arch)
-        if not args.json:
-            _print_arch(d)
-    else:
-        d = describe_space(args.preset)
-        if not args.json:
-            _print_space(d)
-    if args.json:
-        json.dump(d, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    return 0
+class Space(Command):
+    help = "describe a preset's search space or an architecture's cost"
+    description = ("Describe a preset's default search space (stages, resolutions, channels, "
+                   "allowed choices, size), or with --arch the per-block cost of one architecture.")
+
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        add_preset(p, None, "defaults to the arch file's backbone when --arch is given")
+        p.add_argument("--arch", metavar="FILE.json", help="an architecture JSON (ArchConfig)")
+        p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+
+    def take_action(self, args: argparse.Namespace) -> int:
+        if args.arch is None and args.preset is None:
+            raise ConfigError("space: give --preset NAME (and/or --arch FILE.json)")
+        if args.arch is not None:
+            d = describe_arch(args.preset, args.arch)
+            if not args.json:
+                _print_arch(d)
+        else:
+            d = describe_space(args.preset)
+            if not args.json:
+                _print_space(d)
+        if args.json:
+            print_json(d)
+        return 0
