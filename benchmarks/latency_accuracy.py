@@ -48,9 +48,7 @@ sys.path.insert(0, str(ROOT))
 
 from common.fsio import atomic_write_text
 from common.stats import spearman
-from latency_models import create_model
-from latency_models._blockwise import accuracy, split_folds
-from latency_models._roofline import RooflineModel
+from latency_models import RooflineModel, accuracy, create_model, split_folds
 from latency_models.measurements import Measurements, read_csv
 from latency_models.probes import calibration_probes, probes, random_archs
 from search_space.presets import default_task, get_backbone

@@ -11,14 +11,15 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
 from evaluators._common import BaseOptions
 from evaluators.data import VideoGeometry, VideoSet, load_splits
+from evaluators.options import parse_options
 from evaluators.scale import ProxyScale
 from search_space.arch import ArchConfig
 from search_space.backbone import BackboneSpec
@@ -129,6 +130,25 @@ def data_splits(full: BackboneSpec, opts: TorchOptions, latent_channels: int
     g = Scaled.of(full, opts, latent_channels).geometry
     train, val, _ = load_splits(g, opts.data.num_train, opts.data.num_val, opts.data.seed)
     return train, val
+
+
+#: the option keys :func:`bundled_videos` reads (an evaluator's other options are ignored)
+VIDEO_OPTION_KEYS = ("scale", "data", "batch", "spatial")
+
+
+def bundled_videos(backbone: BackboneSpec, options: Mapping[str, Any] | None = None, *,
+                   latent_channels: int = 4, min_videos: int = 0, where: str = "options"
+                   ) -> tuple[VideoSet, VideoSet, torch.Tensor, VideoGeometry]:
+    """``(train, val, channel_std, geometry)``: the bundled videos exactly as a torch evaluator
+    of ``backbone`` with ``options`` (its ``scale``/``data`` keys; others are ignored) sees them,
+    each split holding at least ``min_videos`` videos. Bad options raise ``ConfigError`` naming
+    ``<where>.<key>``."""
+    raw = {k: v for k, v in (options or {}).items() if k in VIDEO_OPTION_KEYS}
+    opts = parse_options(TorchOptions, raw, where)
+    g = Scaled.of(backbone, opts, latent_channels).geometry
+    train, val, std = load_splits(g, max(min_videos, opts.data.num_train),
+                                  max(min_videos, opts.data.num_val), opts.data.seed)
+    return train, val, std, g
 
 
 @functools.lru_cache(maxsize=1)

@@ -158,10 +158,10 @@ def run_audit(spec: AuditSpec, progress: bool = True) -> dict[str, Any]:
                     describe, time.perf_counter() - t_start, proxy_cpu)
 
 
-def _analyse(spec, archs, budgets, top, runs, proxy_vals, proxy_time, image_loss, describe,
-             wall, proxy_cpu=None) -> dict[str, Any]:
-    ids = [a.arch_id for a in archs]
-    pos = {i: k for k, i in enumerate(ids)}
+def _reference_runs(spec, archs, budgets, top, runs) -> tuple[dict, dict, list, list]:
+    """``st[budget][seed]`` short-training values per arch (in ``archs`` order), the val loss at
+    the top budget ``vloss[seed]``, and the wall/CPU time of every run."""
+    pos = {a.arch_id: k for k, a in enumerate(archs)}
     st = {b: {s: [math.nan] * len(archs) for s in spec.seeds} for b in budgets}
     vloss = {s: [math.nan] * len(archs) for s in spec.seeds}
     run_time, run_cpu = [], []
@@ -174,22 +174,12 @@ def _analyse(spec, archs, budgets, top, runs, proxy_vals, proxy_time, image_loss
         run_time.append(r["run_wall_time_s"])
         if math.isfinite(r.get("run_cpu_time_s", math.nan)):
             run_cpu.append(r["run_cpu_time_s"])
-    mean = {b: list(np.mean([st[b][s] for s in spec.seeds], axis=0)) for b in budgets}
-    ref = mean[top]
-    nb = spec.bootstrap
+    return st, vloss, run_time, run_cpu
 
-    seed_pairs = list(itertools.combinations(spec.seeds, 2))
-    seed_corr = {f"{s1}-{s2}": correlation(st[top][s1], st[top][s2], nb) for s1, s2 in seed_pairs}
-    seed_kendall = float(np.mean([c["kendall"] for c in seed_corr.values()])) if seed_corr else math.nan
-    budget_corr = {}
-    if len(budgets) >= 2:
-        b0 = budgets[0]
-        for s in spec.seeds:
-            budget_corr[f"seed{s}"] = correlation(st[b0][s], st[top][s], nb)
-        budget_corr["seed_mean"] = correlation(mean[b0], mean[top], nb)
-    per_seed = [c["kendall"] for k, c in budget_corr.items() if k != "seed_mean"]
-    budget_kendall = float(np.mean(per_seed)) if per_seed else math.nan
 
+def _proxy_entries(spec, proxy_vals, proxy_time, proxy_cpu, ref, nb) -> dict[str, Any]:
+    """Per proxy: correlation with the reference (and with parameter count), time per arch,
+    seed agreement, and the flags ``beats_params``/``ci_above_params``/``size_dominated``."""
     params = proxy_vals.get("params", {}).get(spec.seeds[0])
     proxies: dict[str, Any] = {}
     for name, by_seed in proxy_vals.items():
@@ -213,12 +203,11 @@ def _analyse(spec, archs, budgets, top, runs, proxy_vals, proxy_time, image_loss
                                     and e["vs_short_train"]["kendall_ci"][0] > p_tau)
         tp = abs(e.get("vs_params", {}).get("kendall", 0.0) or 0.0)
         e["size_dominated"] = bool(name != "params" and tp >= SIZE_FLAG_TAU and tp > abs(tau))
-    zero_cost = [n for n in proxies if n in ZERO_COST or (n not in BASELINES)]
-    ranked = sorted((n for n in zero_cost if math.isfinite(proxies[n]["vs_short_train"]["kendall"])),
-                    key=lambda n: -proxies[n]["vs_short_train"]["kendall"])
-    best_zero_cost = ranked[0] if ranked else None
+    return proxies
 
-    # image-only vs the best candidate, with seed noise
+
+def _improvement(spec, archs, st, vloss, top, ref, image_loss) -> dict[str, Any]:
+    """The image-only model vs the best candidate, with the seed noise of short training."""
     top_runs = np.array([st[top][s] for s in spec.seeds])  # (S, N)
     best = int(np.nanargmax(ref))
     if len(spec.seeds) >= 2:
@@ -228,9 +217,9 @@ def _analyse(spec, archs, budgets, top, runs, proxy_vals, proxy_time, image_loss
     else:
         seed_sd = math.nan
     best_vals = top_runs[:, best]
-    improvement = {
+    return {
         "image_only_val_loss": image_loss,
-        "best_arch_id": ids[best],
+        "best_arch_id": archs[best].arch_id,
         "best_val_loss_per_seed": [vloss[s][best] for s in spec.seeds],
         "best_improvement_per_seed": [float(v) for v in best_vals],
         "best_improvement_mean": float(np.mean(best_vals)),
@@ -241,7 +230,9 @@ def _analyse(spec, archs, budgets, top, runs, proxy_vals, proxy_time, image_loss
         "n_archs": len(archs),
     }
 
-    per_arch = []
+
+def _per_arch(spec, archs, budgets, st, proxy_vals) -> list[dict[str, Any]]:
+    rows = []
     for k, a in enumerate(archs):
         row = {"arch_id": a.arch_id, "temporal_blocks": a.num_temporal_blocks,
                "stages": {sid: c.to_dict() for sid, c in a.stages}}
@@ -250,8 +241,34 @@ def _analyse(spec, archs, budgets, top, runs, proxy_vals, proxy_time, image_loss
                 row[f"short_train_b{b}_s{s}"] = st[b][s][k]
         for name, by_seed in proxy_vals.items():
             row[name] = by_seed[spec.seeds[0]][k]
-        per_arch.append(row)
+        rows.append(row)
+    return rows
 
+
+def _analyse(spec, archs, budgets, top, runs, proxy_vals, proxy_time, image_loss, describe,
+             wall, proxy_cpu=None) -> dict[str, Any]:
+    st, vloss, run_time, run_cpu = _reference_runs(spec, archs, budgets, top, runs)
+    mean = {b: list(np.mean([st[b][s] for s in spec.seeds], axis=0)) for b in budgets}
+    ref = mean[top]
+    nb = spec.bootstrap
+
+    seed_pairs = list(itertools.combinations(spec.seeds, 2))
+    seed_corr = {f"{s1}-{s2}": correlation(st[top][s1], st[top][s2], nb) for s1, s2 in seed_pairs}
+    seed_kendall = float(np.mean([c["kendall"] for c in seed_corr.values()])) if seed_corr else math.nan
+    budget_corr = {}
+    if len(budgets) >= 2:
+        b0 = budgets[0]
+        for s in spec.seeds:
+            budget_corr[f"seed{s}"] = correlation(st[b0][s], st[top][s], nb)
+        budget_corr["seed_mean"] = correlation(mean[b0], mean[top], nb)
+    per_seed = [c["kendall"] for k, c in budget_corr.items() if k != "seed_mean"]
+    budget_kendall = float(np.mean(per_seed)) if per_seed else math.nan
+
+    proxies = _proxy_entries(spec, proxy_vals, proxy_time, proxy_cpu, ref, nb)
+    p_tau = proxies.get("params", {}).get("vs_short_train", {}).get("kendall", math.nan)
+    zero_cost = [n for n in proxies if n in ZERO_COST or (n not in BASELINES)]
+    ranked = sorted((n for n in zero_cost if math.isfinite(proxies[n]["vs_short_train"]["kendall"])),
+                    key=lambda n: -proxies[n]["vs_short_train"]["kendall"])
     zc_times = [proxies[n]["s_per_arch"] for n in proxies if n in ZERO_COST]
     zc_cpu = [proxies[n]["cpu_s_per_arch"] for n in proxies if n in ZERO_COST]
     return {
@@ -262,9 +279,9 @@ def _analyse(spec, archs, budgets, top, runs, proxy_vals, proxy_time, image_loss
         "budget_kendall": budget_kendall, "budget_correlations": budget_corr,
         "params_kendall_vs_short_train": p_tau,
         "proxies": proxies,
-        "best_zero_cost_proxy": best_zero_cost,
+        "best_zero_cost_proxy": ranked[0] if ranked else None,
         "zero_cost_ranking": ranked,
-        "improvement": improvement,
+        "improvement": _improvement(spec, archs, st, vloss, top, ref, image_loss),
         "short_train_s_per_arch": float(np.mean(run_time)) if run_time else math.nan,
         "short_train_runs_timed": len(run_time),
         "short_train_runs_from_cache": sum(bool(r["cache_hit"]) for r in runs),
@@ -272,7 +289,7 @@ def _analyse(spec, archs, budgets, top, runs, proxy_vals, proxy_time, image_loss
         "zero_cost_cpu_s_per_arch": float(np.nanmean(zc_cpu)) if zc_cpu else math.nan,
         "zero_cost_s_per_arch": float(np.mean(zc_times)) if zc_times else math.nan,
         "wall_time_s": wall,
-        "per_arch": per_arch,
+        "per_arch": _per_arch(spec, archs, budgets, st, proxy_vals),
     }
 
 

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from common.errors import ExportError, TemponasError
+from common.errors import ExportError
 from common.fsio import atomic_dir, atomic_write_bytes, atomic_write_json, atomic_write_text
 from experiments.rundir import open_run
 from experiments.trials import trial_attrs
@@ -113,60 +113,16 @@ def export_torch(backbone: Any, arch: ArchConfig, out: Path) -> list[Path]:
     return paths
 
 
-def example_inputs(arch: ArchConfig) -> tuple[Any, Any, Any]:
-    """``(latents (B,C,T,H,W), timesteps (B,), text (B,tokens,D))`` for tracing."""
-    import torch
-
-    t = arch.task
-    g = torch.Generator().manual_seed(0)
-    return (torch.randn(t.batch, t.latent_channels, t.num_frames, t.latent_height,
-                        t.latent_width, generator=g),
-            torch.full((t.batch,), 500.0),
-            torch.randn(t.batch, t.text_tokens, t.text_dim, generator=g))
-
-
 def export_coreml(backbone: Any, arch: ArchConfig, out: Path) -> list[Path]:
-    """Convert the whole denoiser to ``<out>/<arch_id>.mlpackage`` (mlprogram, fp16, iOS18).
+    """Convert the whole denoiser to ``<out>/<arch_id>.mlpackage`` (mlprogram, fp16, iOS18):
+    the freshly built network (torch seed 0, as :func:`export_torch`), inputs ``latents``,
+    ``timesteps``, ``text``, output ``noise_pred``, by the probes' converter
+    (``latency_models.backends.coreml_export.convert_network``)."""
+    from latency_models.backends.coreml_export import convert_network
 
-    Uses the latency engineer's converter when present, else coremltools directly via
-    ``torch.jit.trace`` (falling back to ``torch.export`` + ``run_decompositions``)."""
-
-    model = _model(backbone, arch)
-    inputs = example_inputs(arch)
-    target = out / f"{arch.arch_id}.mlpackage"
-    try:
-        mlmodel = _convert(model, inputs)
-    except TemponasError:
-        raise
-    except Exception as e:
-        raise ExportError(f"coreml export of {arch.arch_id} failed ({type(e).__name__}: "
-                          f"{' '.join(str(e).split())[:300]})") from None
+    mlmodel = convert_network(backbone, arch, target="iOS18")
     mlmodel.short_description = f"temponas {arch.arch_id} ({arch.backbone})"
+    target = out / f"{arch.arch_id}.mlpackage"
     with atomic_dir(target) as tmp:
         mlmodel.save(str(tmp))
     return [target]
-
-
-def _convert(model: Any, inputs: tuple[Any, ...]) -> Any:
-    try:  # the latency engineer's converter, if it exposes a whole-model entry point
-        from latency_models import coreml_export as lm  # type: ignore[attr-defined]
-
-        conv = getattr(lm, "convert_module", None)
-        if conv is not None:
-            return conv(model, inputs)
-    except ImportError:
-        pass
-    import coremltools as ct
-    import torch
-
-    names = ("latents", "timesteps", "text")
-    kw = dict(convert_to="mlprogram", minimum_deployment_target=ct.target.iOS18,
-              compute_precision=ct.precision.FLOAT16,
-              inputs=[ct.TensorType(name=n, shape=tuple(x.shape)) for n, x in zip(names, inputs)],
-              outputs=[ct.TensorType(name="noise_pred")])
-    with torch.no_grad():
-        try:  # jit.trace: ~1.5x faster to convert here (needs numpy < 2.4, which we pin)
-            return ct.convert(torch.jit.trace(model, inputs), **kw)
-        except Exception:  # torch.export route: works with any numpy
-            ep = torch.export.export(model, inputs).run_decompositions({})
-            return ct.convert(ep, **kw)

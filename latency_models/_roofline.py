@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from latency_models._blockwise import BlockwiseModel, ModelFileError
+from latency_models._blockwise import BlockwiseModel
+from latency_models.errors import ModelFileError
 from latency_models.features import COMPUTE_CLASSES, OpClass, op_table
 from latency_models.measurements import NetworkRow
 from search_space.geometry import BlockSignature

@@ -14,11 +14,12 @@ from typing import Any
 import numpy as np
 
 from common.fsio import atomic_path
-from latency_models._blockwise import BlockwiseModel, _by_op, accuracy
+from latency_models.accuracy import accuracy, accuracy_by_op
+from latency_models.base import LatencyModel
 from latency_models.measurements import Measurements
 
 
-def evaluate(model: BlockwiseModel, m: Measurements) -> dict[str, Any]:
+def evaluate(model: LatencyModel, m: Measurements) -> dict[str, Any]:
     """Metrics of ``model`` on every row of ``m`` (see the module docstring)."""
     out: dict[str, Any] = {"model": {k: model.metadata.get(k) for k in ("device", "predictor", "kind")},
                            "measurements": {"source": m.source, "device": m.info.device,
@@ -31,7 +32,7 @@ def evaluate(model: BlockwiseModel, m: Measurements) -> dict[str, Any]:
     if sigs:
         pred = model.block_ms(sigs)
         out["block"] = accuracy(pred, y)
-        out["by_op"] = _by_op(sigs, pred, y)
+        out["by_op"] = accuracy_by_op(sigs, pred, y)
         out["_block_pairs"] = (pred.tolist(), y.tolist(), [s.op_name for s in sigs])
     nets, ny = m.network_latencies()
     if nets:

@@ -25,7 +25,6 @@ from search_space.geometry import validate_arch, validate_choice
 from search_space.task import VideoTask
 
 ALL_KINDS: tuple[TemporalKind, ...] = tuple(TemporalKind)
-DIMENSIONS = ("kind", "count", "heads", "kernel_t", "kernel_s")
 
 
 class TrialLike(Protocol):

@@ -187,8 +187,7 @@ class LatencyFit(Command):
         p.add_argument("--out", required=True, help="directory to write model.json (+ arrays.npz)")
 
     def take_action(self, args: argparse.Namespace) -> int:
-        from latency_models import create_model, load_latency_model
-        from latency_models._roofline import RooflineModel
+        from latency_models import RooflineModel, create_model, load_latency_model
         from latency_models.measurements import read_many
 
         m = read_many(args.measurements)

@@ -99,22 +99,16 @@ class ProxiesPreviewData(Command):
                        help="evaluator options (scale/data) as in an experiment config")
 
     def take_action(self, args: argparse.Namespace) -> int:
-        from evaluators._torch_setup import Scaled, TorchOptions
-        from evaluators.data import load_splits, save_preview
-        from evaluators.options import parse_options
+        from evaluators import bundled_videos
+        from evaluators.data import save_preview
         from search_space.presets import default_task, get_backbone
 
         at_least("--n", args.n)
         if not args.out.lower().endswith((".png", ".gif")):
             raise ConfigError(f"--out: {args.out!r} must end in .png or .gif")
-        bb = get_backbone(args.preset)
-        raw = read_options(args.options)
-        opts = parse_options(TorchOptions, {k: v for k, v in raw.items()
-                                            if k in ("scale", "data", "batch", "spatial")},
-                             args.options or "options")
-        g = Scaled.of(bb, opts, default_task(args.preset).latent_channels).geometry
-        train, val, std = load_splits(g, max(args.n, opts.data.num_train), max(args.n, opts.data.num_val),
-                                      opts.data.seed)
+        train, val, std, g = bundled_videos(get_backbone(args.preset), read_options(args.options),
+                                            latent_channels=default_task(args.preset).latent_channels,
+                                            min_videos=args.n, where=args.options or "options")
         videos = train if args.split == "train" else val
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         save_preview(videos, args.out, max_videos=args.n, decoded=args.decoded, channel_std=std)

@@ -5,7 +5,10 @@ Route (see ``/work/shared/reference/coreml.md``): ``torch.export.export`` ->
 minimum_deployment_target=iOS17|iOS18, compute_precision=FLOAT16)``. coremltools cannot run
 models on Linux, so :func:`export_bundle` writes one ``.mlpackage`` per probe, a
 ``manifest.json`` and the standalone ``run_on_device.py`` (from ``latency_models/runner/``)
-that times them on a Mac and writes the measurement CSV.
+that times them on a Mac and writes the measurement CSV. The same converter
+(:func:`convert_module`; :func:`convert_network` for a whole denoiser with the input contract
+of ``search_space.modules.network_input_specs``) makes ``temponas export --format coreml``'s
+package, so an exported network is converted exactly as the measured probes were.
 
 MIL features: op counts by type of the converted program (recursing into nested blocks), e.g.
 the transposes/reshapes around temporal layers and GroupNorm's lowering; cached as JSON per
@@ -14,12 +17,13 @@ the transposes/reshapes around temporal layers and GroupNorm's lowering; cached 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
 import shutil
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,71 +57,78 @@ def _target(ct, target: str):
     return getattr(ct.target, target)
 
 
-def convert_module(module, example: tuple,
-                   input_specs: Sequence[tuple[str, tuple[int, ...]]] | None = None,
-                   target: str = "iOS18", output_names: Sequence[str] | None = None):
-    """A torch module -> fp16 mlprogram ``MLModel`` (export route).
+def convert_module(module, inputs: Sequence, *, input_names: Sequence[str] | None = None,
+                   output_names: Sequence[str] | None = None, target: str = "iOS18"):
+    """A torch module -> fp16 mlprogram ``MLModel`` (the one Core ML converter of temponas).
 
-    Inputs are named as in ``input_specs``; without it, a whole video UNet's three inputs are
-    named ``latents, timesteps, text`` (output ``noise_pred``) and other inputs ``x0, x1 …``.
+    ``inputs``: example tensors in call order (their shapes become the package's fixed input
+    shapes); ``input_names``: one per input (default ``x0, x1, ...``); ``output_names``: names
+    of the outputs (default: coremltools' own). Route: ``torch.export.export`` ->
+    ``run_decompositions({})`` -> ``coremltools.convert`` (works with any numpy; see the
+    module docstring). Raises whatever torch/coremltools raise (callers name the failure).
     """
     import torch
 
     ct = _ct()
+    tgt = _target(ct, target)
+    names = list(input_names) if input_names is not None else [f"x{i}" for i in range(len(inputs))]
+    if len(names) != len(inputs):
+        raise ValueError(f"{len(names)} input names for {len(inputs)} inputs")
     module = module.eval()
-    if input_specs is None:
-        names = (("latents", "timesteps", "text") if len(example) == 3
-                 else tuple(f"x{i}" for i in range(len(example))))
-        input_specs = [(n, tuple(x.shape)) for n, x in zip(names, example)]
-        if output_names is None and len(example) == 3:
-            output_names = ("noise_pred",)
     with torch.no_grad():
-        ep = torch.export.export(module, tuple(example)).run_decompositions({})
+        ep = torch.export.export(module, tuple(inputs)).run_decompositions({})
     kw = {}
     if output_names:
         kw["outputs"] = [ct.TensorType(name=n) for n in output_names]
-    return ct.convert(ep, convert_to="mlprogram", minimum_deployment_target=_target(ct, target),
+    return ct.convert(ep, convert_to="mlprogram", minimum_deployment_target=tgt,
                       compute_precision=ct.precision.FLOAT16,
-                      inputs=[ct.TensorType(name=n, shape=s) for n, s in input_specs],
+                      inputs=[ct.TensorType(name=n, shape=tuple(x.shape)) for n, x in zip(names, inputs)],
                       skip_model_load=True, **kw)
 
 
+@contextlib.contextmanager
+def _naming_failures(what: str) -> Iterator[None]:
+    """Turn a torch.export/coremltools failure into one ExportError line naming ``what``."""
+    try:
+        yield
+    except TemponasError:
+        raise
+    except Exception as e:  # coremltools/torch.export raise many types
+        raise ExportError(f"{what}: Core ML conversion failed: {type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else ''}") from e
+
+
 def convert_block(sig: BlockSignature, target: str = "iOS18"):
-    """The block ``sig`` (``search_space.modules.build_block``) as an fp16 mlprogram."""
+    """The block ``sig`` (``search_space.modules.build_block``, torch seed 0) as an fp16
+    mlprogram; inputs named and shaped as ``search_space.modules.input_specs(sig)``."""
     import torch
 
     from search_space.modules import build_block, example_inputs, input_specs
 
     torch.manual_seed(0)
-    try:
-        return convert_module(build_block(sig), example_inputs(sig), input_specs(sig), target)
-    except TemponasError:
-        raise
-    except Exception as e:  # coremltools/torch.export raise many types
-        raise ExportError(f"block {sig.op_name} ({probe_id(sig)}): Core ML conversion failed: "
-                          f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
-
-
-def network_input_specs(arch: ArchConfig) -> tuple[tuple[str, tuple[int, ...]], ...]:
-    t = arch.task
-    return (("latents", (t.batch, t.latent_channels, t.num_frames, t.latent_height, t.latent_width)),
-            ("timesteps", (t.batch,)), ("text", (t.batch, t.text_tokens, t.text_dim)))
+    with _naming_failures(f"block {sig.op_name} ({probe_id(sig)})"):
+        return convert_module(build_block(sig), example_inputs(sig),
+                              input_names=[n for n, _ in input_specs(sig)], target=target)
 
 
 def convert_network(backbone: BackboneSpec, arch: ArchConfig, target: str = "iOS18"):
+    """The whole denoiser of ``arch`` (``search_space.modules.build_model``, torch seed 0) as an
+    fp16 mlprogram: inputs ``latents, timesteps, text`` (``network_input_specs(arch.task)``),
+    output ``noise_pred``."""
     import torch
 
-    from search_space.modules import build_model
+    from search_space.modules import (
+        NETWORK_INPUTS,
+        NETWORK_OUTPUT,
+        build_model,
+        network_example_inputs,
+    )
 
     torch.manual_seed(0)
-    specs = network_input_specs(arch)
-    g = torch.Generator().manual_seed(0)
-    ex = tuple(torch.rand(s, generator=g) * (1000 if n == "timesteps" else 1) for n, s in specs)
-    try:
-        return convert_module(build_model(backbone, arch.task, arch), ex, specs, target)
-    except Exception as e:
-        raise ExportError(f"network {arch.arch_id}: Core ML conversion failed: {type(e).__name__}: "
-                          f"{str(e).splitlines()[0] if str(e) else ''}") from e
+    model = build_model(backbone, arch.task, arch)
+    with _naming_failures(f"network {arch.arch_id}"):
+        return convert_module(model, network_example_inputs(arch.task), input_names=NETWORK_INPUTS,
+                              output_names=(NETWORK_OUTPUT,), target=target)
 
 
 def mil_op_counts(mlmodel) -> dict[str, int]:
@@ -206,7 +217,7 @@ def export_bundle(out: str | Path, items: Sequence[Probe],
     import torch
     from tqdm import tqdm
 
-    from search_space.modules import input_specs
+    from search_space.modules import input_specs, network_input_specs
 
     _target(_ct(), target)
     out = Path(out)
@@ -235,7 +246,7 @@ def export_bundle(out: str | Path, items: Sequence[Probe],
             entries.append({"scope": "network", "probe_id": arch.arch_id, "arch_id": arch.arch_id,
                             "package": f"packages/{name}", "arch": json.loads(arch.to_json()),
                             "backbone": bb.to_dict(),
-                            "inputs": [{"name": n, "shape": list(s)} for n, s in network_input_specs(arch)],
+                            "inputs": [{"name": n, "shape": list(s)} for n, s in network_input_specs(arch.task)],
                             "mil_ops": ops, "mil_groups": summarize_mil(ops)})
     manifest = {"format": "temponas-probe-bundle", "version": MANIFEST_VERSION,
                 "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),

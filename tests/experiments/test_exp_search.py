@@ -162,9 +162,9 @@ def test_export_json_and_torch_of_a_front_member(smoke_run, smoke_cfg, tmp_path)
     import torch
     from safetensors.torch import load_file
 
-    from experiments.export import example_inputs, export_arch
+    from experiments.export import export_arch
     from search_space.arch import ArchConfig
-    from search_space.modules import build_model
+    from search_space.modules import build_model, network_example_inputs
 
     run_dir, _ = smoke_run
     aid = _front_member(run_dir)
@@ -177,7 +177,7 @@ def test_export_json_and_torch_of_a_front_member(smoke_run, smoke_cfg, tmp_path)
     assert (tmp_path / "t" / "LOADING.md").exists()
     model = build_model(smoke_cfg.backbone_spec, arch.task, arch)
     model.load_state_dict(load_file(str(tmp_path / "t" / "model.safetensors")))
-    x = example_inputs(arch)
+    x = network_example_inputs(arch.task)
     with torch.no_grad():
         assert model(*x).shape == x[0].shape
     assert not list(tmp_path.rglob("*.tmp"))
