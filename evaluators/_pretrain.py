@@ -55,11 +55,11 @@ def pretrained_spatial(full: BackboneSpec, opts: TorchOptions, latent_channels: 
     from safetensors.torch import load_file, save_file
 
     key = pretrain_key(full, opts, latent_channels)
-    if key in _MEMO:
-        return _MEMO[key]
     d = os.path.join(cache_root(opts), "pretrained")
-    os.makedirs(d, exist_ok=True)
     st_path, meta_path = os.path.join(d, f"{key}.safetensors"), os.path.join(d, f"{key}.json")
+    if st_path in _MEMO:  # per cache file: another cache_dir gets its own copy on disk
+        return _MEMO[st_path]
+    os.makedirs(d, exist_ok=True)
     with open(os.path.join(d, f"{key}.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
@@ -75,7 +75,7 @@ def pretrained_spatial(full: BackboneSpec, opts: TorchOptions, latent_channels: 
                 atomic_write_json(meta_path, meta, indent=1)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
-    _MEMO[key] = (state, meta)
+    _MEMO[st_path] = (state, meta)
     return state, meta
 
 
