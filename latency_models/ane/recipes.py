@@ -1,0 +1,240 @@
+"""Recipes of the fit set: build each published network exactly and convert it to Core ML.
+
+A recipe (``data/recipes.json``) names a builder and its arguments; the builders are
+
+* ``timm``: ``timm.create_model(name, pretrained=False)`` (reparameterized first when the
+  published latency is of the inference-time graph: MobileOne, FastViT, MobileCLIP's MCi);
+* ``torchvision``: ``torchvision.models.<name>()`` (the coremltools docs' MobileNetV2/V3, ResNet50);
+* ``open_clip_image`` / ``open_clip_text``: a tower of ``open_clip.create_model(name)``;
+* ``hf_distilbert`` / ``hf_depth_anything``: transformers models built from a config;
+* ``temponas_unet_blocks``: a temponas backbone preset (``search_space.presets``), converted per
+  unique block signature of :func:`search_space.geometry.image_blocks` and summed with the
+  blocks' counts (exact up to the skip concatenations between blocks).
+
+Weights are random (latency does not depend on their values); nothing is downloaded. timm,
+torchvision, open_clip and transformers are needed only here, in the one-time extraction
+environment (``make fitset-features``); the fit reads the committed feature tables.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from search_space.errors import ConfigError
+
+DATA_DIR = Path(__file__).resolve().parent / "data"
+RECIPES_FILE = DATA_DIR / "recipes.json"
+PRECISIONS = ("fp16", "w8a16", "w8a8", "lut2", "lut4", "lut6", "lut8")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    key: str
+    spec: dict[str, Any]
+
+    @property
+    def builder(self) -> str:
+        return str(self.spec["builder"])
+
+    @property
+    def sha256(self) -> str:
+        """Hash of the recipe's JSON (sorted keys): the provenance of its features."""
+        blob = json.dumps({"key": self.key, **self.spec}, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+
+def load_recipes(path: Path = RECIPES_FILE) -> dict[str, Recipe]:
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read recipes ({e})") from None
+    out = {}
+    for key, spec in doc.get("recipes", {}).items():
+        if spec.get("builder") not in BUILDERS:
+            raise ConfigError(f"{path}: recipe {key!r}: unknown builder {spec.get('builder')!r} "
+                              f"(known: {', '.join(BUILDERS)})")
+        out[key] = Recipe(key, spec)
+    return out
+
+
+def _example(inputs) -> tuple:
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    ex = []
+    for _name, shape, kind in inputs:
+        if kind == "int":
+            ex.append(torch.randint(0, 1000, tuple(shape), generator=g, dtype=torch.int32))
+        else:
+            ex.append(torch.rand(tuple(shape), generator=g))
+    return tuple(ex)
+
+
+def _reparam(model, spec):
+    if spec.get("reparameterize"):
+        from timm.utils.model import reparameterize_model
+
+        model = reparameterize_model(model)
+    return model.eval()
+
+
+def _timm(spec):
+    import timm
+
+    return _reparam(timm.create_model(spec["name"], pretrained=False), spec)
+
+
+def _torchvision(spec):
+    import torchvision
+
+    return getattr(torchvision.models, spec["name"])(weights=None).eval()
+
+
+def _open_clip_model(spec):
+    import open_clip
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return open_clip.create_model(spec["name"], pretrained=None)
+
+
+def _open_clip_image(spec):
+    return _reparam(_open_clip_model(spec).visual, spec)
+
+
+class _TextTower:
+    """``forward(text) = clip.encode_text(text)`` as an ``nn.Module`` (built lazily: torch)."""
+
+    @staticmethod
+    def make(clip):
+        import torch
+
+        class TextTower(torch.nn.Module):
+            def __init__(self, m):
+                super().__init__()
+                self.m = m
+                if hasattr(m, "visual"):
+                    del m.visual
+
+            def forward(self, text):
+                return self.m.encode_text(text.long())
+
+        return TextTower(clip).eval()
+
+
+def _open_clip_text(spec):
+    return _TextTower.make(_open_clip_model(spec))
+
+
+def _hf(spec, config_cls: str, model_cls: str, output: str):
+    import torch
+    import transformers
+
+    cfg_kw = dict(spec.get("config", {}))
+    if "backbone_config" in cfg_kw:
+        bc = dict(cfg_kw["backbone_config"])
+        cfg_kw["backbone_config"] = transformers.AutoConfig.for_model(bc.pop("model_type"), **bc)
+    cfg = getattr(transformers, config_cls)(**cfg_kw)
+    cfg._attn_implementation = "eager"
+    model = getattr(transformers, model_cls)(cfg).eval()
+
+    class Wrapped(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, x):
+            if not torch.is_floating_point(x):
+                x = x.long()
+            return getattr(self.m(x), output)
+
+    return Wrapped(model).eval()
+
+
+def _distilbert(spec):
+    return _hf(spec, "DistilBertConfig", "DistilBertForSequenceClassification", "logits")
+
+
+def _depth_anything(spec):
+    return _hf(spec, "DepthAnythingConfig", "DepthAnythingForDepthEstimation", "predicted_depth")
+
+
+BUILDERS: dict[str, Callable | None] = {
+    "timm": _timm, "torchvision": _torchvision, "open_clip_image": _open_clip_image,
+    "open_clip_text": _open_clip_text, "hf_distilbert": _distilbert,
+    "hf_depth_anything": _depth_anything,
+    "temponas_unet_blocks": None,  # converted block by block, see unet_block_programs
+}
+
+
+def build(recipe: Recipe):
+    """``(torch module, example inputs)`` of a whole-network recipe."""
+    import torch
+
+    fn = BUILDERS[recipe.builder]
+    if fn is None:
+        raise ConfigError(f"recipe {recipe.key!r} is converted per block (unet_block_programs)")
+    torch.manual_seed(0)
+    return fn(recipe.spec), _example(recipe.spec["inputs"])
+
+
+def unet_blocks(recipe: Recipe) -> Counter:
+    """``Counter({BlockSignature: count})`` of a ``temponas_unet_blocks`` recipe."""
+    from search_space.geometry import image_blocks
+    from search_space.presets import default_task, get_backbone
+
+    bb = get_backbone(recipe.spec["name"])
+    task = default_task(recipe.spec["name"]).replace(**recipe.spec.get("task", {}))
+    return Counter(b.sig for b in image_blocks(bb, task))
+
+
+def convert(module, example: tuple, inputs, target: str = "iOS17"):
+    """fp16 mlprogram of ``module`` (torch.export route; TorchScript trace as the fallback).
+    Returns ``(mlmodel, route)``."""
+    import numpy as np
+    import torch
+
+    import coremltools as ct
+
+    specs = [ct.TensorType(name=n, shape=tuple(s), dtype=np.int32 if k == "int" else np.float32)
+             for n, s, k in inputs]
+    kw = dict(convert_to="mlprogram", minimum_deployment_target=getattr(ct.target, target),
+              compute_precision=ct.precision.FLOAT16, inputs=specs, skip_model_load=True)
+    try:
+        with torch.no_grad():
+            ep = torch.export.export(module, example).run_decompositions({})
+        return ct.convert(ep, **kw), "torch.export"
+    except Exception as first:  # noqa: BLE001 - many exporter/converter error types
+        try:
+            with torch.no_grad():
+                traced = torch.jit.trace(module, example, strict=False)
+            return ct.convert(traced, **kw), "torch.jit.trace"
+        except Exception as second:  # noqa: BLE001
+            raise ConfigError(f"conversion failed: export: {type(first).__name__}: "
+                              f"{str(first).splitlines()[0][:200]}; trace: {type(second).__name__}: "
+                              f"{str(second).splitlines()[0][:200]}") from second
+
+
+def compress(mlmodel, precision: str):
+    """Apply the weight compression of ``precision`` to a converted fp16 program (the
+    post-training ``coremltools.optimize.coreml`` path: linear int8 or uniform n-bit palettes,
+    default weight threshold). Activation quantization (``w8a8``) needs on-device calibration
+    (coremltools runs the model), so its activations are recorded as int8 by the row, not here."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision {precision!r} is unknown (known: {', '.join(PRECISIONS)})")
+    if precision == "fp16":
+        return mlmodel
+    import coremltools.optimize.coreml as cto
+
+    if precision.startswith("lut"):
+        cfg = cto.OptimizationConfig(global_config=cto.OpPalettizerConfig(mode="uniform", nbits=int(precision[3:])))
+        return cto.palettize_weights(mlmodel, cfg)
+    cfg = cto.OptimizationConfig(global_config=cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8"))
+    return cto.linear_quantize_weights(mlmodel, cfg)
