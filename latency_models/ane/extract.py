@@ -31,12 +31,13 @@ from collections import Counter
 from pathlib import Path
 
 from latency_models.ane import mil
-from latency_models.ane.recipes import DATA_DIR, Recipe, build, compress, convert, load_recipes, unet_blocks
+from latency_models.ane.recipes import (DATA_DIR, Recipe, build, compress, convert, load_recipes,
+                                        probe_signatures, unet_blocks)
 
 OPS_COLUMNS = ("program", "cls", "op_type", "flops", "act", "weights", "weight_bits", "count")
 PROGRAM_COLUMNS = ("program", "model", "precision", "builder", "name", "route", "recipe_sha256",
                    "ops_sha256", "n_ops", "gflop", "weight_melem", "act_melem",
-                   "published_params_m", "convert_s", "versions")
+                   "published_params_m", "convert_s", "versions", "signature")
 
 
 def program_name(model: str, precision: str) -> str:
@@ -107,16 +108,37 @@ def extract_model(recipe: Recipe, precisions: set[str], target: str = "iOS17") -
     return out
 
 
-def _cache_doc(recipe: Recipe, precision: str, res: dict, versions: str) -> dict:
+def probe_program(sig) -> str:
+    from latency_models.measurements import probe_id
+
+    return f"probe:{probe_id(sig)}"
+
+
+def extract_probe(sig, precisions, target: str = "iOS17") -> dict[str, dict]:
+    """One temponas block signature (``build_block``) through the same path as the fit set."""
+    from latency_models.backends.coreml_export import convert_module
+    from search_space.modules import build_block, example_inputs, input_specs
+
+    t0 = time.perf_counter()
+    with _quiet():
+        ml = convert_module(build_block(sig), example_inputs(sig), input_specs(sig), target)
+        return {p: {"ops": mil.aggregate(mil.program_ops(compress(ml, p)._mil_program)),
+                    "route": "torch.export", "convert_s": time.perf_counter() - t0} for p in precisions}
+
+
+def _cache_doc(recipe: Recipe, precision: str, res: dict, versions: str, key: str | None = None,
+               signature: dict | None = None) -> dict:
     ops = res["ops"]
     tot = mil.totals(ops)
-    return {"program": program_name(recipe.key, precision), "model": recipe.key, "precision": precision,
+    key = key or recipe.key
+    return {"program": program_name(key, precision), "model": key, "precision": precision,
             "builder": recipe.builder, "name": recipe.spec.get("name", ""), "route": res["route"],
             "recipe_sha256": recipe.sha256, "ops_sha256": ops_hash(ops), "n_ops": int(tot["n_ops"]),
             "gflop": round(sum(tot[f"{c}_gflop"] for c in ("conv", "conv3d", "linear", "attn")), 6),
             "weight_melem": round(tot["weight_melem"], 6), "act_melem": round(tot["act_melem"], 6),
             "published_params_m": recipe.spec.get("published_params_m", ""),
             "convert_s": round(res["convert_s"], 2), "versions": versions,
+            "signature": json.dumps(signature, sort_keys=True) if signature else "",
             "ops": [[*mil.op_row(o), n] for o, n in sorted(ops.items(), key=lambda kv: mil.op_row(kv[0]))]}
 
 
@@ -156,27 +178,41 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {data / 'measurements.csv'}: no recipe for model {missing[0]!r}", file=sys.stderr)
         return 2
     versions = _versions()
-    docs = []
-    for key in sorted(need, key=lambda k: (recipes[k].builder == "temponas_unet_blocks", k)):
-        rec = recipes[key]
-        files = {p: cache / f"{program_name(key, p)}.json" for p in need[key]}
+    docs, failed = [], []
+    jobs = [(k, None) for k in sorted(need, key=lambda k: (recipes[k].builder == "temponas_unet_blocks", k))]
+    for rec in recipes.values():
+        if rec.builder == "temponas_probes":
+            jobs += [(probe_program(sig), (rec, sig)) for sig in probe_signatures(rec)]
+    for key, probe in jobs:
+        rec = recipes[key] if probe is None else probe[0]
+        precs = need[key] if probe is None else set(rec.spec.get("precisions", ["fp16"]))
+        files = {p: cache / f"{program_name(key, p).replace(':', '_')}.json" for p in precs}
         cached = {}
         for p, f in files.items():
             if f.exists():
                 d = json.loads(f.read_text(encoding="utf-8"))
                 if d.get("recipe_sha256") == rec.sha256:
                     cached[p] = d
-        todo = {p for p in need[key] if p not in cached or (args.only and key in args.only)}
+        todo = {p for p in precs if p not in cached or (args.only and key in args.only)}
         if todo:
             print(f"{key}: converting ({', '.join(sorted(todo))}) ...", flush=True)
-            for p, res in extract_model(rec, todo).items():
-                cached[p] = _cache_doc(rec, p, res, versions)
+            try:
+                res = extract_model(rec, todo) if probe is None else extract_probe(probe[1], todo)
+            except Exception as e:  # noqa: BLE001 - report every failing recipe, then fail
+                print(f"  FAILED: {type(e).__name__}: {str(e).splitlines()[0][:300]}", flush=True)
+                failed.append(key)
+                continue
+            for p, r in res.items():
+                cached[p] = _cache_doc(rec, p, r, versions, key, probe[1].to_dict() if probe else None)
                 files[p].write_text(json.dumps(cached[p]), encoding="utf-8")
                 print(f"  {program_name(key, p)}: {cached[p]['n_ops']} ops, {cached[p]['gflop']:.3f} GFLOP, "
                       f"{cached[p]['weight_melem']:.2f} M weights, {cached[p]['convert_s']:.1f} s", flush=True)
         docs.extend(cached.values())
     write_tables(docs, data)
     print(f"wrote {data / 'programs.csv'} ({len(docs)} programs) and {data / 'ops.csv'}")
+    if failed:
+        print(f"error: {len(failed)} recipe(s) failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
 
 

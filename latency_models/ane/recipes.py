@@ -163,14 +163,28 @@ def _distilbert(spec):
 
 
 def _depth_anything(spec):
-    return _hf(spec, "DepthAnythingConfig", "DepthAnythingForDepthEstimation", "predicted_depth")
+    """Depth Anything with its position embeddings interpolated once for the fixed input size:
+    the bicubic resize (no Core ML op) is a constant of the shape, as in a fixed-shape export."""
+    import torch
+
+    wrapped = _hf(spec, "DepthAnythingConfig", "DepthAnythingForDepthEstimation", "predicted_depth")
+    emb = wrapped.m.backbone.embeddings
+    _, _, h, w = spec["inputs"][0][1]
+    patch = int(spec["config"]["backbone_config"]["patch_size"])
+    hidden = int(spec["config"]["backbone_config"]["hidden_size"])
+    with torch.no_grad():
+        dummy = torch.zeros(1, (h // patch) * (w // patch) + 1, hidden)
+        pos = emb.interpolate_pos_encoding(dummy, h, w).detach().clone()
+    emb.interpolate_pos_encoding = lambda embeddings, height, width: pos.to(embeddings.dtype)
+    return wrapped
 
 
 BUILDERS: dict[str, Callable | None] = {
     "timm": _timm, "torchvision": _torchvision, "open_clip_image": _open_clip_image,
     "open_clip_text": _open_clip_text, "hf_distilbert": _distilbert,
     "hf_depth_anything": _depth_anything,
-    "temponas_unet_blocks": None,  # converted block by block, see unet_block_programs
+    "temponas_unet_blocks": None,  # converted block by block, see unet_blocks
+    "temponas_probes": None,       # one program per block signature, see probe_signatures
 }
 
 
@@ -193,6 +207,23 @@ def unet_blocks(recipe: Recipe) -> Counter:
     bb = get_backbone(recipe.spec["name"])
     task = default_task(recipe.spec["name"]).replace(**recipe.spec.get("task", {}))
     return Counter(b.sig for b in image_blocks(bb, task))
+
+
+def probe_signatures(recipe: Recipe) -> list:
+    """Block signatures of a ``temponas_probes`` recipe: the probes of the default space of a
+    preset (its default task), ``calibration`` neighbours of it, and the image blocks of the
+    ``also_unet`` recipes' UNets. These are temponas' own blocks through the Core ML path."""
+    from latency_models.probes import calibration_probes, probes
+    from search_space.presets import default_task, get_backbone
+    from search_space.space import default_space
+
+    bb = get_backbone(recipe.spec["name"])
+    space = default_space(bb, default_task(recipe.spec["name"]))
+    sigs = [p.sig for p in probes(space)]
+    sigs += [p.sig for p in calibration_probes(space, int(recipe.spec.get("calibration", 0)), seed=0)]
+    for other in recipe.spec.get("also_unet", []):
+        sigs += list(unet_blocks(Recipe(other["name"], other)))
+    return list(dict.fromkeys(sigs))
 
 
 def convert(module, example: tuple, inputs, target: str = "iOS17"):
