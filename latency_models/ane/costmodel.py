@@ -252,6 +252,9 @@ class CostModel:
     def predict(self, rows: Sequence[Row], z: float = 1.645) -> dict[str, np.ndarray]:
         """``mean_ms`` (median of the predictive distribution), ``low_ms``/``high_ms`` (the
         ``z``-sigma band: 90 % by default) and ``log_sd`` for ``rows`` (any devices/families)."""
+        if not rows:
+            z = np.zeros(0)
+            return {"mean_ms": z, "low_ms": z, "high_ms": z, "log_sd": z}
         units = _Units(self.fs, rows, self.par)
         mu, grad = units.log_pred(self.theta, jac=True)
         var = np.einsum("ij,jk,ik->i", grad, self.cov, grad) + self.sigma ** 2 + _meas_sd(rows) ** 2

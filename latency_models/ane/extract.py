@@ -154,7 +154,7 @@ def _write_csv(path: Path, columns, rows) -> None:
 
 def write_tables(docs: list[dict], data: Path) -> None:
     docs = sorted(docs, key=lambda d: d["program"])
-    _write_csv(data / "programs.csv", PROGRAM_COLUMNS, [[d[c] for c in PROGRAM_COLUMNS] for d in docs])
+    _write_csv(data / "programs.csv", PROGRAM_COLUMNS, [[d.get(c, "") for c in PROGRAM_COLUMNS] for d in docs])
     ops_rows = []
     for d in docs:
         for cls, flops, act, weights, bits, op_type, n in d["ops"]:
