@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from experiments import cli_priors
 from search_space.arch import ArchConfig
 from search_space.errors import ConfigError
 from search_space.presets import default_task, get_backbone, preset_names
@@ -130,7 +131,8 @@ def _cmd_devices(args: argparse.Namespace) -> int:
         rows.append({"profile": name, "device": meta.get("device_name", meta.get("device")),
                      "chip": meta.get("chip"), "kind": meta.get("kind"),
                      "predictor": meta.get("predictor"), "fitted_on": fo,
-                     "provenance": meta.get("provenance", "")})
+                     "provenance": meta.get("provenance", ""), "validation": cli_priors.validation_line(meta),
+                     "validation_numbers": meta.get("validation")})
     if args.json:
         _print_json(rows)
         return 0
@@ -140,6 +142,8 @@ def _cmd_devices(args: argparse.Namespace) -> int:
         what = (f"published SD-2.1-base {fo['published_ms']} ms/step (Apple)" if fo.get("published_ms")
                 else fo.get("source", ""))
         print(f"{r['profile']:14s} {r['device']!s:20s} {r['chip']!s:8s} {r['kind']!s:6s} {what}")
+        if r["validation"]:
+            print(r["validation"])
     print("priors are NOT calibrated on your device; calibrate with `temponas latency fit` "
           "(see docs/latency.md)")
     return 0
@@ -167,6 +171,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 _EXTRA: list = []  # further sub-command registrars (appended below as they are defined)
+_EXTRA.append(cli_priors.register)  # fitset, build-priors (Apple Neural Engine priors)
 
 
 # ---- probes -------------------------------------------------------------------------------------

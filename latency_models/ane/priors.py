@@ -36,6 +36,7 @@ from latency_models._blockwise import Composition
 from latency_models._roofline import PARAMS, RooflineModel
 from latency_models.ane.costmodel import NEW, P_ROOFLINE, CostModel, Hyper, fit, new_row
 from latency_models.ane.fitset import ACT_BYTES, DATA_DIR, GENERATIONS, FitSet, load_fitset
+from latency_models.apple_priors import sd21_image_arch
 from latency_models.features import COMPUTE_CLASSES, OpClass
 from search_space.geometry import BlockSignature
 
@@ -116,7 +117,10 @@ def _heldout(held) -> dict[str, Any]:
             "what": "leave-one-family-out predictions of published Core ML latencies (not this device's own)"}
 
 
-def build_profile(model: CostModel, device: str, val: dict[str, Any], sigs, teacher_programs) -> RooflineModel:
+def build_profile(model: CostModel, device: str, validation: dict[str, Any], heldout: dict[str, Any],
+                  sigs: list[BlockSignature], teacher_programs: list[str]) -> RooflineModel:
+    """The roofline prior of ``device`` (see the module docstring); ``validation``/``heldout``
+    are stored in its metadata."""
     fs = model.fs
     d = fs.devices[device]
     chip = fs.chips[d["chip"]]
@@ -153,9 +157,10 @@ def build_profile(model: CostModel, device: str, val: dict[str, Any], sigs, teac
                              "(latency_models/ane/data/measurements.csv)",
                    "rows_on_this_chip": len(rows_chip), "rows_on_this_generation": len(rows_gen),
                    "published_sd21_ms": sd_rows[0].latency_ms if sd_rows else None,
-                   "predicted_sd21_ms": round(float(pr["mean_ms"][0] * 1.0), 3),
+                   "predicted_sd21_ms": round(float(pr["mean_ms"][0]), 3),
+                   "profile_sd21_ms": round(float(student.predict(sd21_image_arch()).mean_ms), 3),
                    **({"borrowed": borrowed} if borrowed else {})},
-        validation=_validation_meta(val), heldout={"network": _heldout(val["_held"]["lofo"])},
+        validation=validation, heldout=heldout,
         distillation={"blocks": len(sigs), "median_abs_pct": float(100 * np.median(np.abs(np.expm1(err)))),
                       "p90_abs_pct": float(100 * np.percentile(np.abs(np.expm1(err)), 90))},
         device_facts={"peak_tflops_fp16": chip.peak_tflops_fp16, "bandwidth_gbs": chip.bandwidth_gbs,
@@ -178,10 +183,11 @@ def build_profiles(out_dir: Path = PROFILE_DIR, data: Path = DATA_DIR, h: Hyper 
         raise ValueError(f"{data}: no probe:* programs (run `make fitset-features`)")
     docs = {}
     out_dir.mkdir(parents=True, exist_ok=True)
+    vmeta, hmeta = _validation_meta(val), {"network": _heldout(val["_held"]["lofo"])}
     for device, d in sorted(fs.devices.items()):
         if not d["profile"]:
             continue
-        prof = build_profile(model, device, val, sigs, teacher_programs)
+        prof = build_profile(model, device, vmeta, hmeta, sigs, teacher_programs)
         doc, _ = prof.to_json_dict()
         docs[d["profile"]] = doc
         tmp = out_dir / f".{d['profile']}.json.tmp"
