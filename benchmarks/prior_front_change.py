@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rerun", help="a run that searched with the new model")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "prior_front_change"))
     args = ap.parse_args(argv)
-    meta, rows = read_run(Path(args.run))
+    _, rows = read_run(Path(args.run))
     lat_b, mem_b = budgets(Path(args.run))
     old, new = load_latency_model(args.old), load_latency_model(args.new)
     for r in rows:
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
                 per_kind.setdefault(ch.kind.value, []).append(r["new_ms"] / r["old_ms"])
     res["new_over_old_by_kind_median"] = {k: sorted(v)[len(v) // 2] for k, v in sorted(per_kind.items())}
     if args.rerun:
-        meta2, rows2 = read_run(Path(args.rerun))
+        _, rows2 = read_run(Path(args.rerun))
         f2 = front(rows2, "latency_ms", lat_b, mem_b)
         res["rerun"] = {"run": str(args.rerun), "trials_with_quality": len(rows2),
                         "front": [{"arch_id": r["arch_id"], "quality": r["quality"], "latency_ms": r["latency_ms"]}

@@ -58,6 +58,9 @@ class Hyper:
     em_steps: int = 4
 
 
+DEFAULT_HYPER = Hyper()
+
+
 class Params:
     """Named blocks of the parameter vector, their prior rows and difference (walk) rows."""
 
@@ -278,7 +281,7 @@ def _solve(units: _Units, par: Params, y: np.ndarray, sd_rows: np.ndarray, th0: 
     return sol.x, sol.jac, len(y)
 
 
-def fit(fs: FitSet, rows: Sequence[Row] | None = None, h: Hyper = Hyper()) -> CostModel:
+def fit(fs: FitSet, rows: Sequence[Row] | None = None, h: Hyper = DEFAULT_HYPER) -> CostModel:
     """MAP fit on ``rows`` (default: every included row), with EM updates of the family and
     source spreads and of the residual spread ``sigma``. BLAS runs on one thread: the matrices
     are small (rows x ~100 parameters), and more threads only contend on a shared machine."""

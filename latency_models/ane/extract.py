@@ -31,8 +31,16 @@ from collections import Counter
 from pathlib import Path
 
 from latency_models.ane import mil
-from latency_models.ane.recipes import (DATA_DIR, Recipe, build, compress, convert, load_recipes,
-                                        probe_signatures, unet_blocks)
+from latency_models.ane.recipes import (
+    DATA_DIR,
+    Recipe,
+    build,
+    compress,
+    convert,
+    load_recipes,
+    probe_signatures,
+    unet_blocks,
+)
 
 OPS_COLUMNS = ("program", "cls", "op_type", "flops", "act", "weights", "weight_bits", "count")
 PROGRAM_COLUMNS = ("program", "model", "precision", "builder", "name", "route", "recipe_sha256",

@@ -92,7 +92,7 @@ def _weight_bits(producer, var) -> int:
         lut = ins["lut"]
         shape = tuple(int(d) for d in lut.shape)
         entries = shape[-2] if len(shape) >= 2 else shape[0]
-        return max(1, int(round(math.log2(max(entries, 2)))))
+        return max(1, round(math.log2(max(entries, 2))))
     for key in ("quantized_data", "data"):
         if key in ins:
             return _dtype_bits(ins[key])
@@ -200,7 +200,7 @@ def program_ops(prog, function: str = "main") -> list[MilOp]:
         cls = _klass(op, ins, weights > 0)
         if t == "scaled_dot_product_attention":
             act += 2 * (out_size // max(int(ins["value"].shape[-1]), 1)) * int(ins["key"].shape[-2])
-        bits = int(round(bits_x_elems / weights)) if weights else 0
+        bits = round(bits_x_elems / weights) if weights else 0
         rows.append(MilOp(int(cls), _flops(op, ins, out_size, cls), float(act), float(weights), bits, t))
     return rows
 

@@ -34,17 +34,33 @@ import numpy as np
 
 from latency_models._blockwise import Composition
 from latency_models._roofline import PARAMS, RooflineModel
-from latency_models.ane.costmodel import NEW, P_ROOFLINE, CostModel, Hyper, fit, new_row
+from latency_models.ane.costmodel import (
+    DEFAULT_HYPER,
+    NEW,
+    P_ROOFLINE,
+    CostModel,
+    Hyper,
+    fit,
+    new_row,
+)
 from latency_models.ane.fitset import ACT_BYTES, DATA_DIR, GENERATIONS, FitSet, load_fitset
-from latency_models.apple_priors import sd21_image_arch
 from latency_models.features import COMPUTE_CLASSES, OpClass
+from search_space.arch import ArchConfig
 from search_space.geometry import BlockSignature
+from search_space.presets import default_task, get_backbone
 
 PRIOR_PRECISION = "lut6"
 WEIGHT_BITS = 6
 PROFILE_DIR = Path(__file__).resolve().parent.parent / "profiles"
 DISTILL_LOG_SD = 0.5
 Z90 = 1.645
+
+
+def sd21_image_arch() -> ArchConfig:
+    """SD-2.1-base UNet as one image call: batch 2 (CFG), 64x64 latent, T = 1, no temporal layers."""
+    bb = get_backbone("sd21")
+    task = default_task("sd21").replace(num_frames=1, batch=2, latent_height=64, latent_width=64)
+    return ArchConfig.create(bb.name, task, {}, bb.stage_ids)
 
 
 def cost_constants(model: CostModel, chip: str) -> dict[str, float]:
@@ -171,7 +187,7 @@ def build_profile(model: CostModel, device: str, validation: dict[str, Any], hel
     return student
 
 
-def build_profiles(out_dir: Path = PROFILE_DIR, data: Path = DATA_DIR, h: Hyper = Hyper(),
+def build_profiles(out_dir: Path = PROFILE_DIR, data: Path = DATA_DIR, h: Hyper = DEFAULT_HYPER,
                    val: dict[str, Any] | None = None, progress=None) -> dict[str, dict]:
     from latency_models.ane.validate import validate
 

@@ -229,15 +229,14 @@ def probe_signatures(recipe: Recipe) -> list:
 def convert(module, example: tuple, inputs, target: str = "iOS17"):
     """fp16 mlprogram of ``module`` (torch.export route; TorchScript trace as the fallback).
     Returns ``(mlmodel, route)``."""
+    import coremltools as ct
     import numpy as np
     import torch
 
-    import coremltools as ct
-
     specs = [ct.TensorType(name=n, shape=tuple(s), dtype=np.int32 if k == "int" else np.float32)
              for n, s, k in inputs]
-    kw = dict(convert_to="mlprogram", minimum_deployment_target=getattr(ct.target, target),
-              compute_precision=ct.precision.FLOAT16, inputs=specs, skip_model_load=True)
+    kw = {"convert_to": "mlprogram", "minimum_deployment_target": getattr(ct.target, target),
+          "compute_precision": ct.precision.FLOAT16, "inputs": specs, "skip_model_load": True}
     try:
         with torch.no_grad():
             ep = torch.export.export(module, example).run_decompositions({})
@@ -247,7 +246,7 @@ def convert(module, example: tuple, inputs, target: str = "iOS17"):
             with torch.no_grad():
                 traced = torch.jit.trace(module, example, strict=False)
             return ct.convert(traced, **kw), "torch.jit.trace"
-        except Exception as second:  # noqa: BLE001
+        except Exception as second:
             raise ConfigError(f"conversion failed: export: {type(first).__name__}: "
                               f"{str(first).splitlines()[0][:200]}; trace: {type(second).__name__}: "
                               f"{str(second).splitlines()[0][:200]}") from second

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from latency_models.ane.costmodel import CostModel, Hyper, fit
+from latency_models.ane.costmodel import DEFAULT_HYPER, CostModel, Hyper, fit
 from latency_models.ane.fitset import FitSet, Row
 
 SD_FAMILY = "sd21_unet"
@@ -75,7 +75,7 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(stats.spearmanr(a, b).statistic)
 
 
-def hold_out(fs: FitSet, key: Callable[[Row], str], h: Hyper = Hyper(),
+def hold_out(fs: FitSet, key: Callable[[Row], str], h: Hyper = DEFAULT_HYPER,
              progress: Callable[[str], None] | None = None) -> Held:
     """Predict every group of ``key`` from a fit on the other groups."""
     held = Held.empty()
@@ -102,7 +102,7 @@ def per_family(held: Held) -> dict[str, dict[str, float]]:
     return out
 
 
-def sd_excluded(fs: FitSet, h: Hyper = Hyper()) -> tuple[Held, CostModel]:
+def sd_excluded(fs: FitSet, h: Hyper = DEFAULT_HYPER) -> tuple[Held, CostModel]:
     train = [r for r in fs.included if r.family != SD_FAMILY]
     test = [r for r in fs.included if r.family == SD_FAMILY]
     model = fit(fs, train, h)
@@ -111,7 +111,7 @@ def sd_excluded(fs: FitSet, h: Hyper = Hyper()) -> tuple[Held, CostModel]:
     return held, model
 
 
-def validate(fs: FitSet, h: Hyper = Hyper(), progress: Callable[[str], None] | None = None,
+def validate(fs: FitSet, h: Hyper = DEFAULT_HYPER, progress: Callable[[str], None] | None = None,
              spearman_min_rows: int = 3) -> dict:
     """All validation numbers (the ``benchmarks/prior_transfer.py`` JSON, minus timings)."""
     lofo = hold_out(fs, lambda r: r.family, h, progress)

@@ -112,7 +112,8 @@ def test_fit_on_a_subset_and_held_out_families(small):
 
 def test_unseen_family_source_and_generation_widen_the_interval(small):
     sub, m = small
-    seen = [r for r in sub.included if r.model == "tv_resnet50" and r.chip == "A16" and r.precision == "fp16"][0]
+    seen = next(r for r in sub.included
+                if r.model == "tv_resnet50" and r.chip == "A16" and r.precision == "fp16")
     new = new_row("tv_resnet50@fp16", "A16")
     a18 = new_row("tv_resnet50@fp16", "A18 Pro")
     sd = m.predict([seen, new, a18])["log_sd"]
