@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -13,7 +14,7 @@ from torch import nn
 from latency_models.ane import mil
 from latency_models.ane.recipes import compress
 from latency_models.backends.coreml_export import convert_module
-from latency_models.features import OpClass, op_table
+from latency_models.features import COMPUTE_CLASSES, OpClass, op_table
 from latency_models.probes import probes
 from search_space.arch import TemporalKind
 from search_space.backbone import unet
@@ -113,3 +114,34 @@ def test_unet_converted_per_block_matches_the_whole_network():
     for k in ("conv_gflop", "linear_gflop", "attn_gflop", "weight_melem"):
         assert parts[k] == pytest.approx(whole[k], rel=0.002), k
     assert math.isclose(parts["conv3d_gflop"], whole["conv3d_gflop"])
+
+
+def test_extraction_writes_tables_the_fit_reads(tmp_path):
+    """A temponas block through the extraction path: per-precision programs, hashes, tables."""
+    from latency_models.ane.extract import (
+        _cache_doc,
+        extract_probe,
+        ops_hash,
+        probe_program,
+        write_tables,
+    )
+    from latency_models.ane.fitset import load_programs
+    from latency_models.ane.recipes import load_recipes
+
+    sig = max((p.sig for p in probes(_tiny_space()) if p.sig.kind is TemporalKind.ATTN1D),
+              key=lambda s: s.in_channels)
+    res = extract_probe(sig, {"fp16", "lut6"})
+    rec = load_recipes()["temponas_probes"]
+    docs = [_cache_doc(rec, p, r, "test", probe_program(sig), sig.to_dict()) for p, r in res.items()]
+    write_tables(docs, tmp_path)
+    progs = load_programs(tmp_path)
+    assert set(progs) == {f"{probe_program(sig)}@fp16", f"{probe_program(sig)}@lut6"}
+    for p, r in res.items():
+        prog = progs[f"{probe_program(sig)}@{p}"]
+        assert prog.meta["ops_sha256"] == ops_hash(r["ops"])
+        compute = np.isin(prog.cls, [int(c) for c in COMPUTE_CLASSES])
+        got = float((prog.flops * prog.count)[compute].sum()) / 1e9
+        assert got == pytest.approx(sum(op_table(sig).totals()[f"{c}_gflop"]
+                                        for c in ("conv", "conv3d", "linear", "attn")))
+        big = prog.weights > 2048  # coremltools compresses weights above its default threshold
+        assert big.any() and set(prog.weight_bits[big]) == ({16} if p == "fp16" else {6})
