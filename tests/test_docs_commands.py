@@ -8,7 +8,8 @@ line must be a key of exactly one table:
 * ``AS_DOCUMENTED``: run exactly as written;
 * ``SUBSTITUTED``: run as the steps given, every difference from the documented line justified
   in ``why`` (tiny presets and sizes, a stand-in for a file only a phone makes, ...);
-* ``SKIPPED``: cannot run on Linux, with the reason.
+* ``SKIPPED``: cannot run on Linux (or needs a multi-GB environment of its own), with the
+  reason.
 
 Two kinds of line need no entry: an inline mention that is the start of a covered line
 (`temponas latency fit` names the command `temponas latency fit cpu.csv ...` runs), and a
@@ -62,13 +63,14 @@ L_AUDIT = ("temponas proxies audit snapgen_v --n-archs 24 --budgets 15,30 --seed
 AS_DOCUMENTED: dict[str, Case] = {
     "temponas space --preset snapgen_v": Case(expect=("distinct architectures",)),
     "temponas latency devices": Case(expect=("iphone16pm",)),
-    "temponas latency predict --device iphone14pm --preset sd21 --frames 1 --batch 2":
-        Case(expect=("latency ",)),
     # the README's example config (`name: my_search`), saved where the line expects it
     "temponas latency probes experiments/configs/my_search.yaml":
         Case(expect=("distinct block signatures for snapgen_v",)),
     "python bundle/run_on_device.py bundle --template --device iPhone17,2 --out phone.csv":
         Case(after=(L_EXPORT_PROBES,), files=("phone.csv",)),
+    "temponas latency predict --device iphone16pm --preset sd21 --frames 1 --batch 2":
+        Case(expect=("latency ",)),
+    "temponas latency fitset --excluded": Case(expect=("EXCLUDED",)),
     "temponas proxies list": Case(expect=("naswot",)),
     "temponas proxies preview-data --out train.png": Case(files=("train.png",)),
     "temponas proxies preview-data --out val.gif --split val --decoded": Case(files=("val.gif",)),
@@ -203,7 +205,27 @@ SUBSTITUTED: dict[str, Case] = {
         steps=("python benchmarks/proxy_fidelity.py --help",), why=_BENCH, cwd="root"),
 }
 
+_PRIORS = ("the same refit as `python -m latency_models.apple_priors` (which rebuilds the priors "
+           "into the workspace and checks them against the shipped ones); writing here would "
+           "rewrite the shipped latency_models/profiles/*.json")
+SUBSTITUTED.update({
+    "temponas latency fitset [--excluded] [--json]": Case(
+        steps=("temponas latency fitset", "temponas latency fitset --json"),
+        why="the optional flags: the plain table and --json (--excluded runs as its own line)",
+        expect=("rows in the fit",)),
+    "make priors": Case(why=_PRIORS, cwd="root", make_subs=(("build-priors", "build-priors --help"),),
+                        expect=("--out",)),
+    "temponas latency build-priors": Case(steps=("temponas latency build-priors --help",), why=_PRIORS),
+    "python benchmarks/prior_transfer.py --json": Case(
+        steps=("python benchmarks/prior_transfer.py --help",), why=_BENCH, cwd="root"),
+})
+
 SKIPPED: dict[str, str] = {
+    "make fitset-features":
+        "builds a separate 5.5 GB environment (torch 2.14.1 + torchvision, timm, open_clip) and "
+        "converts 204 programs (~75 min); its output is committed, and "
+        "tests/latency_models/test_ane_mil.py::test_extraction_writes_tables_the_fit_reads runs a "
+        "temponas block through the same extraction path into the tables the fit reads",
     "python3 -m venv venv && . venv/bin/activate && pip install coremltools numpy":
         "sets up Python on the Mac that runs a probe bundle (and downloads packages)",
     "python bundle/run_on_device.py bundle --compute-units cpu_and_ne --runs 50 --repeats 3":

@@ -58,15 +58,21 @@ def _target(ct, target: str):
 
 
 def convert_module(module, inputs: Sequence, *, input_names: Sequence[str] | None = None,
-                   output_names: Sequence[str] | None = None, target: str = "iOS18"):
+                   output_names: Sequence[str] | None = None, target: str = "iOS18",
+                   trace_fallback: bool = False):
     """A torch module -> fp16 mlprogram ``MLModel`` (the one Core ML converter of temponas).
 
     ``inputs``: example tensors in call order (their shapes become the package's fixed input
-    shapes); ``input_names``: one per input (default ``x0, x1, ...``); ``output_names``: names
-    of the outputs (default: coremltools' own). Route: ``torch.export.export`` ->
-    ``run_decompositions({})`` -> ``coremltools.convert`` (works with any numpy; see the
-    module docstring). Raises whatever torch/coremltools raise (callers name the failure).
+    shapes; integer tensors, e.g. token ids, become int32 inputs); ``input_names``: one per
+    input (default ``x0, x1, ...``); ``output_names``: names of the outputs (default:
+    coremltools' own). Route: ``torch.export.export`` -> ``run_decompositions({})`` ->
+    ``coremltools.convert`` (works with any numpy; see the module docstring);
+    ``trace_fallback`` retries through ``torch.jit.trace`` when the export route fails (some
+    third-party networks of the latency fit set). The route taken is recorded in the model's
+    ``user_defined_metadata["temponas.route"]``. Raises whatever torch/coremltools raise
+    (callers name the failure).
     """
+    import numpy as np
     import torch
 
     ct = _ct()
@@ -75,15 +81,25 @@ def convert_module(module, inputs: Sequence, *, input_names: Sequence[str] | Non
     if len(names) != len(inputs):
         raise ValueError(f"{len(names)} input names for {len(inputs)} inputs")
     module = module.eval()
-    with torch.no_grad():
-        ep = torch.export.export(module, tuple(inputs)).run_decompositions({})
-    kw = {}
+    kw = {"convert_to": "mlprogram", "minimum_deployment_target": tgt,
+          "compute_precision": ct.precision.FLOAT16, "skip_model_load": True,
+          "inputs": [ct.TensorType(name=n, shape=tuple(x.shape),
+                                   dtype=np.float32 if x.is_floating_point() else np.int32)
+                     for n, x in zip(names, inputs)]}
     if output_names:
         kw["outputs"] = [ct.TensorType(name=n) for n in output_names]
-    return ct.convert(ep, convert_to="mlprogram", minimum_deployment_target=tgt,
-                      compute_precision=ct.precision.FLOAT16,
-                      inputs=[ct.TensorType(name=n, shape=tuple(x.shape)) for n, x in zip(names, inputs)],
-                      skip_model_load=True, **kw)
+    try:
+        with torch.no_grad():
+            ep = torch.export.export(module, tuple(inputs)).run_decompositions({})
+        ml, route = ct.convert(ep, **kw), "torch.export"
+    except Exception:
+        if not trace_fallback:
+            raise
+        with torch.no_grad():
+            traced = torch.jit.trace(module, tuple(inputs), strict=False)
+        ml, route = ct.convert(traced, **kw), "torch.jit.trace"
+    ml.user_defined_metadata["temponas.route"] = route
+    return ml
 
 
 @contextlib.contextmanager
