@@ -88,13 +88,14 @@ class VideoSet:
     """A split of encoded videos.
 
     ``latents``: ``(N, C, T, H, W)`` float32; ``text``: ``(N, tokens, dim)``;
-    ``pixels``: ``(N, T, 8H, 8W, 3)`` uint8 (what the latents encode, for previews);
+    ``pixels``: ``(N, T, 8H, 8W, 3)`` uint8 (what the latents encode, for previews), or None
+    for your clips (they are not kept in memory: previews decode the files again);
     ``sources``/``captions``: one per video.
     """
 
     latents: torch.Tensor
     text: torch.Tensor
-    pixels: np.ndarray
+    pixels: np.ndarray | None
     sources: tuple[str, ...]
     captions: tuple[str, ...]
 
