@@ -1,0 +1,120 @@
+"""Real media made by the libraries themselves, small: video files written with PyAV, frame
+folders with Pillow, and tiny random diffusers/transformers models saved with save_pretrained
+(a VAE, a CLIP text model with its tokenizer, a UNet). No downloads."""
+
+from __future__ import annotations
+
+import json
+import os
+import string
+from pathlib import Path
+
+import numpy as np
+
+CODECS = {".mp4": ("libx264", "yuv420p"), ".webm": ("libvpx-vp9", "yuv420p"), ".gif": ("gif", "rgb8")}
+
+
+def moving_frames(n: int, h: int = 48, w: int = 64, seed: int = 0) -> np.ndarray:
+    """``(n, h, w, 3)`` uint8: a coloured square moving over a gradient (real motion)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([xx / w, yy / h, np.full((h, w), rng.uniform(0.2, 0.8))], -1)
+    color = rng.uniform(0.3, 1.0, 3)
+    out = np.empty((n, h, w, 3), np.uint8)
+    x0, y0, vx, vy, s = rng.uniform(0, w / 2), rng.uniform(0, h / 2), rng.uniform(1, 3), rng.uniform(-2, 2), h // 3
+    for t in range(n):
+        f = base.copy()
+        x, y = int(x0 + vx * t) % (w - s), int(y0 + vy * t) % (h - s)
+        f[y:y + s, x:x + s] = color
+        out[t] = (f * 255).astype(np.uint8)
+    return out
+
+
+def write_video(path: str | Path, frames: np.ndarray, fps: int = 8) -> str:
+    """Encode ``frames (n, h, w, 3)`` uint8 with PyAV; the container follows the suffix."""
+    import av
+
+    path = str(path)
+    codec, pix = CODECS[os.path.splitext(path)[1]]
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with av.open(path, "w") as c:
+        st = c.add_stream(codec, rate=fps)
+        st.height, st.width = frames.shape[1:3]
+        st.pix_fmt = pix
+        for f in frames:
+            for pkt in st.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")):
+                c.mux(pkt)
+        for pkt in st.encode():
+            c.mux(pkt)
+    return path
+
+
+def write_frames_dir(path: str | Path, frames: np.ndarray, ext: str = ".png") -> str:
+    from PIL import Image
+
+    os.makedirs(path, exist_ok=True)
+    for i, f in enumerate(frames):
+        Image.fromarray(f).save(os.path.join(path, f"frame_{i}{ext}"))  # natural order: 2 < 10
+    return str(path)
+
+
+def tiny_vae(path: str | Path, latent_channels: int = 4, levels: int = 4, seed: int = 0) -> str:
+    """A random diffusers AutoencoderKL: ``2**(levels-1)`` pixels per latent."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * levels,
+                        up_block_types=("UpDecoderBlock2D",) * levels, block_out_channels=(8,) * levels,
+                        layers_per_block=1, latent_channels=latent_channels, norm_num_groups=4,
+                        sample_size=64)
+    vae.save_pretrained(str(path))
+    return str(path)
+
+
+def _clip_vocab() -> tuple[dict[str, int], list[str]]:
+    chars = list(string.ascii_lowercase + string.digits)
+    toks = chars + [c + "</w>" for c in chars]
+    merges = ["t h", "th e</w>", "a n", "an d</w>"]
+    toks += ["th", "the</w>", "an", "and</w>", "<|startoftext|>", "<|endoftext|>"]
+    return {t: i for i, t in enumerate(toks)}, merges
+
+
+def tiny_clip(path: str | Path, hidden: int = 32, tokenizer_subdir: bool = False, seed: int = 0) -> str:
+    """A random transformers CLIPTextModel and its CLIPTokenizer (vocab.json + merges.txt
+    written here) in ``path`` (or ``path/tokenizer/``)."""
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    vocab, merges = _clip_vocab()
+    tok_dir = os.path.join(path, "tokenizer") if tokenizer_subdir else str(path)
+    os.makedirs(tok_dir, exist_ok=True)
+    with open(os.path.join(tok_dir, "vocab.json"), "w", encoding="utf-8") as f:
+        json.dump(vocab, f)
+    with open(os.path.join(tok_dir, "merges.txt"), "w", encoding="utf-8") as f:
+        f.write("#version: 0.2\n" + "\n".join(merges) + "\n")
+    tok = CLIPTokenizer(os.path.join(tok_dir, "vocab.json"), os.path.join(tok_dir, "merges.txt"))
+    tok.save_pretrained(tok_dir)
+    torch.manual_seed(seed)
+    cfg = CLIPTextConfig(vocab_size=len(vocab), hidden_size=hidden, intermediate_size=2 * hidden,
+                         num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=16,
+                         bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
+                         pad_token_id=vocab["<|endoftext|>"])
+    CLIPTextModel(cfg).save_pretrained(str(path))
+    return str(path)
+
+
+def tiny_unet(path: str | Path, seed: int = 0) -> str:
+    """A random diffusers UNet2DConditionModel with the layout of the ``tiny`` preset
+    (channels 32/64, one ResNet per down stage, 32-d text, 8 norm groups)."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4,
+                                down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+                                block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=32,
+                                attention_head_dim=(2, 4), norm_num_groups=8)
+    unet.save_pretrained(str(path))
+    return str(path)
