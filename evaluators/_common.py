@@ -68,8 +68,9 @@ class BuiltinEvaluator:
 
     @property
     def config_key(self) -> str:
-        blob = json.dumps({"name": self.name, "options": self.options.scoring_dict(), "backbone": self.backbone.to_dict(),
-                           "code": CODE_VERSION}, sort_keys=True, default=str)
+        blob = json.dumps({"name": self.name, "options": self.options.scoring_dict(),
+                           "backbone": self.backbone.to_dict(), "code": CODE_VERSION},
+                          sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def describe(self) -> dict[str, Any]:

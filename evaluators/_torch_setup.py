@@ -15,6 +15,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
 import torch
 
 from evaluators import _user_data
@@ -214,8 +215,8 @@ def prepare_data(full: BackboneSpec, opts: TorchOptions, latent_channels: int,
     return dict(user_data(full, opts, latent_channels, progress).info)
 
 
-#: the option keys :func:`bundled_videos` reads (an evaluator's other options are ignored)
-VIDEO_OPTION_KEYS = ("scale", "data", "batch", "spatial")
+#: the option keys :func:`bundled_videos` and :func:`preview_frames` read (others are ignored)
+VIDEO_OPTION_KEYS = ("scale", "data", "batch", "spatial", "cache_dir")
 
 
 def bundled_videos(backbone: BackboneSpec, options: Mapping[str, Any] | None = None, *,
@@ -231,6 +232,33 @@ def bundled_videos(backbone: BackboneSpec, options: Mapping[str, Any] | None = N
     train, val, std = load_splits(g, max(min_videos, opts.data.num_train),
                                   max(min_videos, opts.data.num_val), opts.data.seed)
     return train, val, std, g
+
+
+def preview_frames(backbone: BackboneSpec, options: Mapping[str, Any] | None = None, *,
+                   latent_channels: int | None = None, split: str = "train", n: int = 8,
+                   decoded: bool = False, where: str = "options"
+                   ) -> tuple[np.ndarray, tuple[str, ...], VideoGeometry]:
+    """``(frames (n, T, h, w, 3) uint8, sources, geometry)``: the first ``n`` videos of
+    ``split`` as a torch evaluator with ``options`` sees them: their pixels (the bundled renders,
+    or your clips decoded again) or, ``decoded``, what their latents decode to (your VAE's
+    decoder, or the inverse of the fixed encoding). Text options are ignored (no text shown);
+    ``latent_channels`` defaults to the VAE's (else 4)."""
+    from evaluators.data import decode
+
+    raw = {k: v for k, v in (options or {}).items() if k in VIDEO_OPTION_KEYS}
+    if isinstance(raw.get("data"), Mapping):
+        raw["data"] = {k: v for k, v in raw["data"].items() if k not in ("text_encoder", "embeddings")}
+    opts = parse_options(TorchOptions, raw, where)
+    d = opts.data
+    C = latent_channels or (_user_data.vae_info(d.vae).latent_channels if d.vae else 4)
+    if d.source == "bundled":
+        train, val, std, g = bundled_videos(backbone, raw, latent_channels=C, min_videos=n, where=where)
+        v = train if split == "train" else val
+        frames = (decode(v.latents[:n], std, g.patch) * 255 + 0.5).astype(np.uint8) if decoded else v.pixels[:n]
+        return frames, v.sources[:n], g
+    g = Scaled.of(backbone, opts, C).geometry
+    frames, sources = _user_data.preview(d, cache_root(opts), g, split, n, decoded)
+    return frames, sources, g
 
 
 @functools.lru_cache(maxsize=1)

@@ -21,6 +21,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from common.errors import ConfigError
@@ -35,7 +36,7 @@ from evaluators._encoders import (
     vae_info,
     word_table_text,
 )
-from evaluators.data import VideoGeometry, VideoSet, encode
+from evaluators.data import VideoGeometry, VideoSet, decode, encode
 
 CLIPS_VERSION = "clips-1"
 _KEYS: dict[tuple, str] = {}
@@ -274,6 +275,38 @@ def _assemble(data, sel, keys, latents, text, normalize: bool) -> tuple[dict[str
         sets[split] = VideoSet(latents=z, text=torch.stack(ts), pixels=None, sources=tuple(srcs),
                                captions=tuple(caps))
     return sets, std
+
+
+def preview(data, root: str, geom: VideoGeometry, split: str, n: int, decoded: bool
+            ) -> tuple[np.ndarray, tuple[str, ...]]:
+    """``(frames (n, T, h, w, 3) uint8, sources)`` of the first ``n`` videos of ``split``: the
+    clips decoded again, or (``decoded``) their latents through the VAE's decoder / the inverse
+    of the fixed encoding."""
+    if data.source == "latents":
+        raise ConfigError(f"data.path: {data.path}: precomputed latents have no pixels and no "
+                          f"decoder to show them with")
+    split = VAL if split in (VAL, "validation") else TRAIN
+    if decoded:
+        u = user_splits(data, root, geom)
+        v = u.train if split == TRAIN else u.val
+        z = v.latents[:n]
+        if data.vae:
+            return VaeEncoder(vae_info(data.vae)).decode(z), v.sources[:n]
+        return (decode(z, u.channel_std, data.patch) * 255 + 0.5).astype(np.uint8), v.sources[:n]
+    hw = (geom.latent_height * pixels_per_latent(data), geom.latent_width * pixels_per_latent(data))
+    frames, sources = [], []
+    for c in _select(data)[split]:
+        try:
+            x = decode_windows(c, geom.num_frames, data.stride, data.windows, hw, data.resize)
+        except BadClip:
+            if not data.skip_bad:
+                raise
+            continue
+        frames += list(x)
+        sources += [c.rel if len(x) == 1 else f"{c.rel}#{w}" for w in range(len(x))]
+        if len(frames) >= n:
+            break
+    return np.stack(frames[:n]), tuple(sources[:n])
 
 
 def _latent_file(data, geom: VideoGeometry) -> UserData:
