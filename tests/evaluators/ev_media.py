@@ -118,3 +118,43 @@ def tiny_unet(path: str | Path, seed: int = 0) -> str:
                                 attention_head_dim=(2, 4), norm_num_groups=8)
     unet.save_pretrained(str(path))
     return str(path)
+
+
+def tiny_pipeline(path: str | Path, seed: int = 0) -> str:
+    """An SD-1.5-style pipeline folder at test size: ``unet/`` (the ``tiny`` layout), ``vae/``
+    (4 latent channels, 8 pixels per latent), ``text_encoder/`` (32-d CLIP) and ``tokenizer/``."""
+    tiny_unet(os.path.join(path, "unet"), seed)
+    tiny_vae(os.path.join(path, "vae"), latent_channels=4, levels=4, seed=seed)
+    tiny_clip(os.path.join(path, "text_encoder"), hidden=32, seed=seed)
+    tok = os.path.join(path, "tokenizer")  # the pipeline layout: the tokenizer next to the model
+    os.makedirs(tok, exist_ok=True)
+    for f in os.listdir(os.path.join(path, "text_encoder")):
+        if f != "config.json" and not f.endswith(".safetensors"):
+            os.replace(os.path.join(path, "text_encoder", f), os.path.join(tok, f))
+    return str(path)
+
+
+WORDS = ("red", "green", "blue", "square", "moves", "left", "right", "up", "down", "slowly", "fast")
+
+
+def write_clips(path: str | Path, n: int = 12, frames: int = 12, n_val: int = 3) -> str:
+    """``n`` mp4 clips (64x48, ``frames`` frames) and ``manifest.csv`` (path, caption, split:
+    the last ``n_val`` are validation clips); returns the manifest's path."""
+    rows = ["path,caption,split"]
+    for i in range(n):
+        rel = f"videos/clip_{i:02d}.mp4"
+        write_video(os.path.join(path, rel), moving_frames(frames, seed=i))
+        words = [WORDS[(i + k) % len(WORDS)] for k in range(0, 9, 3)]
+        rows.append(f"{rel},a {' '.join(words)} number {i},{'val' if i >= n - n_val else 'train'}")
+    manifest = os.path.join(path, "manifest.csv")
+    with open(manifest, "w", encoding="utf-8") as f:
+        f.write("\n".join(rows) + "\n")
+    return manifest
+
+
+if __name__ == "__main__":  # python tests/evaluators/ev_media.py MODEL_DIR CLIPS_DIR (the docs walk)
+    import sys
+
+    model, clips = sys.argv[1:3]
+    tiny_pipeline(model)
+    print(f"wrote {model} (unet, vae, text_encoder, tokenizer) and {write_clips(clips)}")
