@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from ev_media import moving_frames, write_frames_dir, write_video
+from tiny_media import moving_frames, write_frames_dir, write_video
 
 from common.errors import ConfigError
 from evaluators._clips import BadClip, decode_windows, hash_split, list_clips, window_starts

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from ev_media import moving_frames, tiny_clip, tiny_vae, write_video
+from tiny_media import moving_frames, tiny_clip, tiny_vae, write_video
 
 from common.errors import ConfigError
 from common.fsio import read_jsonl

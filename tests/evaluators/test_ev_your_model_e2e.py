@@ -15,7 +15,7 @@ import time
 
 import pytest
 import yaml
-from ev_media import moving_frames, tiny_pipeline, tiny_vae, write_clips, write_video
+from tiny_media import moving_frames, tiny_pipeline, tiny_vae, write_clips, write_video
 
 from common.fsio import read_jsonl
 

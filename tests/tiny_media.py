@@ -151,10 +151,3 @@ def write_clips(path: str | Path, n: int = 12, frames: int = 12, n_val: int = 3)
         f.write("\n".join(rows) + "\n")
     return manifest
 
-
-if __name__ == "__main__":  # python tests/evaluators/ev_media.py MODEL_DIR CLIPS_DIR (the docs walk)
-    import sys
-
-    model, clips = sys.argv[1:3]
-    tiny_pipeline(model)
-    print(f"wrote {model} (unet, vae, text_encoder, tokenizer) and {write_clips(clips)}")
