@@ -46,6 +46,7 @@ bench: setup
 	$(BIN)/python benchmarks/search_efficiency.py --json
 	$(BIN)/python benchmarks/overhead.py --json
 	$(BIN)/python benchmarks/memory_model.py --json
+	$(BIN)/python benchmarks/your_model_e2e.py --json
 
 # The shipped Apple device priors, refitted from the committed fit set (a few minutes).
 priors: setup

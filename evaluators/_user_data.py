@@ -83,6 +83,14 @@ def _select(data) -> dict[str, list[Clip]]:
     return out
 
 
+def _bar(items: list, desc: str):
+    """A progress bar on a terminal only (the first hashing of many large clips takes a while);
+    quiet in Ray workers and logs."""
+    from tqdm import tqdm
+
+    return tqdm(items, desc=desc, leave=False, mininterval=2.0, disable=None)
+
+
 def _model_hash(d: str, hashes: FileHashes, extra: str = "") -> str:
     files = model_files(d)
     if extra and extra != d:
@@ -113,7 +121,8 @@ def data_identity(data, root: str) -> dict[str, Any]:
         sel = _select(data)
         ident: dict[str, Any] = {
             "source": "clips", "version": CLIPS_VERSION,
-            "clips": {s: [[c.rel, _files_key(c, hashes), c.caption] for c in cs] for s, cs in sel.items()},
+            "clips": {s: [[c.rel, _files_key(c, hashes), c.caption] for c in _bar(cs, f"hashing {s} clips")]
+                      for s, cs in sel.items()},
             "num_train": data.num_train, "num_val": data.num_val, "stride": data.stride,
             "windows": data.windows, "resize": data.resize}
         if data.vae:
@@ -171,12 +180,12 @@ def _clip_splits(data, root: str, geom: VideoGeometry, progress: bool | None, de
              "hw": list(hw), "resize": data.resize}
     keys = {c.rel: digest({**shape, "content": _files_key(c, hashes)}, 32)
             for cs in sel.values() for c in cs}
-    hashes.save()
     if data.vae:
         vinfo = vae_info(data.vae)
         enc_id, vae = f"vae-{_model_hash(vinfo.dir, hashes)[:16]}", VaeEncoder(vinfo, device)
     else:
         enc_id, vae = f"patch-{data.patch}", None
+    hashes.save()
     store = TensorStore(cache, "latents", {"encoder": enc_id, "channels": geom.latent_channels,
                                           "latent_hw": [geom.latent_height, geom.latent_width],
                                           "version": CLIPS_VERSION})
@@ -185,9 +194,8 @@ def _clip_splits(data, root: str, geom: VideoGeometry, progress: bool | None, de
     def build(missing: list[str]):
         from tqdm import tqdm
 
-        bar = tqdm(missing, desc=f"encoding clips ({enc_id})", leave=False, mininterval=2.0,
-                   disable=None if progress is None else not progress)  # None: only on a terminal
-        for key in bar:
+        for key in tqdm(missing, desc=f"encoding clips ({enc_id})", leave=False, mininterval=2.0,
+                        disable=None if progress is None else not progress):  # None: on a terminal
             clip = by_key[key]
             try:
                 frames = decode_windows(clip, geom.num_frames, data.stride, data.windows, hw, data.resize)

@@ -226,6 +226,8 @@ SUBSTITUTED: dict[str, Case] = {
         steps=("python benchmarks/latency_accuracy.py --help",), why=_BENCH, cwd="root"),
     "python benchmarks/proxy_fidelity.py [--quick] --json": Case(
         steps=("python benchmarks/proxy_fidelity.py --help",), why=_BENCH, cwd="root"),
+    "python benchmarks/your_model_e2e.py --json": Case(
+        steps=("python benchmarks/your_model_e2e.py --help",), why=_BENCH, cwd="root"),
     "python benchmarks/proxy_fidelity.py --json": Case(
         steps=("python benchmarks/proxy_fidelity.py --help",), why=_BENCH, cwd="root"),
 }

@@ -151,3 +151,26 @@ def write_clips(path: str | Path, n: int = 12, frames: int = 12, n_val: int = 3)
         f.write("\n".join(rows) + "\n")
     return manifest
 
+
+def acceptance_config(model: str, manifest: str, cache: str) -> dict:
+    """The one experiment config of the issue-12 acceptance (a ``short_train`` search on the
+    pipeline of :func:`tiny_pipeline` and the clips of :func:`write_clips`). The backbone is the
+    ``tiny`` preset, the layout of the saved ``unet/``: ``{diffusers: <model>/unet, weights:
+    true}`` once issue12-model is on main."""
+    return {
+        "name": "your_model",
+        "backbone": "tiny",
+        "task": {"latent_channels": 4, "num_frames": 4, "latent_height": 8, "latent_width": 8,
+                 "text_tokens": 8},
+        "space": {"defaults": {"kinds": ["none", "conv1d", "attn1d"], "heads": [2], "kernel_t": [3]}},
+        "latency_model": "iphone16pm",
+        "evaluator": {"name": "short_train", "budget": 2, "seeds": [0], "timeout_s": 300, "options": {
+            "scale": {"width_mult": 1.0, "num_frames": 4, "latent_height": 8, "latent_width": 8,
+                      "text_tokens": 8},
+            "data": {"source": "clips", "path": manifest, "vae": f"{model}/vae",
+                     "text_encoder": f"{model}/text_encoder", "num_train": 9, "num_val": 3},
+            "pretrain": {"steps": 6, "batch": 2}, "batch": 3, "val_timesteps": 1,
+            "cache_results": False,  # the second run evaluates again: it must find the data cached
+            "cache_dir": cache}},
+        "search": {"sampler": "random", "n_trials": 4, "workers": 1, "seed": 0},
+    }

@@ -15,33 +15,11 @@ import time
 
 import pytest
 import yaml
-from tiny_media import moving_frames, tiny_pipeline, tiny_vae, write_clips, write_video
+from tiny_media import acceptance_config, moving_frames, tiny_pipeline, tiny_vae, write_clips, write_video
 
 from common.fsio import read_jsonl
 
 pytestmark = pytest.mark.timeout(600)
-
-
-def e2e_config(model: str, manifest: str, cache: str) -> dict:
-    """The one experiment config. The backbone is the ``tiny`` preset, the layout of the saved
-    UNet (unet/): ``{diffusers: <model>/unet, weights: true}`` once issue12-model is on main."""
-    return {
-        "name": "your_model",
-        "backbone": "tiny",
-        "task": {"latent_channels": 4, "num_frames": 4, "latent_height": 8, "latent_width": 8,
-                 "text_tokens": 8},
-        "space": {"defaults": {"kinds": ["none", "conv1d", "attn1d"], "heads": [2], "kernel_t": [3]}},
-        "latency_model": "iphone16pm",
-        "evaluator": {"name": "short_train", "budget": 2, "seeds": [0], "timeout_s": 300, "options": {
-            "scale": {"width_mult": 1.0, "num_frames": 4, "latent_height": 8, "latent_width": 8,
-                      "text_tokens": 8},
-            "data": {"source": "clips", "path": manifest, "vae": f"{model}/vae",
-                     "text_encoder": f"{model}/text_encoder", "num_train": 9, "num_val": 3},
-            "pretrain": {"steps": 6, "batch": 2}, "batch": 3, "val_timesteps": 1,
-            "cache_results": False,  # the second run evaluates again: it must find the data cached
-            "cache_dir": cache}},
-        "search": {"sampler": "random", "n_trials": 4, "workers": 1, "seed": 0},
-    }
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +28,7 @@ def world(tmp_path_factory):
     model = tiny_pipeline(d / "sd_tiny")
     manifest = write_clips(d / "clips", n=12)
     cfg = d / "your_model.yaml"
-    cfg.write_text(yaml.safe_dump(e2e_config(model, manifest, str(d / "cache")), sort_keys=False))
+    cfg.write_text(yaml.safe_dump(acceptance_config(model, manifest, str(d / "cache")), sort_keys=False))
     return d, cfg
 
 
@@ -121,7 +99,7 @@ def _bad_world(tmp_path, world, edit) -> tuple:
     d, _ = world
     clips = tmp_path / "clips"
     shutil.copytree(d / "clips", clips)
-    cfg = e2e_config(str(d / "sd_tiny"), str(clips / "manifest.csv"), str(tmp_path / "cache"))
+    cfg = acceptance_config(str(d / "sd_tiny"), str(clips / "manifest.csv"), str(tmp_path / "cache"))
     edit(clips, cfg)
     p = tmp_path / "bad.yaml"
     p.write_text(yaml.safe_dump(cfg, sort_keys=False))
