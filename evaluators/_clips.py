@@ -228,7 +228,11 @@ def _video_frames(path: str, span: int, windows: int, hw: tuple[int, int], resiz
     """``(frames, n)``: decoded, fitted frames and the clip's frame count ``n``. Decoding stops
     at the last frame a window needs when the container says how many frames it has (then
     ``n`` is that count); otherwise, or when it holds fewer, every frame is decoded."""
-    import av
+    try:
+        import av
+    except ImportError:
+        raise ConfigError(f"{path}: decoding video needs PyAV, the 'video' extra "
+                          f"(pip install -e '.[video]')") from None
 
     frames: list[np.ndarray] = []
     try:

@@ -77,6 +77,16 @@ def model_files(d: str) -> list[tuple[str, str]]:
     return out
 
 
+def _require_hf(what: str) -> None:
+    """A one-line error when the 'hf' extra (diffusers, transformers) is not installed."""
+    import importlib.util
+
+    for mod in ("diffusers", "transformers"):
+        if importlib.util.find_spec(mod) is None:
+            raise ConfigError(f"{what}: loading it needs {mod}, the 'hf' extra "
+                              f"(pip install -e '.[hf]')")
+
+
 @contextlib.contextmanager
 def quiet_hf():
     """diffusers/transformers loading without their info logs and progress bars (they would
@@ -149,6 +159,7 @@ class VaeEncoder:
 
     @functools.cached_property
     def model(self):
+        _require_hf(self.info.config_path)
         from diffusers import AutoencoderKL
 
         try:
@@ -239,6 +250,7 @@ class ClipText:
 
     @functools.cached_property
     def _parts(self):
+        _require_hf(self.info.config_path)
         from transformers import CLIPTextModel, CLIPTokenizer
 
         try:

@@ -134,3 +134,12 @@ def test_unreadable_and_too_short_clips_name_the_file(tmp_path):
         decode_windows(clips["short.mp4"], 4, 2, 1, (8, 8), "crop")
     with pytest.raises(BadClip, match=r"frame_9\.png: cannot read this frame"):
         decode_windows(clips["seq"], 2, 1, 1, (8, 8), "crop")
+
+
+def test_without_the_video_extra_decoding_is_a_one_line_error(clip_dir, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "av", None)  # what `import av` sees without PyAV installed
+    (clip,) = [c for c in list_clips(str(clip_dir), 0.3) if c.rel == "a.mp4"]
+    with pytest.raises(ConfigError, match=r"a\.mp4: decoding video needs PyAV, the 'video' extra"):
+        decode_windows(clip, 2, 1, 1, (8, 8), "crop")
