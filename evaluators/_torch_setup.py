@@ -211,7 +211,10 @@ def data_scoring(opts: TorchOptions) -> dict[str, Any]:
 def prepare_data(full: BackboneSpec, opts: TorchOptions, latent_channels: int,
                  progress: bool | None = None) -> dict[str, Any]:
     """Load (encoding what the cache lacks) the data of an evaluator configuration; bad data
-    raises here. What a search driver calls once before the first evaluation."""
+    raises here. What a search driver calls once before the first evaluation (nothing to do
+    for the bundled videos: each worker renders them, they cannot be bad)."""
+    if opts.data.source == "bundled":
+        return {"source": "bundled"}
     return dict(user_data(full, opts, latent_channels, progress).info)
 
 
