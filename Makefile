@@ -14,12 +14,13 @@ export PYTHONDONTWRITEBYTECODE ?= 1
 setup: $(STAMP)
 
 # torch is installed first and alone: the exact pin takes the CPU wheel; a looser
-# requirement would pull a multi-GB CUDA build. The dev extra is everything the tests need.
+# requirement would pull a multi-GB CUDA build. The dev extra plus hf (diffusers, transformers)
+# and video (PyAV) are everything the tests need; the core install stays without them.
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev,hf,video]'
 	touch $(STAMP)
 
 # a second `make search` continues (or just re-reports) the run instead of refusing it
@@ -45,6 +46,7 @@ bench: setup
 	$(BIN)/python benchmarks/search_efficiency.py --json
 	$(BIN)/python benchmarks/overhead.py --json
 	$(BIN)/python benchmarks/memory_model.py --json
+	$(BIN)/python benchmarks/your_model_e2e.py --json
 
 # The shipped Apple device priors, refitted from the committed fit set (a few minutes).
 priors: setup

@@ -15,6 +15,7 @@ from search_space.arch import ArchConfig
 from search_space.backbone import BackboneSpec
 from search_space.errors import ConfigError
 from search_space.geometry import validate_arch
+from search_space.task import VideoTask
 
 #: Bump when a change to the evaluators' code changes scores: it is part of every cache key.
 CODE_VERSION = "evaluators-1"
@@ -29,6 +30,13 @@ class BaseOptions:
     """Options every built-in evaluator accepts."""
 
     resources: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_RESOURCES))
+
+    def scoring_dict(self) -> dict[str, Any]:
+        """The options that change scores, as config keys hold them (runtime-only keys out)."""
+        d = options_dict(self)
+        for k in NON_SCORING_KEYS:
+            d.pop(k, None)
+        return d
 
 
 class BuiltinEvaluator:
@@ -60,17 +68,21 @@ class BuiltinEvaluator:
 
     @property
     def config_key(self) -> str:
-        opts = options_dict(self.options)
-        for k in NON_SCORING_KEYS:
-            opts.pop(k, None)
-        blob = json.dumps({"name": self.name, "options": opts, "backbone": self.backbone.to_dict(),
-                           "code": CODE_VERSION}, sort_keys=True, default=str)
+        blob = json.dumps({"name": self.name, "options": self.options.scoring_dict(),
+                           "backbone": self.backbone.to_dict(), "code": CODE_VERSION},
+                          sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready description (name, direction, options, config key)."""
         return {"name": self.name, "direction": self.direction.value,
                 "options": options_dict(self.options), "config_key": self.config_key}
+
+    def setup(self, task: VideoTask, progress: bool | None = None) -> dict[str, Any]:
+        """Build what every evaluation of ``task`` shares (the torch evaluators: the encoded
+        data) before the first one, so bad data fails a search before it starts rather than
+        in every trial. Called once by the search driver; returns what it did."""
+        return {}
 
     def check_arch(self, arch: ArchConfig) -> None:
         if arch.backbone != self.backbone.name:

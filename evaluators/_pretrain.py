@@ -1,7 +1,8 @@
 """The scaled spatial backbone pretrained as an image denoiser on video frames, cached on disk.
 
-Key = sha256 of (scaled backbone, data geometry, data options, pretrain options, code and data
-versions). Files: ``<cache>/pretrained/<key>.safetensors`` (spatial state dict) and
+Key = sha256 of (scaled backbone, data geometry, the data's identity (``data_scoring``: the
+bundled set's options, or the content key of your clips and encoders), pretrain options, code
+and data versions). Files: ``<cache>/pretrained/<key>.safetensors`` (spatial state dict) and
 ``<key>.json`` (options, loss curve, wall time). A file lock makes concurrent workers wait
 for one pretraining instead of repeating it. Frames are denoised independently (the image
 UNet has no temporal layers), so this is image pretraining on the video frames.
@@ -27,6 +28,7 @@ from evaluators._torch_setup import (
     Scaled,
     TorchOptions,
     cache_root,
+    data_scoring,
     data_splits,
     denoise_loss,
     mean_loss,
@@ -43,7 +45,7 @@ _MEMO: dict[str, tuple[dict[str, torch.Tensor], dict[str, Any]]] = {}
 def pretrain_key(full: BackboneSpec, opts: TorchOptions, latent_channels: int) -> str:
     sc = Scaled.of(full, opts, latent_channels)
     blob = json.dumps({"backbone": sc.backbone.to_dict(), "geometry": asdict(sc.geometry),
-                       "data": asdict(opts.data), "pretrain": asdict(opts.pretrain),
+                       "data": data_scoring(opts), "pretrain": asdict(opts.pretrain),
                        "code": CODE_VERSION, "data_version": DATA_VERSION,
                        "seed": PRETRAIN_SEED}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

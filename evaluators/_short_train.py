@@ -33,6 +33,7 @@ from evaluators._torch_setup import (
     data_splits,
     denoise_loss,
     mean_loss,
+    prepare_data,
     scaled_arch,
     torch_session,
     validation_batches,
@@ -40,6 +41,7 @@ from evaluators._torch_setup import (
 from evaluators.base import EvalResult
 from search_space.arch import ArchConfig
 from search_space.errors import ConfigError
+from search_space.task import VideoTask
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,9 @@ class ShortTrainEvaluator(BuiltinEvaluator):
         d = super().describe()
         d["options"].pop("cache_results", None)
         return d
+
+    def setup(self, task: VideoTask, progress: bool | None = None) -> dict[str, Any]:
+        return prepare_data(self.backbone, self.options, task.latent_channels, progress)
 
     # ---- cache ------------------------------------------------------------------------------
     def _cache_path(self, arch: ArchConfig, budget: int, seed: int) -> str:

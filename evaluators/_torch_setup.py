@@ -15,8 +15,10 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
 import torch
 
+from evaluators import _user_data
 from evaluators._common import BaseOptions
 from evaluators.data import VideoGeometry, VideoSet, load_splits
 from evaluators.options import parse_options
@@ -30,17 +32,56 @@ NUM_TRAIN_TIMESTEPS = 1000
 
 @dataclass(frozen=True)
 class DataOptions:
-    """The bundled video set: how many videos per split, its seed, pixels per latent."""
+    """Where the videos come from (docs/proxies.md, docs/your_model.md).
 
+    ``source: bundled`` renders ``num_train``/``num_val`` videos from images bundled with our
+    dependencies (``seed``; ``patch`` pixels per latent of the fixed encoding). ``clips``: your
+    clips (``path``: a folder or a CSV/JSONL manifest; at most ``num_train``/``num_val`` videos
+    per split, ``val_fraction`` of the files by hash unless the manifest says, frames every
+    ``stride``-th, ``windows`` per file, ``resize`` ``crop``|``stretch``, ``skip_bad``), encoded
+    by your ``vae`` (a diffusers AutoencoderKL folder; else the fixed encoding) with captions
+    from your ``text_encoder`` (a CLIP text model folder) or ``embeddings`` (a safetensors
+    file), cached under ``cache_dir`` (default ``<cache_dir>/data``; not in the config key).
+    ``latents``: ``path`` is a safetensors file of precomputed latents and text.
+    """
+
+    source: Literal["bundled", "clips", "latents"] = "bundled"
     num_train: int = 96
     num_val: int = 32
     seed: int = 0
     patch: int = 8
+    path: str = ""
+    stride: int = 1
+    windows: int = 1
+    resize: Literal["crop", "stretch"] = "crop"
+    val_fraction: float = 0.2
+    skip_bad: bool = False
+    vae: str = ""
+    text_encoder: str = ""
+    embeddings: str = ""
+    cache_dir: str = ""
 
     def __post_init__(self) -> None:
-        for k in ("num_train", "num_val", "patch"):
+        for k in ("num_train", "num_val", "patch", "stride", "windows"):
             if getattr(self, k) < 1:
                 raise ConfigError(f"data.{k}: must be >= 1, got {getattr(self, k)}")
+        if not 0 < self.val_fraction < 1:
+            raise ConfigError(f"data.val_fraction: must be in (0, 1), got {self.val_fraction}")
+        user = ("path", "vae", "text_encoder", "embeddings")
+        if self.source == "bundled":
+            for k in user:
+                if getattr(self, k):
+                    raise ConfigError(f"data.{k}: needs data.source: clips (or latents for path); "
+                                      f"the bundled videos use the fixed encoding")
+        elif not self.path:
+            raise ConfigError(f"data.path: required with data.source: {self.source}")
+        if self.source == "latents":
+            for k in user[1:]:
+                if getattr(self, k):
+                    raise ConfigError(f"data.{k}: not used with data.source: latents (the file holds "
+                                      f"latents and text already)")
+        if self.text_encoder and self.embeddings:
+            raise ConfigError("data.embeddings: give either a text_encoder or embeddings, not both")
 
 
 @dataclass(frozen=True)
@@ -80,6 +121,11 @@ class TorchOptions(BaseOptions):
         if self.threads < 1:
             raise ConfigError(f"threads: must be >= 1, got {self.threads}")
 
+    def scoring_dict(self) -> dict[str, Any]:
+        d = super().scoring_dict()
+        d["data"] = data_scoring(self)
+        return d
+
 
 def cache_root(opts: TorchOptions) -> str:
     root = opts.cache_dir or os.environ.get("TEMPONAS_CACHE") or os.path.join(
@@ -115,7 +161,8 @@ class Scaled:
         bb = opts.scale.backbone(full)
         s = opts.scale
         geom = VideoGeometry(latent_channels, s.num_frames, s.latent_height, s.latent_width,
-                             s.text_tokens, bb.cross_attention_dim, opts.data.patch)
+                             s.text_tokens, bb.cross_attention_dim,
+                             _user_data.pixels_per_latent(opts.data))
         return Scaled(bb, geom)
 
 
@@ -127,13 +174,52 @@ def scaled_arch(full: BackboneSpec, opts: TorchOptions, arch: ArchConfig) -> tup
 
 def data_splits(full: BackboneSpec, opts: TorchOptions, latent_channels: int
                 ) -> tuple[VideoSet, VideoSet]:
-    g = Scaled.of(full, opts, latent_channels).geometry
-    train, val, _ = load_splits(g, opts.data.num_train, opts.data.num_val, opts.data.seed)
-    return train, val
+    """``(train, val)`` videos at the evaluator's scale: the ONE way every torch evaluator,
+    the pretraining and the supernet get data. ``latents (N, C, T, H, W)``, ``text (N, L, D)``."""
+    u = user_data(full, opts, latent_channels)
+    return u.train, u.val
 
 
-#: the option keys :func:`bundled_videos` reads (an evaluator's other options are ignored)
-VIDEO_OPTION_KEYS = ("scale", "data", "batch", "spatial")
+def user_data(full: BackboneSpec, opts: TorchOptions, latent_channels: int,
+              progress: bool | None = None) -> _user_data.UserData:
+    """Both splits with the channel std of the fixed encoding and what loading did."""
+    sc = Scaled.of(full, opts, latent_channels)
+    g, d = sc.geometry, opts.data
+    if d.source == "bundled":
+        train, val, std = load_splits(g, d.num_train, d.num_val, d.seed)
+        return _user_data.UserData(train, val, std, {"source": "bundled"})
+    w = opts.scale.width_mult
+    _user_data.check_encoders(d, g, f" at scale.width_mult {w:g} (1.0 = real width)" if w != 1 else "")
+    return _user_data.user_splits(d, cache_root(opts), g, progress)
+
+
+def data_key(opts: TorchOptions) -> str:
+    """The identity of the data behind :func:`data_splits` (content hashes of the files used,
+    data options, encoder weight hashes): 16 hex, part of every cache key."""
+    return _user_data.data_key(opts.data, cache_root(opts))
+
+
+def data_scoring(opts: TorchOptions) -> dict[str, Any]:
+    """The data as config and pretraining keys hold it: the bundled set's options (as they
+    always were), or the content key of your data."""
+    d = opts.data
+    if d.source == "bundled":
+        return {"num_train": d.num_train, "num_val": d.num_val, "seed": d.seed, "patch": d.patch}
+    return {"source": d.source, "key": data_key(opts)}
+
+
+def prepare_data(full: BackboneSpec, opts: TorchOptions, latent_channels: int,
+                 progress: bool | None = None) -> dict[str, Any]:
+    """Load (encoding what the cache lacks) the data of an evaluator configuration; bad data
+    raises here. What a search driver calls once before the first evaluation (nothing to do
+    for the bundled videos: each worker renders them, they cannot be bad)."""
+    if opts.data.source == "bundled":
+        return {"source": "bundled"}
+    return dict(user_data(full, opts, latent_channels, progress).info)
+
+
+#: the option keys :func:`bundled_videos` and :func:`preview_frames` read (others are ignored)
+VIDEO_OPTION_KEYS = ("scale", "data", "batch", "spatial", "cache_dir")
 
 
 def bundled_videos(backbone: BackboneSpec, options: Mapping[str, Any] | None = None, *,
@@ -149,6 +235,33 @@ def bundled_videos(backbone: BackboneSpec, options: Mapping[str, Any] | None = N
     train, val, std = load_splits(g, max(min_videos, opts.data.num_train),
                                   max(min_videos, opts.data.num_val), opts.data.seed)
     return train, val, std, g
+
+
+def preview_frames(backbone: BackboneSpec, options: Mapping[str, Any] | None = None, *,
+                   latent_channels: int | None = None, split: str = "train", n: int = 8,
+                   decoded: bool = False, where: str = "options"
+                   ) -> tuple[np.ndarray, tuple[str, ...], VideoGeometry]:
+    """``(frames (n, T, h, w, 3) uint8, sources, geometry)``: the first ``n`` videos of
+    ``split`` as a torch evaluator with ``options`` sees them: their pixels (the bundled renders,
+    or your clips decoded again) or, ``decoded``, what their latents decode to (your VAE's
+    decoder, or the inverse of the fixed encoding). Text options are ignored (no text shown);
+    ``latent_channels`` defaults to the VAE's (else 4)."""
+    from evaluators.data import decode
+
+    raw = {k: v for k, v in (options or {}).items() if k in VIDEO_OPTION_KEYS}
+    if isinstance(raw.get("data"), Mapping):
+        raw["data"] = {k: v for k, v in raw["data"].items() if k not in ("text_encoder", "embeddings")}
+    opts = parse_options(TorchOptions, raw, where)
+    d = opts.data
+    C = latent_channels or (_user_data.vae_info(d.vae).latent_channels if d.vae else 4)
+    if d.source == "bundled":
+        train, val, std, g = bundled_videos(backbone, raw, latent_channels=C, min_videos=n, where=where)
+        v = train if split == "train" else val
+        frames = (decode(v.latents[:n], std, g.patch) * 255 + 0.5).astype(np.uint8) if decoded else v.pixels[:n]
+        return frames, v.sources[:n], g
+    g = Scaled.of(backbone, opts, C).geometry
+    frames, sources = _user_data.preview(d, cache_root(opts), g, split, n, decoded)
+    return frames, sources, g
 
 
 @functools.lru_cache(maxsize=1)

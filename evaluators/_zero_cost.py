@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from torch import nn
 
@@ -24,11 +24,13 @@ from evaluators._torch_setup import (
     TorchOptions,
     data_splits,
     fixed_batches,
+    prepare_data,
     scaled_arch,
     torch_session,
 )
 from search_space.arch import ArchConfig
 from search_space.errors import ConfigError
+from search_space.task import VideoTask
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,9 @@ class ZeroCostEvaluator(BuiltinEvaluator):
     """Subclasses implement ``_proxy(model, batches) -> (value, extras)``."""
 
     Options: ClassVar[type] = ZeroCostOptions
+
+    def setup(self, task: VideoTask, progress: bool | None = None) -> dict[str, Any]:
+        return prepare_data(self.backbone, self.options, task.latent_channels, progress)
 
     def prepare(self, arch: ArchConfig, seed: int) -> tuple[nn.Module, list]:
         """The scaled candidate (spatial frozen, temporal re-drawn) and the fixed batches.

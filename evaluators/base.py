@@ -31,6 +31,9 @@ class Evaluator(Protocol):
     ``config_key`` identifies everything that changes the score besides (arch, seed, budget)
     (evaluator options, proxy scale, data, code version): it is part of every cache key.
     ``resources`` are Ray resources one evaluation needs (e.g. ``{"num_cpus": 1, "num_gpus": 1}``).
+    Optional: ``setup(task, progress) -> dict``, called once by the search driver before the
+    first evaluation to build what every evaluation shares (the built-in torch evaluators
+    encode and cache the data there), so bad input stops a search before it starts.
     """
 
     name: str

@@ -127,6 +127,9 @@ class Driver:
         except ConfigError as e:
             raise ConfigError(f"{src}: {e}") from None
         self.config_key = str(self.evaluator.config_key)
+        setup = getattr(self.evaluator, "setup", None)  # optional: data every evaluation shares
+        if callable(setup):
+            setup(self.task, progress=self.opts.progress)
         self.directions = [self.evaluator.direction.value if o == "quality" else "minimize"
                            for o in cfg.objectives]
         self.eval_spec = {"name": cfg.evaluator.name, "backbone": self.backbone.to_dict(),
