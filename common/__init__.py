@@ -14,6 +14,7 @@ from common.fsio import (
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
+    file_lock,
     io_error,
     json_safe,
     jsonable,
@@ -23,5 +24,5 @@ from common.stats import bootstrap_ci, correlation, kendall, spearman
 
 __all__ = ["ConfigError", "ExportError", "OutputError", "TemponasError", "append_jsonl",
            "atomic_dir", "atomic_path", "atomic_write", "atomic_write_bytes", "atomic_write_json",
-           "atomic_write_text", "bootstrap_ci", "correlation", "io_error", "json_safe", "jsonable",
+           "atomic_write_text", "bootstrap_ci", "file_lock", "correlation", "io_error", "json_safe", "jsonable",
            "kendall", "read_jsonl", "spearman"]

@@ -19,8 +19,6 @@ and an index that names only complete shards.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -32,22 +30,10 @@ from typing import Any
 
 import torch
 
-from common.fsio import append_jsonl, atomic_path, atomic_write_json
+from common.fsio import append_jsonl, atomic_path, atomic_write_json, file_lock
 
 _HASH_MEMO: dict[str, tuple[int, int, str]] = {}  # per process: path -> (size, mtime_ns, sha)
 SHARD_BYTES = 256 << 20
-
-
-@contextlib.contextmanager
-def file_lock(path: str) -> Iterator[None]:
-    """An exclusive ``flock`` on ``path`` (created if missing) for the ``with`` block."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _sha256_file(path: str) -> str:

@@ -10,7 +10,6 @@ UNet has no temporal layers), so this is image pretraining on the video frames.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import math
@@ -21,7 +20,7 @@ from typing import Any
 
 import torch
 
-from common.fsio import atomic_path, atomic_write_json
+from common.fsio import atomic_path, atomic_write_json, file_lock
 from evaluators._common import CODE_VERSION
 from evaluators._torch_setup import (
     NUM_TRAIN_TIMESTEPS,
@@ -62,21 +61,17 @@ def pretrained_spatial(full: BackboneSpec, opts: TorchOptions, latent_channels: 
     if st_path in _MEMO:  # per cache file: another cache_dir gets its own copy on disk
         return _MEMO[st_path]
     os.makedirs(d, exist_ok=True)
-    with open(os.path.join(d, f"{key}.lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            if os.path.exists(st_path) and os.path.exists(meta_path):
-                state = load_file(st_path)
-                with open(meta_path, encoding="utf-8") as f:
-                    meta = json.load(f)
-            else:
-                state, meta = _pretrain(full, opts, latent_channels, progress)
-                meta["key"] = key
-                with atomic_path(st_path) as tmp:
-                    save_file(state, str(tmp), metadata={"key": key})
-                atomic_write_json(meta_path, meta, indent=1)
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    with file_lock(os.path.join(d, f"{key}.lock")):  # concurrent workers wait for one pretraining
+        if os.path.exists(st_path) and os.path.exists(meta_path):
+            state = load_file(st_path)
+            with open(meta_path, encoding="utf-8") as f:
+                meta = json.load(f)
+        else:
+            state, meta = _pretrain(full, opts, latent_channels, progress)
+            meta["key"] = key
+            with atomic_path(st_path) as tmp:
+                save_file(state, str(tmp), metadata={"key": key})
+            atomic_write_json(meta_path, meta, indent=1)
     _MEMO[st_path] = (state, meta)
     return state, meta
 
