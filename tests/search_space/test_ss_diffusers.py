@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import diffusers
 import pytest
 import torch
 from ss_helpers import mixed_arch
@@ -21,8 +22,6 @@ from search_space.modules import (
 )
 from search_space.presets import get_backbone
 from search_space.task import VideoTask
-
-diffusers = pytest.importorskip("diffusers")
 
 #: the lead's scratch check, kept: 2 levels, CrossAttnDown+Down / Up+CrossAttnUp
 TINY_UNET = dict(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64),
