@@ -8,7 +8,9 @@ that their errors surface before a search starts.
 A config looks like (every key but ``name`` and ``backbone`` has a default)::
 
     name: smoke
-    backbone: tiny                 # a preset name, or an inline BackboneSpec mapping
+    backbone: tiny                 # a preset name, an inline BackboneSpec mapping, or
+                                   # {diffusers: DIR_OR_CONFIG_JSON, weights: true, name: NAME}
+    backbone_weights: null         # safetensors file / diffusers folder for the backbone
     task: {num_frames: 4}          # overrides of the preset's default VideoTask
     space: {defaults: {kinds: [none, conv1d, attn1d]}}   # SearchSpace.from_dict restrictions
     latency_model: iphone16pm      # device profile name or a directory written by model.save()
@@ -23,7 +25,9 @@ A config looks like (every key but ``name`` and ``backbone`` has a default)::
 from __future__ import annotations
 
 import collections.abc
+import functools
 import math
+import os
 import types
 import typing
 from collections.abc import Mapping
@@ -35,6 +39,7 @@ import yaml
 
 from common.errors import ConfigError
 from search_space.backbone import BackboneSpec
+from search_space.diffusers_config import DiffusersUNet, read_diffusers_unet, weight_files_at
 from search_space.presets import default_task, get_backbone, preset_names
 from search_space.space import SearchSpace
 from search_space.task import VideoTask
@@ -95,7 +100,8 @@ class SearchConfig:
 @dataclass(frozen=True)
 class ExperimentConfig:
     name: str = field(metadata=_meta(pattern="name"))
-    backbone: Any = field(metadata=_meta(custom=True))  # preset name or inline mapping
+    backbone: Any = field(metadata=_meta(custom=True))  # preset name, inline or diffusers mapping
+    backbone_weights: str | None = None
     task: Mapping[str, Any] = field(default_factory=dict)
     space: Mapping[str, Any] = field(default_factory=dict)
     latency_model: str = "iphone16pm"
@@ -110,17 +116,54 @@ class ExperimentConfig:
 
     # ---- resolved objects -------------------------------------------------------------------
     @property
+    def diffusers_unet(self) -> DiffusersUNet | None:
+        """The diffusers UNet folder the backbone comes from (None for presets/inline)."""
+        if isinstance(self.backbone, Mapping) and DIFFUSERS_KEY in self.backbone:
+            return _read_unet(self.backbone[DIFFUSERS_KEY], self.backbone.get("name"))
+        return None
+
+    @property
     def backbone_spec(self) -> BackboneSpec:
         if isinstance(self.backbone, str):
             return get_backbone(self.backbone)
+        unet = self.diffusers_unet
+        if unet is not None:
+            return unet.backbone
         return BackboneSpec.from_dict(_thaw(self.backbone), "backbone")
+
+    @property
+    def weights_path(self) -> str | None:
+        """The backbone's weights (a safetensors file or a diffusers folder), if it has any."""
+        if self.backbone_weights:
+            return self.backbone_weights
+        if self.diffusers_unet is not None and self.backbone.get("weights"):
+            return str(self.diffusers_unet.config_path.parent)
+        return None
 
     @property
     def video_task(self) -> VideoTask:
         bb = self.backbone_spec
-        base = (default_task(self.backbone) if isinstance(self.backbone, str) and
-                self.backbone in preset_names() else VideoTask(text_dim=bb.cross_attention_dim))
+        unet = self.diffusers_unet
+        if isinstance(self.backbone, str) and self.backbone in preset_names():
+            base = default_task(self.backbone)
+        elif unet is not None:
+            base = unet.default_task()
+        else:
+            base = VideoTask(text_dim=bb.cross_attention_dim,
+                             latent_channels=bb.latent_channels or VideoTask.latent_channels)
         return VideoTask.from_dict({**base.to_dict(), **_thaw(self.task)}, "task")
+
+    def evaluator_options(self) -> dict[str, Any]:
+        """``evaluator.options`` as the evaluator gets them: when the backbone comes with
+        weights and the evaluator's options have a ``weights`` field (every built-in torch
+        evaluator), ``weights`` is the backbone's and ``spatial`` defaults to ``backbone``."""
+        opts = _thaw(self.evaluator.options)
+        path = self.weights_path
+        if path is None or not _takes_weights(self.evaluator.name):
+            return opts
+        opts.setdefault("weights", path)
+        opts.setdefault("spatial", "backbone")
+        return opts
 
     @property
     def search_space(self) -> SearchSpace:
@@ -133,6 +176,8 @@ class ExperimentConfig:
     def to_dict(self) -> dict[str, Any]:
         d = _to_plain(self)
         d.pop("source", None)
+        if d.get("backbone_weights") is None:
+            d.pop("backbone_weights", None)
         return d
 
     def identity(self) -> dict[str, Any]:
@@ -275,21 +320,96 @@ def _parse_dataclass(cls: type, data: Any, where: str) -> Any:
     return cls(**kw)
 
 
+DIFFUSERS_KEY = "diffusers"
+_DIFFUSERS_KEYS = (DIFFUSERS_KEY, "weights", "name")
+
+
+@functools.lru_cache(maxsize=16)
+def _read_unet_cached(path: str, name: str | None, stamp: tuple[int, int]) -> DiffusersUNet:
+    return read_diffusers_unet(path, name)
+
+
+def _read_unet(path: str, name: str | None) -> DiffusersUNet:
+    """:func:`read_diffusers_unet`, read again only when the config file changes."""
+    from search_space.diffusers_config import config_file
+
+    try:
+        st = config_file(path).stat()
+        stamp = (st.st_size, st.st_mtime_ns)
+    except OSError:
+        stamp = (0, 0)
+    return _read_unet_cached(path, name, stamp)
+
+
+def _takes_weights(evaluator: str) -> bool:
+    """True if the evaluator's options dataclass has a ``weights`` field."""
+    from evaluators.registry import resolve
+
+    try:
+        opts = getattr(resolve(evaluator), "Options", None)
+    except ConfigError:
+        return False
+    return is_dataclass(opts) and any(f.name == "weights" for f in fields(opts))
+
+
+def _parse_diffusers(value: Mapping[str, Any], where: str) -> Any:
+    """``{diffusers: DIR_OR_CONFIG_JSON, weights: bool, name: str}`` -> the same with an
+    absolute path and ``weights`` resolved (default: true when the folder has weights)."""
+    for k in value:
+        if k not in _DIFFUSERS_KEYS:
+            raise ConfigError(f"{where}.{k}: unknown key (known: {', '.join(_DIFFUSERS_KEYS)})")
+    path, name, weights = value[DIFFUSERS_KEY], value.get("name"), value.get("weights")
+    if not isinstance(path, str) or not path:
+        raise ConfigError(f"{where}.{DIFFUSERS_KEY}: expected the path of a diffusers UNet folder "
+                          f"or its config.json, got {path!r}")
+    if name is not None and not isinstance(name, str):
+        raise ConfigError(f"{where}.name: expected a string, got {name!r}")
+    if weights is not None and not isinstance(weights, bool):
+        raise ConfigError(f"{where}.weights: expected true/false, got {weights!r}")
+    path = os.path.abspath(os.path.expanduser(path))
+    unet = read_diffusers_unet(path, name)  # errors name the file
+    if weights and not unet.weights:
+        weight_files_at(unet.config_path.parent, where=f"{where}.weights")  # names the folder
+    out = {DIFFUSERS_KEY: path, "weights": bool(unet.weights) if weights is None else weights}
+    if name is not None:
+        out["name"] = name
+    return _freeze(out)
+
+
 def _parse_backbone(value: Any, where: str) -> Any:
     if isinstance(value, str):
         if value not in preset_names():
             raise ConfigError(f"{where}: unknown preset {value!r} (presets: {', '.join(preset_names())})")
         return value
+    if isinstance(value, Mapping) and DIFFUSERS_KEY in value:
+        return _parse_diffusers(value, where)
     if isinstance(value, Mapping):
         BackboneSpec.from_dict(value, where)  # validate now
         return _freeze(value)
-    raise ConfigError(f"{where}: expected a preset name or a backbone mapping, got {value!r}")
+    raise ConfigError(f"{where}: expected a preset name, a backbone mapping or "
+                      f"{{diffusers: DIR}}, got {value!r}")
+
+
+def _resolve_weights(cfg: ExperimentConfig) -> ExperimentConfig:
+    """``backbone_weights`` as an absolute path whose files exist; not with a diffusers backbone
+    that brings its own."""
+    from dataclasses import replace
+
+    if cfg.backbone_weights is None:
+        return cfg
+    unet = cfg.diffusers_unet
+    if unet is not None and cfg.backbone.get("weights"):
+        raise ConfigError("backbone_weights: the diffusers backbone brings its own weights "
+                          "(set backbone.weights: false to use these instead)")
+    path = os.path.abspath(os.path.expanduser(cfg.backbone_weights))
+    weight_files_at(path, where="backbone_weights")
+    return replace(cfg, backbone_weights=path)
 
 
 def parse_config(data: Any, source: str = "<config>") -> ExperimentConfig:
     """Validate a parsed YAML document; errors are ``ConfigError("<source>: key.path: ...")``."""
     try:
-        cfg = _parse_dataclass(ExperimentConfig, data, "")
+        cfg = _resolve_weights(_parse_dataclass(ExperimentConfig, data, ""))
         if cfg.config_version != CONFIG_VERSION:
             raise ConfigError(f"config_version: {cfg.config_version} is not supported "
                               f"(this temponas reads version {CONFIG_VERSION})")

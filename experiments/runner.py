@@ -115,7 +115,7 @@ class Driver:
         cfg = self.cfg
         self.backbone, self.task, self.space = cfg.backbone_spec, cfg.video_task, cfg.search_space
         src = cfg.source or "config"
-        self.evaluator = create_evaluator(cfg.evaluator.name, self.backbone, cfg.evaluator.options,
+        self.evaluator = create_evaluator(cfg.evaluator.name, self.backbone, cfg.evaluator_options(),
                                           where=f"{src}: evaluator")
         try:
             self.latency_model = latency_models.load_latency_model(cfg.latency_model)
@@ -133,7 +133,7 @@ class Driver:
         self.directions = [self.evaluator.direction.value if o == "quality" else "minimize"
                            for o in cfg.objectives]
         self.eval_spec = {"name": cfg.evaluator.name, "backbone": self.backbone.to_dict(),
-                          "options": cfg.to_dict()["evaluator"]["options"]}
+                          "options": cfg.evaluator_options()}
 
     def _open_study(self) -> None:
         """Open the run's study; count what is done; reseed the sampler of a resumed session."""

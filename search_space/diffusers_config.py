@@ -167,6 +167,26 @@ def weight_files(folder: str | Path) -> tuple[Path, ...]:
     return files
 
 
+def weight_files_at(path: str | Path, where: str = "weights") -> tuple[Path, ...]:
+    """The weight files a user points at: a ``.safetensors`` file, or a diffusers model folder
+    (or its ``config.json``) holding them. ``where`` names the config key in errors."""
+    p = Path(path)
+    if p.is_file() and p.suffix == ".safetensors":
+        return (p,)
+    if p.is_file() and p.name == "config.json":
+        p = p.parent
+    if p.is_dir():
+        files = weight_files(p)
+        if not files:
+            raise ConfigError(f"{where}: {path}: no {WEIGHTS_NAME} (or {WEIGHTS_INDEX}) in this "
+                              f"folder (only safetensors weights are read)")
+        return files
+    if p.exists():
+        raise ConfigError(f"{where}: {path}: expected a .safetensors file or a diffusers model "
+                          f"folder")
+    raise ConfigError(f"{where}: {path}: no such file or folder")
+
+
 # ---- the config -> BackboneSpec mapping (pure) -----------------------------------------------
 
 def _per_block(cfg: Mapping[str, Any], key: str, n: int, kind: type) -> list[Any]:

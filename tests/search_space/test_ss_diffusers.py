@@ -11,6 +11,7 @@ import diffusers
 import pytest
 import torch
 from ss_helpers import mixed_arch
+from tiny_hf import save_tiny_unet
 
 from search_space.diffusers_config import backbone_from_config, read_diffusers_unet
 from search_space.errors import ConfigError
@@ -23,23 +24,7 @@ from search_space.modules import (
 from search_space.presets import get_backbone
 from search_space.task import VideoTask
 
-#: the lead's scratch check, kept: 2 levels, CrossAttnDown+Down / Up+CrossAttnUp
-TINY_UNET = dict(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64),
-                 down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                 up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), layers_per_block=1,
-                 attention_head_dim=8, cross_attention_dim=32, norm_num_groups=8)
-
-
-def save_unet(path, seed=0, **overrides):
-    """A random tiny UNet2DConditionModel saved with save_pretrained (every parameter, norms
-    and biases included, perturbed so none keeps a trivial init)."""
-    torch.manual_seed(seed)
-    unet = diffusers.UNet2DConditionModel(**{**TINY_UNET, **overrides})
-    with torch.no_grad():
-        for p in unet.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    unet.save_pretrained(path)
-    return unet.eval()
+save_unet = save_tiny_unet  # the lead's scratch check, kept (see tiny_hf.TINY_UNET)
 
 
 @pytest.fixture(scope="module")
