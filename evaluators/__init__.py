@@ -44,7 +44,7 @@ from evaluators.scale import ProxyScale
 #: public names whose modules import torch: loaded on first access
 _LAZY = {"bundled_videos": "evaluators._torch_setup", "preview_frames": "evaluators._torch_setup",
          "data_key": "evaluators._torch_setup", "validation_loss": "evaluators._short_train",
-         "read_kept_weights": "evaluators._kept", "evaluated_model": "evaluators._kept"}
+         "read_kept_weights": "evaluators._kept", "evaluated_model": "evaluators._reload"}
 
 
 def __getattr__(name: str) -> Any:

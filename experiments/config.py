@@ -60,7 +60,10 @@ class EvaluatorConfig:
     ``options`` go to ``create_evaluator`` unchanged (e.g. ``scale``); ``seeds``: every
     candidate is evaluated once per seed and scored by the mean; ``timeout_s``: one evaluation
     taking longer is cancelled and its trial FAILs; ``retries``: Ray re-runs an evaluation whose
-    worker process died up to this many times; ``threads``: torch threads per evaluation.
+    worker process died up to this many times; ``threads``: torch threads per evaluation;
+    ``keep_weights``: save the weights each evaluation trained in the run folder
+    (``<run>/weights/<arch_id>/s<seed>.safetensors``; evaluators whose options have
+    ``keep_weights``, e.g. ``short_train``), for ``temponas export --format torch``.
     """
 
     name: str = "params"
@@ -71,6 +74,7 @@ class EvaluatorConfig:
     retries: int = field(default=1, metadata=_meta(min=0))
     threads: int = field(default=1, metadata=_meta(min=1))
     num_cpus: float = field(default=1.0, metadata=_meta(min=0.0))
+    keep_weights: bool = False
 
 
 @dataclass(frozen=True)
@@ -156,13 +160,18 @@ class ExperimentConfig:
     def evaluator_options(self) -> dict[str, Any]:
         """``evaluator.options`` as the evaluator gets them: when the backbone comes with
         weights and the evaluator's options have a ``weights`` field (every built-in torch
-        evaluator), ``weights`` is the backbone's and ``spatial`` defaults to ``backbone``."""
+        evaluator), ``weights`` is the backbone's and ``spatial`` defaults to ``backbone``;
+        ``evaluator.keep_weights`` sets the option ``keep_weights``."""
         opts = _thaw(self.evaluator.options)
         path = self.weights_path
-        if path is None or not _takes_weights(self.evaluator.name):
-            return opts
-        opts.setdefault("weights", path)
-        opts.setdefault("spatial", "backbone")
+        if path is not None and _option_field(self.evaluator.name, "weights"):
+            opts.setdefault("weights", path)
+            opts.setdefault("spatial", "backbone")
+        if self.evaluator.keep_weights:
+            if not _option_field(self.evaluator.name, "keep_weights"):
+                raise ConfigError(f"evaluator.keep_weights: evaluator {self.evaluator.name!r} "
+                                  f"trains no weights to keep (short_train does)")
+            opts["keep_weights"] = True
         return opts
 
     @property
@@ -190,7 +199,7 @@ class ExperimentConfig:
             d.pop(k, None)
         for k in ("n_trials", "workers", "storage"):
             d["search"].pop(k, None)
-        for k in ("timeout_s", "retries", "threads", "num_cpus"):
+        for k in ("timeout_s", "retries", "threads", "num_cpus", "keep_weights"):
             d["evaluator"].pop(k, None)
         return d
 
@@ -341,15 +350,15 @@ def _read_unet(path: str, name: str | None) -> DiffusersUNet:
     return _read_unet_cached(path, name, stamp)
 
 
-def _takes_weights(evaluator: str) -> bool:
-    """True if the evaluator's options dataclass has a ``weights`` field."""
+def _option_field(evaluator: str, name: str) -> bool:
+    """True if the evaluator's options dataclass has a field ``name``."""
     from evaluators.registry import resolve
 
     try:
         opts = getattr(resolve(evaluator), "Options", None)
     except ConfigError:
         return False
-    return is_dataclass(opts) and any(f.name == "weights" for f in fields(opts))
+    return is_dataclass(opts) and any(f.name == name for f in fields(opts))
 
 
 def _parse_diffusers(value: Mapping[str, Any], where: str) -> Any:

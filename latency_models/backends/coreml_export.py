@@ -21,9 +21,11 @@ import contextlib
 import datetime as _dt
 import json
 import os
+import re
 import shutil
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,32 +59,82 @@ def _target(ct, target: str):
     return getattr(ct.target, target)
 
 
+PALETTIZE_MODES = ("kmeans", "uniform")
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How a package stores and computes: ``compute`` (``fp16``/``fp32`` activations and
+    arithmetic) and ``weight_bits`` (palettized weights with a ``2**bits``-entry look-up table
+    per tensor, coremltools' ``palettize_weights``; None = weights in the compute precision).
+    ``name``: ``fp16``, ``fp32`` or ``w<bits>a16`` (the latency models' metadata spelling)."""
+
+    compute: str = "fp16"
+    weight_bits: int | None = None
+    mode: str = "kmeans"
+
+    @property
+    def name(self) -> str:
+        return f"w{self.weight_bits}a16" if self.weight_bits else self.compute
+
+    @classmethod
+    def parse(cls, text: str, mode: str = "kmeans", where: str = "precision") -> Precision:
+        """``fp16``, ``fp32`` or ``w<bits>a16`` (anything after it is a comment, e.g. a latency
+        model's ``w6a16 (6-bit palettized weights, fp16 activations)``)."""
+        t = str(text).strip().lower()
+        if mode not in PALETTIZE_MODES:
+            raise ConfigError(f"{where}: palettization mode {mode!r} is not one of "
+                              f"{', '.join(PALETTIZE_MODES)}")
+        m = re.match(r"^w(\d+)a16\b", t)
+        if m and 1 <= int(m.group(1)) <= 8:
+            return cls("fp16", int(m.group(1)), mode)
+        for c in ("fp16", "fp32"):
+            if re.match(rf"^{c}\b", t):
+                return cls(c, None, mode)
+        raise ConfigError(f"{where}: {text!r} is not a Core ML precision temponas can export "
+                          f"(fp16, fp32 or w<1-8>a16)")
+
+
+def palettize(mlmodel, bits: int, mode: str = "kmeans"):
+    """``mlmodel`` with every weight palettized to ``bits`` bits (coremltools.optimize.coreml:
+    ``OpPalettizerConfig(nbits=bits, mode=mode)``, per-tensor look-up tables)."""
+    import coremltools.optimize.coreml as cto
+
+    cfg = cto.OptimizationConfig(global_config=cto.OpPalettizerConfig(nbits=bits, mode=mode))
+    with warnings.catch_warnings():  # k-means on a tensor with < 2**bits distinct values (e.g.
+        warnings.simplefilter("ignore")  # zero-initialized temporal output layers) is exact
+        return cto.palettize_weights(mlmodel, cfg)
+
+
 def convert_module(module, inputs: Sequence, *, input_names: Sequence[str] | None = None,
                    output_names: Sequence[str] | None = None, target: str = "iOS18",
-                   trace_fallback: bool = False):
-    """A torch module -> fp16 mlprogram ``MLModel`` (the one Core ML converter of temponas).
+                   trace_fallback: bool = False, precision: Precision | None = None):
+    """A torch module -> mlprogram ``MLModel`` (the one Core ML converter of temponas), fp16
+    unless ``precision`` says otherwise (fp32, or weights palettized to n bits).
 
     ``inputs``: example tensors in call order (their shapes become the package's fixed input
     shapes; integer tensors, e.g. token ids, become int32 inputs); ``input_names``: one per
     input (default ``x0, x1, ...``); ``output_names``: names of the outputs (default:
     coremltools' own). Route: ``torch.export.export`` -> ``run_decompositions({})`` ->
-    ``coremltools.convert`` (works with any numpy; see the module docstring);
-    ``trace_fallback`` retries through ``torch.jit.trace`` when the export route fails (some
-    third-party networks of the latency fit set). The route taken is recorded in the model's
-    ``user_defined_metadata["temponas.route"]``. Raises whatever torch/coremltools raise
-    (callers name the failure).
+    ``coremltools.convert`` [-> :func:`palettize`] (works with any numpy; see the module
+    docstring); ``trace_fallback`` retries through ``torch.jit.trace`` when the export route
+    fails (some third-party networks of the latency fit set). The route taken is recorded in
+    the model's ``user_defined_metadata["temponas.route"]``. Raises whatever torch/coremltools
+    raise (callers name the failure).
     """
     import numpy as np
     import torch
 
     ct = _ct()
     tgt = _target(ct, target)
+    prec = precision or Precision()
     names = list(input_names) if input_names is not None else [f"x{i}" for i in range(len(inputs))]
     if len(names) != len(inputs):
         raise ValueError(f"{len(names)} input names for {len(inputs)} inputs")
     module = module.eval()
     kw = {"convert_to": "mlprogram", "minimum_deployment_target": tgt,
-          "compute_precision": ct.precision.FLOAT16, "skip_model_load": True,
+          "compute_precision": (ct.precision.FLOAT32 if prec.compute == "fp32"
+                                else ct.precision.FLOAT16), "skip_model_load": True,
           "inputs": [ct.TensorType(name=n, shape=tuple(x.shape),
                                    dtype=np.float32 if x.is_floating_point() else np.int32)
                      for n, x in zip(names, inputs)]}
@@ -98,6 +150,8 @@ def convert_module(module, inputs: Sequence, *, input_names: Sequence[str] | Non
         with torch.no_grad():
             traced = torch.jit.trace(module, tuple(inputs), strict=False)
         ml, route = ct.convert(traced, **kw), "torch.jit.trace"
+    if prec.weight_bits:
+        ml = palettize(ml, prec.weight_bits, prec.mode)
     ml.user_defined_metadata["temponas.route"] = route
     return ml
 
@@ -127,10 +181,12 @@ def convert_block(sig: BlockSignature, target: str = "iOS18"):
                               input_names=[n for n, _ in input_specs(sig)], target=target)
 
 
-def convert_network(backbone: BackboneSpec, arch: ArchConfig, target: str = "iOS18"):
-    """The whole denoiser of ``arch`` (``search_space.modules.build_model``, torch seed 0) as an
-    fp16 mlprogram: inputs ``latents, timesteps, text`` (``network_input_specs(arch.task)``),
-    output ``noise_pred``."""
+def convert_network(backbone: BackboneSpec, arch: ArchConfig, target: str = "iOS18", *,
+                    state_dict: Mapping[str, Any] | None = None,
+                    precision: Precision | None = None):
+    """The whole denoiser of ``arch`` (``search_space.modules.build_model``, torch seed 0, then
+    ``state_dict`` if given, strictly) as an mlprogram (fp16 unless ``precision``): inputs
+    ``latents, timesteps, text`` (``network_input_specs(arch.task)``), output ``noise_pred``."""
     import torch
 
     from search_space.modules import (
@@ -142,9 +198,11 @@ def convert_network(backbone: BackboneSpec, arch: ArchConfig, target: str = "iOS
 
     torch.manual_seed(0)
     model = build_model(backbone, arch.task, arch)
+    if state_dict is not None:
+        model.load_state_dict(dict(state_dict))
     with _naming_failures(f"network {arch.arch_id}"):
         return convert_module(model, network_example_inputs(arch.task), input_names=NETWORK_INPUTS,
-                              output_names=(NETWORK_OUTPUT,), target=target)
+                              output_names=(NETWORK_OUTPUT,), target=target, precision=precision)
 
 
 def mil_op_counts(mlmodel) -> dict[str, int]:
