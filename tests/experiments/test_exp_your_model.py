@@ -157,3 +157,32 @@ def test_space_describes_a_diffusers_folder(run, capsys):
     assert d["backbone"] == "unet" and d["num_stages"] == 5 and d["size"] > 1
     assert main(["space", str(tmp / "unet")]) == 0
     assert "distinct architectures" in capsys.readouterr().out
+
+
+def test_proxy_width_kept_weights_export_the_evaluated_network(tmp_path, monkeypatch):
+    """A preset run at the proxy width (pretrained small denoiser): the full network has no
+    trained temporal weights, proxy/ holds the network the evaluation ran, and its recipe
+    reproduces the validation loss too."""
+    cfg = _config(tmp_path, tmp_path)
+    cfg.update(backbone="tiny", task={"num_frames": 3, "batch": 1})
+    cfg["evaluator"]["options"]["pretrain"] = {"steps": 4, "batch": 2}
+    cfg["search"]["n_trials"] = 2
+    path = tmp_path / "proxy.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    s = run_search(load_config(path), SearchOptions(progress=False, write_plots=False))
+    assert s.complete == 2
+    kept = _kept(s.run_dir)[0]
+    aid, out = kept.parent.name, tmp_path / "export"
+    assert main(["export", str(s.run_dir), "--arch-id", aid, "--format", "torch", "--seed", "0",
+                 "--out", str(out)]) == 0
+    w = json.loads((out / f"{aid}.metrics.json").read_text())["weights"]
+    assert "proxy" in w and w["temporal"].startswith("temporal layers zero")
+    blocks = _code_blocks((out / "LOADING.md").read_text())
+    monkeypatch.chdir(out / "proxy")
+    torch.set_num_threads(1)
+    ns: dict = {}
+    exec(blocks[0], ns)
+    exec(blocks[1], ns)
+    assert ns["loss"] == w["val_loss"]
+    assert main(["export", str(s.run_dir), "--arch-id", aid, "--format", "torch", "--seed", "5",
+                 "--out", str(tmp_path / "none")]) == 2
