@@ -25,7 +25,6 @@ A config looks like (every key but ``name`` and ``backbone`` has a default)::
 from __future__ import annotations
 
 import collections.abc
-import functools
 import math
 import os
 import types
@@ -38,8 +37,9 @@ from typing import Any
 import yaml
 
 from common.errors import ConfigError
+from experiments.backbone_entry import DIFFUSERS_KEY, option_field, parse_backbone, read_unet
 from search_space.backbone import BackboneSpec
-from search_space.diffusers_config import DiffusersUNet, read_diffusers_unet, weight_files_at
+from search_space.diffusers_config import DiffusersUNet, weight_files_at
 from search_space.presets import default_task, get_backbone, preset_names
 from search_space.space import SearchSpace
 from search_space.task import VideoTask
@@ -123,7 +123,7 @@ class ExperimentConfig:
     def diffusers_unet(self) -> DiffusersUNet | None:
         """The diffusers UNet folder the backbone comes from (None for presets/inline)."""
         if isinstance(self.backbone, Mapping) and DIFFUSERS_KEY in self.backbone:
-            return _read_unet(self.backbone[DIFFUSERS_KEY], self.backbone.get("name"))
+            return read_unet(self.backbone[DIFFUSERS_KEY], self.backbone.get("name"))
         return None
 
     @property
@@ -164,11 +164,11 @@ class ExperimentConfig:
         ``evaluator.keep_weights`` sets the option ``keep_weights``."""
         opts = _thaw(self.evaluator.options)
         path = self.weights_path
-        if path is not None and _option_field(self.evaluator.name, "weights"):
+        if path is not None and option_field(self.evaluator.name, "weights"):
             opts.setdefault("weights", path)
             opts.setdefault("spatial", "backbone")
         if self.evaluator.keep_weights:
-            if not _option_field(self.evaluator.name, "keep_weights"):
+            if not option_field(self.evaluator.name, "keep_weights"):
                 raise ConfigError(f"evaluator.keep_weights: evaluator {self.evaluator.name!r} "
                                   f"trains no weights to keep (short_train does)")
             opts["keep_weights"] = True
@@ -323,80 +323,10 @@ def _parse_dataclass(cls: type, data: Any, where: str) -> Any:
                 raise ConfigError(f"{key}: missing (required)")
             continue
         if f.metadata.get("custom"):
-            kw[f.name] = _parse_backbone(data[f.name], key)
+            kw[f.name] = _freeze(parse_backbone(data[f.name], key))
         else:
             kw[f.name] = _parse(hints[f.name], data[f.name], key, f.metadata)
     return cls(**kw)
-
-
-DIFFUSERS_KEY = "diffusers"
-_DIFFUSERS_KEYS = (DIFFUSERS_KEY, "weights", "name")
-
-
-@functools.lru_cache(maxsize=16)
-def _read_unet_cached(path: str, name: str | None, stamp: tuple[int, int]) -> DiffusersUNet:
-    return read_diffusers_unet(path, name)
-
-
-def _read_unet(path: str, name: str | None) -> DiffusersUNet:
-    """:func:`read_diffusers_unet`, read again only when the config file changes."""
-    from search_space.diffusers_config import config_file
-
-    try:
-        st = config_file(path).stat()
-        stamp = (st.st_size, st.st_mtime_ns)
-    except OSError:
-        stamp = (0, 0)
-    return _read_unet_cached(path, name, stamp)
-
-
-def _option_field(evaluator: str, name: str) -> bool:
-    """True if the evaluator's options dataclass has a field ``name``."""
-    from evaluators.registry import resolve
-
-    try:
-        opts = getattr(resolve(evaluator), "Options", None)
-    except ConfigError:
-        return False
-    return is_dataclass(opts) and any(f.name == name for f in fields(opts))
-
-
-def _parse_diffusers(value: Mapping[str, Any], where: str) -> Any:
-    """``{diffusers: DIR_OR_CONFIG_JSON, weights: bool, name: str}`` -> the same with an
-    absolute path and ``weights`` resolved (default: true when the folder has weights)."""
-    for k in value:
-        if k not in _DIFFUSERS_KEYS:
-            raise ConfigError(f"{where}.{k}: unknown key (known: {', '.join(_DIFFUSERS_KEYS)})")
-    path, name, weights = value[DIFFUSERS_KEY], value.get("name"), value.get("weights")
-    if not isinstance(path, str) or not path:
-        raise ConfigError(f"{where}.{DIFFUSERS_KEY}: expected the path of a diffusers UNet folder "
-                          f"or its config.json, got {path!r}")
-    if name is not None and not isinstance(name, str):
-        raise ConfigError(f"{where}.name: expected a string, got {name!r}")
-    if weights is not None and not isinstance(weights, bool):
-        raise ConfigError(f"{where}.weights: expected true/false, got {weights!r}")
-    path = os.path.abspath(os.path.expanduser(path))
-    unet = read_diffusers_unet(path, name)  # errors name the file
-    if weights and not unet.weights:
-        weight_files_at(unet.config_path.parent, where=f"{where}.weights")  # names the folder
-    out = {DIFFUSERS_KEY: path, "weights": bool(unet.weights) if weights is None else weights}
-    if name is not None:
-        out["name"] = name
-    return _freeze(out)
-
-
-def _parse_backbone(value: Any, where: str) -> Any:
-    if isinstance(value, str):
-        if value not in preset_names():
-            raise ConfigError(f"{where}: unknown preset {value!r} (presets: {', '.join(preset_names())})")
-        return value
-    if isinstance(value, Mapping) and DIFFUSERS_KEY in value:
-        return _parse_diffusers(value, where)
-    if isinstance(value, Mapping):
-        BackboneSpec.from_dict(value, where)  # validate now
-        return _freeze(value)
-    raise ConfigError(f"{where}: expected a preset name, a backbone mapping or "
-                      f"{{diffusers: DIR}}, got {value!r}")
 
 
 def _resolve_weights(cfg: ExperimentConfig) -> ExperimentConfig:

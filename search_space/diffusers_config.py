@@ -221,11 +221,8 @@ def _check_keys(cfg: Mapping[str, Any]) -> None:
                               f"{' or '.join(json.dumps(a) for a in ok)})")
 
 
-def backbone_from_config(config: Mapping[str, Any], name: str) -> BackboneSpec:
-    """The :class:`BackboneSpec` of a ``UNet2DConditionModel`` config mapping (see module doc);
-    errors name the key and its value."""
-    _check_keys(config)
-    cfg = {**STRUCTURE_DEFAULTS, **{k: v for k, v in config.items() if k in STRUCTURE_DEFAULTS}}
+def _block_types(cfg: Mapping[str, Any]) -> tuple[list[str], list[str], str, list[int]]:
+    """``(down types, up types, mid type, block_out_channels)``, checked."""
     down, up = cfg["down_block_types"], cfg["up_block_types"]
     channels = cfg["block_out_channels"]
     if not isinstance(channels, Sequence) or not channels or not all(
@@ -244,6 +241,16 @@ def backbone_from_config(config: Mapping[str, Any], name: str) -> BackboneSpec:
     if mid not in _MID:
         raise ConfigError(f"mid_block_type: {mid!r} is not supported by temponas (only "
                           f"{' or '.join(_MID)})")
+    return list(down), list(up), mid, list(channels)
+
+
+def backbone_from_config(config: Mapping[str, Any], name: str) -> BackboneSpec:
+    """The :class:`BackboneSpec` of a ``UNet2DConditionModel`` config mapping (see module doc);
+    errors name the key and its value."""
+    _check_keys(config)
+    cfg = {**STRUCTURE_DEFAULTS, **{k: v for k, v in config.items() if k in STRUCTURE_DEFAULTS}}
+    down, up, mid, channels = _block_types(cfg)
+    n = len(channels)
     if cfg["num_attention_heads"] is not None:
         raise ConfigError(f"num_attention_heads: {cfg['num_attention_heads']!r} is refused by "
                           f"diffusers' UNet2DConditionModel itself (it reads heads from "
