@@ -186,3 +186,34 @@ def test_proxy_width_kept_weights_export_the_evaluated_network(tmp_path, monkeyp
     assert ns["loss"] == w["val_loss"]
     assert main(["export", str(s.run_dir), "--arch-id", aid, "--format", "torch", "--seed", "5",
                  "--out", str(tmp_path / "none")]) == 2
+
+
+@pytest.mark.parametrize("kind", ["preset", "inline"])
+def test_loading_recipe_works_for_preset_and_inline_backbones(tmp_path, monkeypatch, kind):
+    """The same recipe (backbone.json + arch + state dict) for a preset and an inline backbone
+    (the old recipe looked the backbone up by preset name and failed for inline ones)."""
+    from search_space.presets import get_backbone
+
+    spec = {**get_backbone("tiny").to_dict(), "name": "my_inline"}
+    cfg = {"name": "r", "backbone": "tiny" if kind == "preset" else spec,
+           "task": {"num_frames": 3, "latent_height": 8, "latent_width": 8, "batch": 1},
+           "evaluator": {"name": "params"}, "out": str(tmp_path / "runs"),
+           "search": {"sampler": "random", "n_trials": 2, "workers": 1}}
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    s = run_search(load_config(path), SearchOptions(progress=False, write_plots=False))
+    aid = next((s.run_dir / "archs").glob("*.json")).stem
+    out = tmp_path / "export"
+    assert main(["export", str(s.run_dir), "--arch-id", aid, "--format", "torch",
+                 "--out", str(out)]) == 0
+    blocks = _code_blocks((out / "LOADING.md").read_text())
+    assert len(blocks) == 1  # nothing kept: no evaluation to reproduce
+    monkeypatch.chdir(out)
+    ns: dict = {}
+    exec(blocks[0], ns)
+    t = ns["arch"].task
+    for b in (1, 2):
+        lat = torch.randn(b, t.latent_channels, t.num_frames, t.latent_height, t.latent_width)
+        with torch.no_grad():
+            y = ns["model"](lat, torch.full((b,), 10.0), torch.randn(b, t.text_tokens, t.text_dim))
+        assert y.shape == lat.shape
