@@ -8,7 +8,7 @@ run kept them (``evaluator.keep_weights``: ``<run>/weights/<arch_id>/s<seed>.saf
 the evaluation ran at the real width, else zero (temporal blocks start as identities). If the
 kept weights are of a proxy-width evaluation they do not fit the full network: the evaluated
 (scaled) network is written to ``proxy/`` as well. The Core ML package holds the same weights
-at the precision the run's latency model priced (its metadata ``precision``: ``w6a16`` =
+at the precision the run's latency model priced (its metadata ``precision``: ``lut6`` =
 6-bit palettized weights with fp16 activations, via coremltools' own ``palettize_weights``).
 """
 
@@ -218,7 +218,7 @@ def export_arch(run_dir: Path, arch_id: str, fmt: str, out: Path, *, seed: int |
         paths = export_coreml(backbone, arch, out, weights, precision)
         metrics["coreml"] = {"precision": precision.name, "compute": precision.compute,
                              "weight_bits": precision.weight_bits,
-                             "palettize_mode": precision.mode if precision.weight_bits else None,
+                             "palettize_mode": precision.mode if precision.weights == "lut" else None,
                              "package_mb": round(_size_mb(paths[0]), 3),
                              "priced_by": run.cfg.latency_model}
     _write_arch(written[0], arch)

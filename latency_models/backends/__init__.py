@@ -7,6 +7,7 @@ from latency_models.backends.coreml_export import (
     PALETTIZE_MODES,
     TARGETS,
     Precision,
+    compress_weights,
     convert_block,
     convert_module,
     convert_network,
@@ -14,9 +15,11 @@ from latency_models.backends.coreml_export import (
     mil_features,
     mil_op_counts,
     palettize,
+    quantize_int8,
 )
 from latency_models.backends.torch_cpu import TimingPolicy, TorchCpuBackend, measure
 
 __all__ = ["PALETTIZE_MODES", "TARGETS", "Precision", "TimingPolicy", "TorchCpuBackend",
-           "convert_block", "convert_module", "convert_network", "export_bundle", "measure",
-           "mil_features", "mil_op_counts", "palettize"]
+           "compress_weights", "convert_block", "convert_module", "convert_network",
+           "export_bundle", "measure", "mil_features", "mil_op_counts", "palettize",
+           "quantize_int8"]

@@ -64,35 +64,46 @@ PALETTIZE_MODES = ("kmeans", "uniform")
 
 @dataclass(frozen=True)
 class Precision:
-    """How a package stores and computes: ``compute`` (``fp16``/``fp32`` activations and
-    arithmetic) and ``weight_bits`` (palettized weights with a ``2**bits``-entry look-up table
-    per tensor, coremltools' ``palettize_weights``; None = weights in the compute precision).
-    ``name``: ``fp16``, ``fp32`` or ``w<bits>a16`` (the latency models' metadata spelling)."""
+    """How a package stores and computes, in the latency models' vocabulary (their metadata
+    ``precision``, e.g. ``lut6 (6-bit palettized weights, fp16 activations)``):
+
+    * ``fp16`` / ``fp32``: weights and activations in that precision;
+    * ``lut<n>`` (n = 1..8): weights palettized to ``2**n``-entry look-up tables per tensor
+      (coremltools' ``palettize_weights``, ``mode`` kmeans or uniform), fp16 activations;
+    * ``w8a16``: int8 weights (``linear_quantize_weights``, linear symmetric), fp16 activations.
+    """
 
     compute: str = "fp16"
-    weight_bits: int | None = None
+    weights: str = "float"  # float | lut | int8
+    bits: int = 16
     mode: str = "kmeans"
 
     @property
     def name(self) -> str:
-        return f"w{self.weight_bits}a16" if self.weight_bits else self.compute
+        return {"lut": f"lut{self.bits}", "int8": "w8a16"}.get(self.weights, self.compute)
+
+    @property
+    def weight_bits(self) -> int | None:
+        """Bits per stored weight when compressed (None: the compute precision)."""
+        return None if self.weights == "float" else self.bits
 
     @classmethod
     def parse(cls, text: str, mode: str = "kmeans", where: str = "precision") -> Precision:
-        """``fp16``, ``fp32`` or ``w<bits>a16`` (anything after it is a comment, e.g. a latency
-        model's ``w6a16 (6-bit palettized weights, fp16 activations)``)."""
-        t = str(text).strip().lower()
+        """``fp16``, ``fp32``, ``lut<n>`` or ``w8a16``; anything after the first word is a
+        comment. ``w8a8`` (int8 activations) is refused: it needs calibration on a device."""
+        word = (str(text).strip().split() or [""])[0].lower()
         if mode not in PALETTIZE_MODES:
             raise ConfigError(f"{where}: palettization mode {mode!r} is not one of "
                               f"{', '.join(PALETTIZE_MODES)}")
-        m = re.match(r"^w(\d+)a16\b", t)
+        m = re.fullmatch(r"lut(\d)", word)
         if m and 1 <= int(m.group(1)) <= 8:
-            return cls("fp16", int(m.group(1)), mode)
-        for c in ("fp16", "fp32"):
-            if re.match(rf"^{c}\b", t):
-                return cls(c, None, mode)
+            return cls("fp16", "lut", int(m.group(1)), mode)
+        if word == "w8a16":
+            return cls("fp16", "int8", 8, mode)
+        if word in ("fp16", "fp32"):
+            return cls(word, "float", 16 if word == "fp16" else 32, mode)
         raise ConfigError(f"{where}: {text!r} is not a Core ML precision temponas can export "
-                          f"(fp16, fp32 or w<1-8>a16)")
+                          f"(fp16, fp32, lut1..lut8, w8a16)")
 
 
 def palettize(mlmodel, bits: int, mode: str = "kmeans"):
@@ -106,17 +117,36 @@ def palettize(mlmodel, bits: int, mode: str = "kmeans"):
         return cto.palettize_weights(mlmodel, cfg)
 
 
+def quantize_int8(mlmodel):
+    """``mlmodel`` with int8 weights (``OpLinearQuantizerConfig(mode="linear_symmetric")``)."""
+    import coremltools.optimize.coreml as cto
+
+    cfg = cto.OptimizationConfig(global_config=cto.OpLinearQuantizerConfig(
+        mode="linear_symmetric", dtype="int8"))
+    return cto.linear_quantize_weights(mlmodel, cfg)
+
+
+def compress_weights(mlmodel, precision: Precision):
+    """Apply ``precision``'s weight compression to a converted program (unchanged for
+    ``fp16``/``fp32``)."""
+    if precision.weights == "lut":
+        return palettize(mlmodel, precision.bits, precision.mode)
+    if precision.weights == "int8":
+        return quantize_int8(mlmodel)
+    return mlmodel
+
+
 def convert_module(module, inputs: Sequence, *, input_names: Sequence[str] | None = None,
                    output_names: Sequence[str] | None = None, target: str = "iOS18",
                    trace_fallback: bool = False, precision: Precision | None = None):
     """A torch module -> mlprogram ``MLModel`` (the one Core ML converter of temponas), fp16
-    unless ``precision`` says otherwise (fp32, or weights palettized to n bits).
+    unless ``precision`` says otherwise (fp32, palettized ``lut<n>`` or int8 ``w8a16`` weights).
 
     ``inputs``: example tensors in call order (their shapes become the package's fixed input
     shapes; integer tensors, e.g. token ids, become int32 inputs); ``input_names``: one per
     input (default ``x0, x1, ...``); ``output_names``: names of the outputs (default:
     coremltools' own). Route: ``torch.export.export`` -> ``run_decompositions({})`` ->
-    ``coremltools.convert`` [-> :func:`palettize`] (works with any numpy; see the module
+    ``coremltools.convert`` [-> :func:`compress_weights`] (works with any numpy; see the module
     docstring); ``trace_fallback`` retries through ``torch.jit.trace`` when the export route
     fails (some third-party networks of the latency fit set). The route taken is recorded in
     the model's ``user_defined_metadata["temponas.route"]``. Raises whatever torch/coremltools
@@ -150,8 +180,7 @@ def convert_module(module, inputs: Sequence, *, input_names: Sequence[str] | Non
         with torch.no_grad():
             traced = torch.jit.trace(module, tuple(inputs), strict=False)
         ml, route = ct.convert(traced, **kw), "torch.jit.trace"
-    if prec.weight_bits:
-        ml = palettize(ml, prec.weight_bits, prec.mode)
+    ml = compress_weights(ml, prec)
     ml.user_defined_metadata["temponas.route"] = route
     return ml
 

@@ -113,10 +113,10 @@ def test_coreml_export_is_palettized_as_priced(run):
     assert main(["export", str(s.run_dir), "--arch-id", aid, "--format", "coreml", "--out",
                  str(out), "--palettize-mode", "uniform"]) == 0
     m = json.loads((out / f"{aid}.metrics.json").read_text())["coreml"]
-    assert m["precision"] == "w6a16" and m["weight_bits"] == 6 and m["priced_by"] == "iphone16pm"
+    assert m["precision"] == "lut6" and m["weight_bits"] == 6 and m["priced_by"] == "iphone16pm"
     spec = ct.models.MLModel(str(out / f"{aid}.mlpackage"), skip_model_load=True).get_spec()
-    assert "precision w6a16" in spec.description.metadata.shortDescription
-    assert spec.description.metadata.userDefined["temponas.precision"] == "w6a16"
+    assert "precision lut6" in spec.description.metadata.shortDescription
+    assert spec.description.metadata.userDefined["temponas.precision"] == "lut6"
     ops = {op.type for blk in spec.mlProgram.functions["main"].block_specializations.values()
            for op in blk.operations}
     assert "constexpr_lut_to_dense" in ops  # the weights are look-up tables
