@@ -142,6 +142,14 @@ class TorchOptions(BaseOptions):
                               f"(spatial: backbone runs the real width, 1.0; frames and latent "
                               f"size may still shrink)")
 
+    def scoring_dict(self) -> dict[str, Any]:
+        d = super().scoring_dict()
+        d["data"] = data_scoring(self)
+        key = weights_key(self)
+        if key:  # the backbone weights' content, not their path
+            d["weights_sha256"] = key
+        return d
+
 
 def weight_files(opts: TorchOptions) -> tuple[Path, ...]:
     """The safetensors files of ``opts.weights`` (``()`` unless ``spatial: backbone``)."""
@@ -171,14 +179,6 @@ class TorchEvaluator(BuiltinEvaluator):
             from search_space.modules import check_spatial_weights
 
             check_spatial_weights(self.options.scale.backbone(backbone), files)
-
-    def scoring_dict(self) -> dict[str, Any]:
-        d = super().scoring_dict()
-        d["data"] = data_scoring(self)
-        key = weights_key(self)
-        if key:  # the backbone weights' content, not their path
-            d["weights_sha256"] = key
-        return d
 
 
 def cache_root(opts: TorchOptions) -> str:
