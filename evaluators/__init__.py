@@ -4,8 +4,10 @@ scale, and the fidelity audit.
 Torch-free at import: built-in evaluators are loaded by name on first use
 (:func:`create_evaluator`); :func:`bundled_videos` (the bundled video data as an evaluator
 configuration sees it), :func:`preview_frames` (any data source's videos, or what their latents
-decode to) and :func:`data_key` (the data's identity in cache keys) import torch when first
-accessed.
+decode to), :func:`data_key` (the data's identity in cache keys), :func:`validation_loss`
+(``short_train``'s held-out loss of any model) and :func:`read_kept_weights` /
+:func:`evaluated_model` (kept weights of an evaluation, and the network it ran, rebuilt
+exactly) import torch when first accessed.
 
 Entry points: :func:`create_evaluator` / :func:`available` (the registry; user evaluators plug
 in as ``module:Class`` strings or through the ``temponas.evaluators`` entry-point group),
@@ -41,7 +43,8 @@ from evaluators.scale import ProxyScale
 
 #: public names whose modules import torch: loaded on first access
 _LAZY = {"bundled_videos": "evaluators._torch_setup", "preview_frames": "evaluators._torch_setup",
-         "data_key": "evaluators._torch_setup"}
+         "data_key": "evaluators._torch_setup", "validation_loss": "evaluators._short_train",
+         "read_kept_weights": "evaluators._kept", "evaluated_model": "evaluators._reload"}
 
 
 def __getattr__(name: str) -> Any:
@@ -55,7 +58,8 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "BASELINES", "BUILTIN", "DEFAULT_FAST_PROXY", "ENTRY_POINT_GROUP", "REFERENCE", "ZERO_COST",
     "AuditSpec", "Direction", "EvalResult", "Evaluator", "ProxyScale", "available",
-    "bundled_videos", "create_evaluator", "data_key", "evaluator_resources", "markdown", "parse_options",
-    "parse_resources", "preview_frames", "ray_remote_options", "resolve", "run_audit", "sample_archs",
+    "bundled_videos", "create_evaluator", "data_key", "evaluated_model", "evaluator_resources",
+    "markdown", "parse_options", "parse_resources", "preview_frames", "ray_remote_options",
+    "read_kept_weights", "resolve", "run_audit", "sample_archs", "validation_loss",
     "write_report",
 ]

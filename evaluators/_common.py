@@ -22,7 +22,10 @@ CODE_VERSION = "evaluators-1"
 
 #: option keys that say where/how fast an evaluation runs but never change its score:
 #: they are left out of config keys (so caches are shared across machines and thread counts).
-NON_SCORING_KEYS = ("resources", "threads", "cache_dir", "cache_results")
+#: ``weights`` is a path: the content hash of the files goes into the key instead
+#: (``TorchOptions.scoring_dict``).
+NON_SCORING_KEYS = ("resources", "threads", "cache_dir", "cache_results", "weights",
+                    "keep_weights")
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,8 @@
-"""The scaled spatial backbone pretrained as an image denoiser on video frames, cached on disk.
+"""The spatial weights of every candidate: the backbone's own (``spatial: backbone``), or the
+scaled spatial backbone pretrained as an image denoiser on video frames, cached on disk.
+
+With ``spatial: backbone`` nothing is pretrained: :func:`pretrained_spatial` returns the
+weight files' tensors (read once per process) and the key is their content hash.
 
 Key = sha256 of (scaled backbone, data geometry, the data's identity (``data_scoring``: the
 bundled set's options, or the content key of your clips and encoders), pretrain options, code
@@ -33,6 +37,8 @@ from evaluators._torch_setup import (
     mean_loss,
     torch_session,
     validation_batches,
+    weight_files,
+    weights_key,
 )
 from evaluators.data import DATA_VERSION
 from search_space.backbone import BackboneSpec
@@ -42,6 +48,10 @@ _MEMO: dict[str, tuple[dict[str, torch.Tensor], dict[str, Any]]] = {}
 
 
 def pretrain_key(full: BackboneSpec, opts: TorchOptions, latent_channels: int) -> str:
+    """Identity of the spatial weights :func:`pretrained_spatial` gives: the backbone weights'
+    content hash, or the hash of everything the pretraining depends on."""
+    if opts.spatial == "backbone":
+        return f"weights-{weights_key(opts)[:16]}"
     sc = Scaled.of(full, opts, latent_channels)
     blob = json.dumps({"backbone": sc.backbone.to_dict(), "geometry": asdict(sc.geometry),
                        "data": data_scoring(opts), "pretrain": asdict(opts.pretrain),
@@ -52,10 +62,20 @@ def pretrain_key(full: BackboneSpec, opts: TorchOptions, latent_channels: int) -
 
 def pretrained_spatial(full: BackboneSpec, opts: TorchOptions, latent_channels: int,
                        progress: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """``(spatial state dict, metadata)`` of the pretrained scaled image backbone."""
+    """``(spatial state dict, metadata)`` of the pretrained scaled image backbone, or of the
+    backbone's own weights with ``spatial: backbone``."""
     from safetensors.torch import load_file, save_file
 
     key = pretrain_key(full, opts, latent_channels)
+    if opts.spatial == "backbone":  # the weights' own files: nothing to pretrain
+        if key not in _MEMO:
+            from search_space.modules import read_spatial_weights
+
+            files = weight_files(opts)
+            _MEMO[key] = (read_spatial_weights(files), {
+                "key": key, "source": "backbone", "weights_sha256": weights_key(opts),
+                "files": [str(f) for f in files]})
+        return _MEMO[key]
     d = os.path.join(cache_root(opts), "pretrained")
     st_path, meta_path = os.path.join(d, f"{key}.safetensors"), os.path.join(d, f"{key}.json")
     if st_path in _MEMO:  # per cache file: another cache_dir gets its own copy on disk

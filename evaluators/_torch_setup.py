@@ -12,19 +12,22 @@ import contextlib
 import functools
 import os
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
 
+from common.hashing import files_sha256
 from evaluators import _user_data
-from evaluators._common import BaseOptions
+from evaluators._common import BaseOptions, BuiltinEvaluator
 from evaluators.data import VideoGeometry, VideoSet, load_splits
 from evaluators.options import parse_options
-from evaluators.scale import ProxyScale
+from evaluators.scale import DEFAULT_WIDTH_MULT, ProxyScale
 from search_space.arch import ArchConfig
 from search_space.backbone import BackboneSpec
+from search_space.diffusers_config import weight_files_at
 from search_space.errors import ConfigError
 
 NUM_TRAIN_TIMESTEPS = 1000
@@ -102,9 +105,13 @@ class TorchOptions(BaseOptions):
     """Options of every evaluator that runs the scaled network.
 
     ``batch``: videos per forward pass; ``threads``: torch CPU threads during an evaluation;
-    ``spatial``: ``pretrained`` loads the cached image denoiser into the spatial blocks,
-    ``random`` keeps the seeded random init; ``cache_dir``: '' = ``$TEMPONAS_CACHE`` or
-    ``~/.cache/temponas``. ``threads`` and ``cache_dir`` do not change scores (not in the key).
+    ``spatial``: ``pretrained`` loads the cached image denoiser (pretrained at the proxy scale)
+    into the spatial blocks, ``random`` keeps the seeded random init, ``backbone`` loads the
+    backbone's own weights (``weights``: a safetensors file or a diffusers UNet folder; the
+    experiment config fills it in, and makes ``backbone`` the default, when its backbone comes
+    with weights) at the real width (``scale.width_mult`` unset or 1.0); ``cache_dir``: '' =
+    ``$TEMPONAS_CACHE`` or ``~/.cache/temponas``. ``threads``, ``cache_dir`` and the ``weights``
+    path do not change scores (not in the key; the weights' content hash is).
     """
 
     scale: ProxyScale = field(default_factory=ProxyScale)
@@ -112,7 +119,8 @@ class TorchOptions(BaseOptions):
     pretrain: PretrainOptions = field(default_factory=PretrainOptions)
     batch: int = 2
     threads: int = 1
-    spatial: Literal["pretrained", "random"] = "pretrained"
+    spatial: Literal["pretrained", "random", "backbone"] = "pretrained"
+    weights: str = ""
     cache_dir: str = ""
 
     def __post_init__(self) -> None:
@@ -120,11 +128,57 @@ class TorchOptions(BaseOptions):
             raise ConfigError(f"batch: must be >= 1, got {self.batch}")
         if self.threads < 1:
             raise ConfigError(f"threads: must be >= 1, got {self.threads}")
+        real = self.spatial == "backbone"
+        if real and not self.weights:
+            raise ConfigError("spatial: backbone needs the backbone's weights (backbone: "
+                              "{diffusers: DIR} or backbone_weights: FILE in the experiment "
+                              "config, or the evaluator option weights: FILE|DIR)")
+        w = self.scale.width_mult
+        if w is None:  # unset: the real width for real weights, else the proxy default
+            object.__setattr__(self, "scale", replace(self.scale, width_mult=1.0 if real
+                                                      else DEFAULT_WIDTH_MULT))
+        elif real and w != 1.0:
+            raise ConfigError(f"scale.width_mult: {w:g} cannot hold the backbone's weights "
+                              f"(spatial: backbone runs the real width, 1.0; frames and latent "
+                              f"size may still shrink)")
 
     def scoring_dict(self) -> dict[str, Any]:
         d = super().scoring_dict()
         d["data"] = data_scoring(self)
+        key = weights_key(self)
+        if key:  # the backbone weights' content, not their path
+            d["weights_sha256"] = key
         return d
+
+
+def weight_files(opts: TorchOptions) -> tuple[Path, ...]:
+    """The safetensors files of ``opts.weights`` (``()`` unless ``spatial: backbone``)."""
+    if opts.spatial != "backbone":
+        return ()
+    return weight_files_at(opts.weights, where="weights")
+
+
+def weights_key(opts: TorchOptions) -> str:
+    """Content hash (sha256 hex) of the backbone weights an evaluator runs ('' for none); the
+    file hashes are cached on disk by (path, size, mtime), so each file is read once."""
+    files = weight_files(opts)
+    return files_sha256(files, cache_root(opts)) if files else ""
+
+
+class TorchEvaluator(BuiltinEvaluator):
+    """Base of the evaluators that run the (scaled) candidate network: backbone weights are
+    checked against the backbone when the evaluator is made (one line naming the file and the
+    first key that does not fit); their content hash is part of :attr:`config_key`
+    (:meth:`TorchOptions.scoring_dict`)."""
+
+    def __init__(self, backbone: BackboneSpec, options: Mapping[str, Any] | None = None,
+                 where: str | None = None) -> None:
+        super().__init__(backbone, options, where)
+        files = weight_files(self.options)
+        if files:
+            from search_space.modules import check_spatial_weights
+
+            check_spatial_weights(self.options.scale.backbone(backbone), files)
 
 
 def cache_root(opts: TorchOptions) -> str:
@@ -219,7 +273,7 @@ def prepare_data(full: BackboneSpec, opts: TorchOptions, latent_channels: int,
 
 
 #: the option keys :func:`bundled_videos` and :func:`preview_frames` read (others are ignored)
-VIDEO_OPTION_KEYS = ("scale", "data", "batch", "spatial", "cache_dir")
+VIDEO_OPTION_KEYS = ("scale", "data", "batch", "spatial", "weights", "cache_dir")
 
 
 def bundled_videos(backbone: BackboneSpec, options: Mapping[str, Any] | None = None, *,

@@ -18,9 +18,9 @@ from typing import Any, ClassVar
 
 from torch import nn
 
-from evaluators._common import BuiltinEvaluator
 from evaluators._pretrain import pretrained_spatial
 from evaluators._torch_setup import (
+    TorchEvaluator,
     TorchOptions,
     data_splits,
     fixed_batches,
@@ -60,7 +60,7 @@ def reinit_zero_layers(model: nn.Module) -> int:
     return n
 
 
-class ZeroCostEvaluator(BuiltinEvaluator):
+class ZeroCostEvaluator(TorchEvaluator):
     """Subclasses implement ``_proxy(model, batches) -> (value, extras)``."""
 
     Options: ClassVar[type] = ZeroCostOptions
@@ -77,7 +77,7 @@ class ZeroCostEvaluator(BuiltinEvaluator):
         C = arch.task.latent_channels
         bb, sarch = scaled_arch(self.backbone, o, arch)
         model = build_model(bb, sarch.task, sarch)
-        if o.spatial == "pretrained":
+        if o.spatial != "random":
             model.load_spatial_state_dict(pretrained_spatial(self.backbone, o, C)[0])
         model.freeze_spatial()
         reinit_zero_layers(model)
@@ -86,7 +86,7 @@ class ZeroCostEvaluator(BuiltinEvaluator):
 
     def _score(self, arch: ArchConfig, seed: int, budget: int) -> tuple[float, Mapping[str, float]]:
         o = self.options
-        if o.spatial == "pretrained":  # outside the timed/seeded section: cached artefact
+        if o.spatial != "random":  # outside the timed/seeded section: cached artefact
             pretrained_spatial(self.backbone, o, arch.task.latent_channels)
         data_splits(self.backbone, o, arch.task.latent_channels)
         with torch_session(seed, o.threads):

@@ -8,6 +8,7 @@ Nested dataclass fields (e.g. ``scale``) are parsed recursively.
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from collections.abc import Mapping
 from typing import Any, TypeVar
@@ -38,6 +39,11 @@ def parse_resources(value: Any, where: str) -> dict[str, float]:
 
 def _check(value: Any, typ: Any, where: str) -> Any:
     origin = typing.get_origin(typ)
+    if origin in (typing.Union, types.UnionType):  # Optional[X] (X | None)
+        inner = [a for a in typing.get_args(typ) if a is not type(None)]
+        if value is None and len(inner) < len(typing.get_args(typ)):
+            return None
+        return _check(value, inner[0], where)
     if dataclasses.is_dataclass(typ):
         if isinstance(value, typ):
             return value

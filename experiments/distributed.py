@@ -148,7 +148,8 @@ def evaluate_task(spec: Mapping[str, Any], arch_json: str, seed: int, budget: in
     """Run one evaluation (body of the Ray task).
 
     ``spec`` = ``{"name", "backbone" (BackboneSpec dict), "options"}``. Returns the score and
-    where it ran. Evaluators are built once per worker process and reused.
+    where it ran (and ``weights``, safetensors bytes, when the evaluator kept them).
+    Evaluators are built once per worker process and reused.
     """
     import torch
 
@@ -179,9 +180,13 @@ def evaluate_task(spec: Mapping[str, Any], arch_json: str, seed: int, budget: in
             continue
         if math.isfinite(fv):
             extras[str(k)] = fv
-    return {"value": float(res.value), "extras": extras,
-            "wall_time_s": float(res.wall_time_s or wall), "node_id": node_id,
-            "host": socket.gethostname(), "pid": os.getpid()}
+    out = {"value": float(res.value), "extras": extras,
+           "wall_time_s": float(res.wall_time_s or wall), "node_id": node_id,
+           "host": socket.gethostname(), "pid": os.getpid()}
+    weights = getattr(res, "weights", None)
+    if isinstance(weights, bytes):  # kept weights travel with the result (any node)
+        out["weights"] = weights
+    return out
 
 
 _REMOTE: Any = None

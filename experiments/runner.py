@@ -25,14 +25,14 @@ import numpy as np
 
 import latency_models
 from common.errors import ConfigError, TemponasError
-from common.fsio import io_error
+from common.fsio import atomic_write_bytes, io_error
 from evaluators.registry import create_evaluator, ray_remote_options
 from experiments.cache import CachedEval, EvalCache, EvalKey
 from experiments.config import ExperimentConfig
 from experiments.distributed import ensure_ray, remote_evaluate, shutdown_ray
 from experiments.hypervolume import pareto_mask
 from experiments.outputs import write_outputs
-from experiments.rundir import RunLock, open_search_study, prepare_run_dir
+from experiments.rundir import RunLock, open_search_study, prepare_run_dir, weights_path
 from experiments.scheduler import EvaluationScheduler, Outcome
 from experiments.study import INTERRUPTED, make_sampler, storage_location, trial_done
 from experiments.trials import pareto_front, result_attr
@@ -115,7 +115,7 @@ class Driver:
         cfg = self.cfg
         self.backbone, self.task, self.space = cfg.backbone_spec, cfg.video_task, cfg.search_space
         src = cfg.source or "config"
-        self.evaluator = create_evaluator(cfg.evaluator.name, self.backbone, cfg.evaluator.options,
+        self.evaluator = create_evaluator(cfg.evaluator.name, self.backbone, cfg.evaluator_options(),
                                           where=f"{src}: evaluator")
         try:
             self.latency_model = latency_models.load_latency_model(cfg.latency_model)
@@ -133,7 +133,7 @@ class Driver:
         self.directions = [self.evaluator.direction.value if o == "quality" else "minimize"
                            for o in cfg.objectives]
         self.eval_spec = {"name": cfg.evaluator.name, "backbone": self.backbone.to_dict(),
-                          "options": cfg.to_dict()["evaluator"]["options"]}
+                          "options": cfg.evaluator_options()}
 
     def _open_study(self) -> None:
         """Open the run's study; count what is done; reseed the sampler of a resumed session."""
@@ -348,6 +348,9 @@ class Driver:
                 if num in self.active:
                     self._finish(self.active[num], outcome.failure)
             return
+        if outcome.weights is not None:  # before the cache line: a cached eval has its weights
+            atomic_write_bytes(weights_path(self.run_dir, outcome.key.arch_id, outcome.key.seed),
+                               outcome.weights)
         self.cache.put(outcome.result)
         self.summary.evaluations_run += 1
         for num in outcome.waiters:

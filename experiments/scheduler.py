@@ -31,6 +31,8 @@ class Outcome:
     waiters: tuple[int, ...]
     result: CachedEval | None = None
     failure: str | None = None
+    #: safetensors bytes of the weights the evaluation kept (``evaluator.keep_weights``)
+    weights: bytes | None = None
 
 
 class EvaluationScheduler:
@@ -129,7 +131,9 @@ class EvaluationScheduler:
         item = CachedEval(key, value, out.get("extras", {}), float(out.get("wall_time_s", 0.0)),
                           str(out.get("node_id", "")), str(out.get("host", "")),
                           int(out.get("pid", 0)))
-        return Outcome(key, waiters, result=item)
+        weights = out.get("weights")
+        return Outcome(key, waiters, result=item,
+                       weights=weights if isinstance(weights, bytes) else None)
 
     def _expire(self) -> list[Outcome]:
         import ray

@@ -276,16 +276,12 @@ def case_of(key: str) -> Case:
 #: (dotted key, value or DROP, why): how configs/my_model.yaml differs from the documented one
 DROP = object()
 MY_MODEL_SUBS: tuple[tuple[str, object, str], ...] = (
-    ("backbone", "tiny", "the tiny preset has the layout of the saved toy UNet; "
-                         "{diffusers: sd15/unet, weights: true} once issue12-model is on main"),
+    ("backbone", {"diffusers": "{ws}/sd15/unet", "weights": True}, "the toy pipeline's UNet"),
     ("task", {"num_frames": 4, "latent_height": 8, "latent_width": 8, "text_tokens": 8}, "toy size"),
     ("evaluator.budget", 2, "toy size"),
     ("evaluator.seeds", [0], "one seed"),
-    ("evaluator.options.scale", {"width_mult": 1.0, "num_frames": 4, "latent_height": 8,
-                                 "latent_width": 8, "text_tokens": 8},
-     "toy size; width 1.0 written out (the real width is the default with backbone weights)"),
-    ("evaluator.options.pretrain", {"steps": 6, "batch": 2},
-     "the preset has no weights: a 6-step pretraining stands in for them"),
+    ("evaluator.options.scale", {"num_frames": 4, "latent_height": 8, "latent_width": 8,
+                                 "text_tokens": 8}, "toy size (the real width, as documented)"),
     ("evaluator.options.data.path", "{ws}/clips/manifest.csv", "12 toy mp4 clips (tiny_media)"),
     ("evaluator.options.data.vae", "{ws}/sd15/vae", "the toy pipeline (tiny_media.tiny_pipeline)"),
     ("evaluator.options.data.text_encoder", "{ws}/sd15/text_encoder", "the toy pipeline"),
@@ -297,7 +293,6 @@ MY_MODEL_SUBS: tuple[tuple[str, object, str], ...] = (
     ("evaluator.options.resources", {"num_cpus": 1}, "no GPU here"),
     ("evaluator.options.device", DROP, "issue12-compute's option: 'cpu' here once it is on main"),
     ("evaluator.options.precision", DROP, "issue12-compute's option, not on main yet"),
-    ("evaluator.options.keep_weights", DROP, "issue12-model's option, not on main yet"),
     ("search", {"sampler": "nsga2", "sampler_options": {"population_size": 4}, "n_trials": 3,
                 "workers": 1, "seed": 0}, "toy size, one worker"),
 )

@@ -153,10 +153,9 @@ def write_clips(path: str | Path, n: int = 12, frames: int = 12, n_val: int = 3)
 
 
 #: the acceptance's backbone: the saved ``unet/`` with its weights (``{diffusers: DIR, weights:
-#: true}``, issue12-model) when True; the ``tiny`` preset (the same layout, pretrained on the
-#: clips) while that experiment-config key is not on main. Checked with issue12-model merged:
-#: the test passes with True (nothing pretrained then).
-DIFFUSERS_BACKBONE = False
+#: true}``: its config becomes the backbone, its weights the frozen spatial layers, nothing is
+#: pretrained) when True; the ``tiny`` preset (the same layout, pretrained on the clips) when False.
+DIFFUSERS_BACKBONE = True
 
 
 def acceptance_config(model: str, manifest: str, cache: str) -> dict:

@@ -50,7 +50,8 @@ def _split_options(data: dict[str, Any], where: str) -> tuple[dict[str, Any], di
                 raise ConfigError(f"{where}.{k}: expected a mapping")
         return dict(data.get("proxies") or {}), dict(data.get("short_train") or {})
     shared = {k: v for k, v in data.items() if k in ("scale", "data", "pretrain", "batch",
-                                                      "threads", "spatial", "cache_dir")}
+                                                      "threads", "spatial", "weights",
+                                                      "cache_dir")}
     return shared, dict(data)
 
 

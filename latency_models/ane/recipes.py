@@ -250,10 +250,8 @@ def compress(mlmodel, precision: str):
         raise ConfigError(f"precision {precision!r} is unknown (known: {', '.join(PRECISIONS)})")
     if precision == "fp16":
         return mlmodel
-    import coremltools.optimize.coreml as cto
+    from latency_models.backends.coreml_export import palettize, quantize_int8
 
     if precision.startswith("lut"):
-        cfg = cto.OptimizationConfig(global_config=cto.OpPalettizerConfig(mode="uniform", nbits=int(precision[3:])))
-        return cto.palettize_weights(mlmodel, cfg)
-    cfg = cto.OptimizationConfig(global_config=cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8"))
-    return cto.linear_quantize_weights(mlmodel, cfg)
+        return palettize(mlmodel, int(precision[3:]), mode="uniform")
+    return quantize_int8(mlmodel)
