@@ -2,8 +2,8 @@
 
 Layout under the data cache directory (``data.cache_dir``; default ``<temponas cache>/data``)::
 
-    file_hashes.json                 {absolute path: [size, mtime_ns, sha256]}: a file is
-                                     re-hashed only when its size or mtime changes
+    file_hashes.json                 common.hashing's record: a file is re-hashed only when
+                                     its size or mtime changes
     <store>/index.json               {"meta", "entries": {key: shard}, "bad": {key: reason},
                                      "encoded": total}: written last, after the shard it names
     <store>/shard-000000.safetensors tensors named by entry key (one per clip / caption)
@@ -31,62 +31,9 @@ from typing import Any
 import torch
 
 from common.fsio import append_jsonl, atomic_path, atomic_write_json, file_lock
+from common.hashing import FileHashes
 
-_HASH_MEMO: dict[str, tuple[int, int, str]] = {}  # per process: path -> (size, mtime_ns, sha)
 SHARD_BYTES = 256 << 20
-
-
-def _sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-class FileHashes:
-    """sha256 of files, remembered by (path, size, mtime) in ``<cache>/file_hashes.json``."""
-
-    def __init__(self, cache_dir: str) -> None:
-        self.path = os.path.join(cache_dir, "file_hashes.json")
-        self._new: dict[str, list] = {}
-        self._disk: dict[str, list] | None = None
-
-    def _load(self) -> dict[str, list]:
-        try:
-            with open(self.path, encoding="utf-8") as f:
-                d = json.load(f)
-            return d if isinstance(d, dict) else {}
-        except (OSError, json.JSONDecodeError):
-            return {}
-
-    def sha256(self, path: str) -> str:
-        p = os.path.abspath(path)
-        st = os.stat(p)
-        sig = (st.st_size, st.st_mtime_ns)
-        memo = _HASH_MEMO.get(p)
-        if memo and memo[:2] == sig:
-            return memo[2]
-        if self._disk is None:
-            self._disk = self._load()
-        rec = self._disk.get(p)
-        if isinstance(rec, list) and len(rec) == 3 and tuple(rec[:2]) == sig:
-            sha = str(rec[2])
-        else:
-            sha = _sha256_file(p)
-            self._new[p] = [sig[0], sig[1], sha]
-        _HASH_MEMO[p] = (*sig, sha)
-        return sha
-
-    def save(self) -> None:
-        """Merge the new hashes into the file (under its lock)."""
-        if not self._new:
-            return
-        with file_lock(self.path + ".lock"):
-            disk = self._load()
-            disk.update(self._new)
-            atomic_write_json(self.path, disk, indent=None, durable=False)
-        self._new.clear()
 
 
 def digest(obj: Any, n: int = 16) -> str:

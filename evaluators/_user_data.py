@@ -26,7 +26,8 @@ import torch
 
 from common.errors import ConfigError
 from evaluators._clips import TRAIN, VAL, BadClip, Clip, decode_windows, list_clips
-from evaluators._datacache import FileHashes, TensorStore, digest, tree_hash
+from common.hashing import FileHashes
+from evaluators._datacache import TensorStore, digest, tree_hash
 from evaluators._encoders import (
     ClipText,
     EmbeddingsFile,

@@ -4,6 +4,7 @@ evaluated network exactly."""
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -89,7 +90,9 @@ def test_weights_content_is_in_the_key_not_their_path(unet, tmp_path):
     save_tiny_unet(other, seed=1)
     assert create_evaluator("short_train", bb, options(other, cache)).config_key != key
     # the hash was stored once, keyed by (path, size, mtime)
-    assert list((tmp_path / "cache" / "sha256").glob("*.json"))
+    record = json.loads((tmp_path / "cache" / "file_hashes.json").read_text())
+    st = next(iter(record.values()))
+    assert len(st) == 3 and len(st[2]) == 64
 
 
 @pytest.mark.parametrize("change, fragment", [

@@ -48,8 +48,8 @@ def _fresh_process_state():
     """Forget what this process memoized (a new Ray worker starts like this)."""
     _user_data._SPLITS.clear()
     _user_data._KEYS.clear()
-    from evaluators import _datacache
-    _datacache._HASH_MEMO.clear()
+    from common import hashing
+    hashing._MEMO.clear()
 
 
 def test_clips_through_the_vae_and_clip_text_model(media, tmp_path):
