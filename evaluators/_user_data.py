@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from common.errors import ConfigError
-from evaluators._clips import TRAIN, VAL, BadClip, Clip, decode_windows, list_clips
 from common.hashing import FileHashes
+from evaluators._clips import TRAIN, VAL, BadClip, Clip, decode_windows, list_clips
 from evaluators._datacache import TensorStore, digest, tree_hash
 from evaluators._encoders import (
     ClipText,
