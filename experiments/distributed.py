@@ -168,9 +168,6 @@ def evaluate_task(spec: Mapping[str, Any], arch_json: str, seed: int, budget: in
     where it ran (and ``weights``, safetensors bytes, when the evaluator kept them).
     Evaluators are built once per worker process and reused.
     """
-    import torch
-
-    torch.set_num_threads(max(1, int(threads)))
     key = json.dumps(spec, sort_keys=True)
     ev = _EVALUATORS.get(key)
     if ev is None:
@@ -185,6 +182,9 @@ def evaluate_task(spec: Mapping[str, Any], arch_json: str, seed: int, budget: in
                 f"workers; ship its module (runtime_env, docs/clusters.md) or install it on "
                 f"every node") from None
         _EVALUATORS[key] = ev
+    import torch  # after the evaluator: a plug-in that cannot be built fails without it
+
+    torch.set_num_threads(max(1, int(threads)))
     arch = ArchConfig.from_json(arch_json)
     t0 = time.perf_counter()
     with _time_limit(timeout_s):

@@ -127,9 +127,18 @@ class EvaluationScheduler:
         if self._inflight:
             import ray
 
-            for ref in list(self._inflight):
+            refs = list(self._inflight)
+            for ref in refs:
                 try:
                     ray.cancel(ref, force=True)
+                except Exception:
+                    pass
+            # collect what already ended: an error nobody retrieves is printed by Ray
+            # ("Unhandled error ...") when its reference is dropped
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0.5)
+            for ref in ready:
+                try:
+                    ray.get(ref, timeout=0)
                 except Exception:
                     pass
         self._inflight.clear()

@@ -183,7 +183,7 @@ def test_plugin_outside_the_installed_packages_runs_on_both_nodes(tmp_path, two_
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert rc == 2 and len(lines) == 1 and "Traceback" not in err, err
     assert "cannot import module 'where_eval'" in lines[0] and "Ray node" in lines[0], lines[0]
-    assert wall < 30 and not (tmp_path / "run2").exists()
+    assert wall < 60 and not (tmp_path / "run2").exists()  # smoke's evaluation timeout: 60 s
 
 
 def test_gpu_if_available_takes_one_gpu_per_evaluation(tmp_path, two_node_cluster, plugin_dir,
