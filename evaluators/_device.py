@@ -28,7 +28,7 @@ import contextlib
 import os
 import re
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -139,6 +139,10 @@ class Runtime:
         """Every tensor of every batch on the device."""
         return [self.tensors(*b) for b in batches]
 
+    def tensor_dict(self, d: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A state dict (e.g. for ``torch.func.functional_call``) on the device."""
+        return dict(zip(d, self.tensors(*d.values())))
+
     def grad_scaler(self) -> torch.amp.GradScaler:
         """A dynamic loss scaler for training: active for fp16, a pass-through otherwise."""
         return torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
@@ -146,9 +150,16 @@ class Runtime:
     def optimizer_step(self, loss: torch.Tensor, opt: torch.optim.Optimizer,
                        params: Sequence[torch.nn.Parameter], scaler: torch.amp.GradScaler,
                        max_norm: float = 1.0) -> None:
-        """Zero grads, backward (scaled for fp16), unscale, clip to ``max_norm``, step."""
+        """Zero grads, backward (scaled for fp16), then :meth:`step`."""
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
+        self.step(opt, params, scaler, max_norm)
+
+    @staticmethod
+    def step(opt: torch.optim.Optimizer, params: Sequence[torch.nn.Parameter],
+             scaler: torch.amp.GradScaler, max_norm: float = 1.0) -> None:
+        """Unscale, clip to ``max_norm``, step (skipped by the scaler on inf/NaN), update.
+        With gradients accumulated as ``scaler.scale(loss_i).backward()``."""
         scaler.unscale_(opt)
         torch.nn.utils.clip_grad_norm_(params, max_norm)
         scaler.step(opt)
