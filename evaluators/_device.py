@@ -130,10 +130,16 @@ class Runtime:
         return m.to(self.device)
 
     def tensors(self, *ts: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """``ts`` on the device (pinned, asynchronous copies to a GPU)."""
-        if self.device.type == "cpu":
-            return tuple(t.to(self.device) for t in ts)
-        return tuple(t.pin_memory().to(self.device, non_blocking=True) for t in ts)
+        """``ts`` on the device (CPU tensors go to a GPU through pinned memory, asynchronously;
+        tensors already there are returned as they are)."""
+        return tuple(self._to(t) for t in ts)
+
+    def _to(self, t: torch.Tensor) -> torch.Tensor:
+        if t.device == self.device:
+            return t
+        if t.device.type == "cpu" and self.device.type == "cuda":
+            return t.pin_memory().to(self.device, non_blocking=True)
+        return t.to(self.device)
 
     def batches(self, batches: Sequence[Sequence[torch.Tensor]]) -> list[tuple[torch.Tensor, ...]]:
         """Every tensor of every batch on the device."""
@@ -222,7 +228,12 @@ def _no_tf32() -> list[tuple[Any, str, Any]]:
     else:
         targets = [(b.cuda.matmul, "allow_tf32", False), (b.cudnn, "allow_tf32", False)]
     restore = []
-    for obj, attr, value in targets:
-        restore.append((obj, attr, getattr(obj, attr)))
-        setattr(obj, attr, value)
+    try:
+        for obj, attr, value in targets:
+            restore.append((obj, attr, getattr(obj, attr)))
+            setattr(obj, attr, value)
+    except RuntimeError:  # torch refuses to mix the legacy and new TF32 APIs: leave it as set
+        for obj, attr, value in reversed(restore):
+            setattr(obj, attr, value)
+        return []
     return restore
