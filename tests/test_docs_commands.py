@@ -8,8 +8,8 @@ line must be a key of exactly one table:
 * ``AS_DOCUMENTED``: run exactly as written;
 * ``SUBSTITUTED``: run as the steps given, every difference from the documented line justified
   in ``why`` (tiny presets and sizes, a stand-in for a file only a phone makes, ...);
-* ``SKIPPED``: cannot run here (macOS only, a multi-GB environment of its own, or a multi-node
-  cluster), with the reason.
+* ``SKIPPED``: cannot run on Linux (or needs a multi-GB environment of its own), with the
+  reason.
 
 Two kinds of line need no entry: an inline mention that is the start of a covered line
 (`temponas latency fit` names the command `temponas latency fit cpu.csv ...` runs), and a
@@ -262,15 +262,6 @@ SKIPPED: dict[str, str] = {
         "sets up Python on the Mac that runs a probe bundle (and downloads packages)",
     "python bundle/run_on_device.py bundle --compute-units cpu_and_ne --runs 50 --repeats 3":
         "Core ML predictions need macOS (on Linux the runner refuses; --template runs above)",
-    # docs/clusters.md: starting Ray daemons on cluster nodes and searching on that cluster
-    "ray start --head --port 6379 --num-gpus 4":
-        "starts a Ray head daemon with 4 GPUs on a cluster node; tests/experiments/"
-        "test_exp_cluster.py starts the same two-node setup with ray.cluster_utils.Cluster",
-    "ray start --address HEAD:6379 --num-gpus 4":
-        "joins a worker node to that head (as above)",
-    "temponas search my_search.yaml --ray-address HEAD:6379":
-        "needs the cluster above; test_exp_cluster.py runs `temponas search CFG --ray-address "
-        "<cluster>` against the two-node test cluster",
 }
 
 
