@@ -22,7 +22,7 @@ import torch
 from common.hashing import files_sha256
 from evaluators import _user_data
 from evaluators._common import BaseOptions, BuiltinEvaluator
-from evaluators._device import Runtime, check_device, torch_session
+from evaluators._device import Runtime, check_device, resolve_device, torch_session
 from evaluators.data import VideoGeometry, VideoSet, load_splits
 from evaluators.options import parse_options
 from evaluators.scale import DEFAULT_WIDTH_MULT, ProxyScale
@@ -246,7 +246,10 @@ def user_data(full: BackboneSpec, opts: TorchOptions, latent_channels: int,
         return _user_data.UserData(train, val, std, {"source": "bundled"})
     w = opts.scale.width_mult
     _user_data.check_encoders(d, g, f" at scale.width_mult {w:g} (1.0 = real width)" if w != 1 else "")
-    return _user_data.user_splits(d, cache_root(opts), g, progress)
+    # the VAE / text encoder run on a GPU where this process has one (the driver encodes once),
+    # unless device is cpu; like every device choice, it does not change the data key
+    enc = "cpu" if opts.device == "cpu" else str(resolve_device("auto"))
+    return _user_data.user_splits(d, cache_root(opts), g, progress, device=enc)
 
 
 def data_key(opts: TorchOptions) -> str:
