@@ -254,9 +254,10 @@ def fatal_cause(exc: BaseException) -> SearchAborted | None:
     cause = getattr(exc, "cause", None)
     if isinstance(cause, SearchAborted):
         return cause
-    if isinstance(exc, rex.RuntimeEnvSetupError):
+    if isinstance(exc, rex.RuntimeEnvSetupError):  # its last line says why (pip's error, ...)
+        last = ([ln for ln in str(exc).splitlines() if ln.strip()] or [""])[-1]
         return SearchAborted(f"runtime_env: Ray could not set up the evaluations' runtime "
-                             f"environment on a node ({_one_line(str(exc), 240)})")
+                             f"environment on a node: {_one_line(last, 300)}")
     return None
 
 

@@ -2,7 +2,8 @@
 every node bound to 127.0.0.1; the worker node declares one GPU, so GPU placement is real Ray
 scheduling even where torch has no CUDA): trials run on both nodes; a plug-in evaluator that
 lives outside the installed packages reaches the workers through the runtime environment; a
-``device: auto`` evaluator gets one GPU per evaluation; impossible resources fail in seconds."""
+``device: auto`` evaluator gets one GPU per evaluation; impossible resources and a runtime env
+Ray cannot set up fail in seconds with one line."""
 
 from __future__ import annotations
 
@@ -225,3 +226,17 @@ def test_impossible_resources_fail_in_seconds(tmp_path, two_node_cluster, resour
     assert rc == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
     assert fragment in lines[0] and "cfg.yaml: evaluator.options.resources." in lines[0], lines[0]
     assert wall < 20 and not (tmp_path / "run").exists()
+
+
+def test_runtime_env_ray_cannot_set_up_stops_in_one_line(tmp_path, two_node_cluster):
+    """A shipped wheel pip cannot install: every evaluation would fail the same way, so the
+    first failure stops the search with pip's reason."""
+    wheel = tmp_path / "broken-0.1-py3-none-any.whl"
+    wheel.write_bytes(b"not a zip file")
+    cfg = _config(tmp_path / "cfg.yaml", runtime_env={"py_modules": [str(wheel)]})
+    rc, out, err = cli("search", str(cfg), "--out", str(tmp_path / "run"), "--no-progress",
+                       "--ray-address", two_node_cluster.address)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert rc == 2 and len(lines) == 1, err
+    assert "runtime_env: Ray could not set up" in lines[0] and "broken" in lines[0], lines[0]
+    assert not (tmp_path / "run").exists()
