@@ -41,10 +41,13 @@ from evaluators.registry import (
 )
 from evaluators.scale import ProxyScale
 
-#: public names whose modules import torch: loaded on first access
+#: public names whose modules import torch: loaded on first access (``Runtime`` /
+#: ``torch_session``: device, precision and seeding of one evaluation, for plug-ins too)
 _LAZY = {"bundled_videos": "evaluators._torch_setup", "preview_frames": "evaluators._torch_setup",
          "data_key": "evaluators._torch_setup", "validation_loss": "evaluators._short_train",
-         "read_kept_weights": "evaluators._kept", "evaluated_model": "evaluators._reload"}
+         "read_kept_weights": "evaluators._kept", "evaluated_model": "evaluators._reload",
+         "Runtime": "evaluators._device", "resolve_device": "evaluators._device",
+         "torch_session": "evaluators._device"}
 
 
 def __getattr__(name: str) -> Any:
@@ -57,9 +60,9 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "BASELINES", "BUILTIN", "DEFAULT_FAST_PROXY", "ENTRY_POINT_GROUP", "REFERENCE", "ZERO_COST",
-    "AuditSpec", "Direction", "EvalResult", "Evaluator", "ProxyScale", "available",
+    "AuditSpec", "Direction", "EvalResult", "Evaluator", "ProxyScale", "Runtime", "available",
     "bundled_videos", "create_evaluator", "data_key", "evaluated_model", "evaluator_resources",
     "markdown", "parse_options", "parse_resources", "preview_frames", "ray_remote_options",
-    "read_kept_weights", "resolve", "run_audit", "sample_archs", "validation_loss",
-    "write_report",
+    "read_kept_weights", "resolve", "resolve_device", "run_audit", "sample_archs",
+    "torch_session", "validation_loss", "write_report",
 ]

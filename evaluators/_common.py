@@ -6,7 +6,7 @@ import hashlib
 import json
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from evaluators.base import Direction, EvalResult
@@ -21,24 +21,36 @@ from search_space.task import VideoTask
 CODE_VERSION = "evaluators-1"
 
 #: option keys that say where/how fast an evaluation runs but never change its score:
-#: they are left out of config keys (so caches are shared across machines and thread counts).
+#: they are left out of config keys (so caches are shared across machines, devices and thread
+#: counts; a score on CUDA is close to, not bit-identical with, the CPU's).
 #: ``weights`` is a path: the content hash of the files goes into the key instead
 #: (``TorchOptions.scoring_dict``).
 NON_SCORING_KEYS = ("resources", "threads", "cache_dir", "cache_results", "weights",
-                    "keep_weights")
+                    "keep_weights", "device")
+
+#: scoring options added after config keys were first published, with the value that
+#: reproduces the earlier scores: left out of the key at that value, so adding an option does
+#: not invalidate existing caches and runs
+KEY_NEUTRAL_DEFAULTS: Mapping[str, Any] = {"precision": "fp32"}
 
 
 @dataclass(frozen=True)
 class BaseOptions:
-    """Options every built-in evaluator accepts."""
+    """Options every built-in evaluator accepts.
 
-    resources: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_RESOURCES))
+    ``resources``: Ray resources of one evaluation; unset (None) = one CPU, plus one GPU when
+    the evaluator's ``device`` is ``cuda[:i]`` (see :attr:`BuiltinEvaluator.resources`)."""
+
+    resources: Mapping[str, float] | None = None
 
     def scoring_dict(self) -> dict[str, Any]:
         """The options that change scores, as config keys hold them (runtime-only keys out)."""
         d = options_dict(self)
         for k in NON_SCORING_KEYS:
             d.pop(k, None)
+        for k, neutral in KEY_NEUTRAL_DEFAULTS.items():
+            if d.get(k, object()) == neutral:
+                d.pop(k)
         return d
 
 
@@ -67,7 +79,18 @@ class BuiltinEvaluator:
 
     @property
     def resources(self) -> Mapping[str, float]:
-        return dict(self.options.resources)
+        """The user's ``resources`` option, else one CPU (+ one GPU for a ``cuda`` device)."""
+        if self.options.resources is not None:
+            return dict(self.options.resources)
+        device = getattr(self.options, "device", "cpu")
+        return {**DEFAULT_RESOURCES, **({"num_gpus": 1.0} if device.startswith("cuda") else {})}
+
+    @property
+    def gpu_if_available(self) -> bool:
+        """True if the evaluator would use a GPU when it gets one (``device: auto`` and no
+        ``resources`` option): a search then reserves one GPU per evaluation on a cluster
+        that has GPUs."""
+        return self.options.resources is None and getattr(self.options, "device", None) == "auto"
 
     @property
     def config_key(self) -> str:

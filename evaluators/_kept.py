@@ -47,7 +47,7 @@ def pack(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> bytes:
     md = {"format": FORMAT}
     for k, v in meta.items():
         md[k] = v if isinstance(v, str) else json.dumps(v, sort_keys=True)
-    return save({k: v.detach().contiguous().clone() for k, v in tensors.items()}, metadata=md)
+    return save({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}, metadata=md)
 
 
 def read_kept_weights(path: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

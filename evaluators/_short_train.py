@@ -40,7 +40,6 @@ from evaluators._torch_setup import (
     mean_loss,
     prepare_data,
     scaled_arch,
-    torch_session,
     validation_batches,
     weights_key,
 )
@@ -168,7 +167,7 @@ class ShortTrainEvaluator(TorchEvaluator):
             from search_space.modules import build_image_model
             bb = self.options.scale.backbone(self.backbone)
             _, val = data_splits(self.backbone, self.options, latent_channels)
-            with torch_session(0, self.options.threads):
+            with self.options.session(0) as rt:
                 s = self.options.scale
                 from search_space.task import VideoTask
                 task = VideoTask(latent_channels, s.num_frames, s.latent_height, s.latent_width,
@@ -177,8 +176,8 @@ class ShortTrainEvaluator(TorchEvaluator):
                 if self.options.spatial != "random":
                     state, _ = pretrained_spatial(self.backbone, self.options, latent_channels)
                     model.load_spatial_state_dict(state)
-                self._image_loss[key] = mean_loss(
-                    model, validation_batches(val, self.options.batch, self.options.val_timesteps))
+                vb = rt.batches(validation_batches(val, self.options.batch, self.options.val_timesteps))
+                self._image_loss[key] = mean_loss(rt.module(model), vb, rt)
         return self._image_loss[key]
 
     def trained_model(self, arch: ArchConfig, *, seed: int, budget: int) -> torch.nn.Module:
@@ -204,11 +203,13 @@ class ShortTrainEvaluator(TorchEvaluator):
         state = pretrained_spatial(self.backbone, o, C)[0] if o.spatial != "random" else None
         t_setup = time.perf_counter() - t0
         out: dict[int, EvalResult] = {}
-        with torch_session(seed, o.threads):
+        with o.session(seed) as rt:
             model = build_model(bb, sarch.task, sarch)
             if state is not None:
                 model.load_spatial_state_dict(state)
             model.freeze_spatial()
+            rt.module(model)
+            vbatches = rt.batches(vbatches)
             kept = _Keeper(self, arch, seed, model, bb, sarch) if o.keep_weights else None
             names = [n for n, _ in model.named_parameters() if is_temporal_name(n)]
             params = list(model.temporal_parameters())
@@ -221,6 +222,7 @@ class ShortTrainEvaluator(TorchEvaluator):
                                         weights=kept and kept.pack({}, b, base))
                 return out, model
             opt = torch.optim.AdamW(params, lr=o.lr, weight_decay=0.0)
+            scaler = rt.grad_scaler()
             warm = max(1, o.warmup)
             sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
             gen = torch.Generator().manual_seed(seed)
@@ -232,12 +234,10 @@ class ShortTrainEvaluator(TorchEvaluator):
                     idx = torch.randint(0, len(train), (o.batch,), generator=gen)
                     x0 = train.latents[idx]
                     t = torch.randint(0, NUM_TRAIN_TIMESTEPS, (o.batch,), generator=gen)
-                    noise = torch.randn(x0.shape, generator=gen)
-                    loss = denoise_loss(model, x0, train.text[idx], t, noise)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    torch.nn.utils.clip_grad_norm_(params, 1.0)
-                    opt.step()
+                    noise = torch.randn(x0.shape, generator=gen)  # drawn on the CPU: same on every device
+                    x0, text, t, noise = rt.tensors(x0, train.text[idx], t, noise)
+                    loss = denoise_loss(model, x0, text, t, noise, rt=rt)
+                    rt.optimizer_step(loss, opt, params, scaler, max_norm=1.0)
                     sched.step()
                     with torch.no_grad():
                         for a, p in zip(avg, params):
@@ -245,7 +245,7 @@ class ShortTrainEvaluator(TorchEvaluator):
                     lv = float(loss.detach())
                     ema = lv if ema is None else 0.9 * ema + 0.1 * lv
                     step += 1
-                vl = self._eval_averaged(model, params, avg, vbatches)
+                vl = self._eval_averaged(model, params, avg, vbatches, rt)
                 out[b] = EvalResult(base - vl, {
                     "val_loss": vl, "val_loss_image": base, "rel_improvement": (base - vl) / base,
                     "train_loss_ema": float(ema) if ema is not None else float("nan"),
@@ -255,14 +255,14 @@ class ShortTrainEvaluator(TorchEvaluator):
         return out, model
 
     @staticmethod
-    def _eval_averaged(model, params, avg, vbatches) -> float:
+    def _eval_averaged(model, params, avg, vbatches, rt) -> float:
         """Validation loss with the averaged temporal weights swapped in (then swapped back)."""
         with torch.no_grad():
             live = [p.detach().clone() for p in params]
             for p, a in zip(params, avg):
                 p.copy_(a)
         try:
-            return mean_loss(model, vbatches)
+            return mean_loss(model, vbatches, rt)
         finally:
             with torch.no_grad():
                 for p, v in zip(params, live):
@@ -297,8 +297,10 @@ class _Keeper:
 def validation_loss(model: torch.nn.Module, backbone, options=None, latent_channels: int = 4) -> float:
     """The held-out loss ``short_train`` with ``options`` reports as ``val_loss`` for a
     candidate of ``backbone``, computed for ``model`` (e.g. an exported one, reloaded): the same
-    validation videos, timesteps and noise, the same threads."""
+    validation videos, timesteps and noise, the same threads, device (``model`` is moved there)
+    and precision."""
     o = parse_options(ShortTrainOptions, options, "options")
     _, val = data_splits(backbone, o, latent_channels)
-    with torch_session(0, o.threads):
-        return mean_loss(model, validation_batches(val, o.batch, o.val_timesteps))
+    with o.session(0) as rt:
+        vb = rt.batches(validation_batches(val, o.batch, o.val_timesteps))
+        return mean_loss(rt.module(model), vb, rt)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -22,6 +22,7 @@ import torch
 from common.hashing import files_sha256
 from evaluators import _user_data
 from evaluators._common import BaseOptions, BuiltinEvaluator
+from evaluators._device import Runtime, check_device, resolve_device, torch_session
 from evaluators.data import VideoGeometry, VideoSet, load_splits
 from evaluators.options import parse_options
 from evaluators.scale import DEFAULT_WIDTH_MULT, ProxyScale
@@ -110,8 +111,12 @@ class TorchOptions(BaseOptions):
     backbone's own weights (``weights``: a safetensors file or a diffusers UNet folder; the
     experiment config fills it in, and makes ``backbone`` the default, when its backbone comes
     with weights) at the real width (``scale.width_mult`` unset or 1.0); ``cache_dir``: '' =
-    ``$TEMPONAS_CACHE`` or ``~/.cache/temponas``. ``threads``, ``cache_dir`` and the ``weights``
-    path do not change scores (not in the key; the weights' content hash is).
+    ``$TEMPONAS_CACHE`` or ``~/.cache/temponas``; ``device``: ``auto`` (CUDA when this process
+    can use a GPU, else CPU), ``cpu``, ``cuda`` or ``cuda:<index>`` (see
+    ``evaluators._device``); ``precision``: ``fp32``, or ``bf16``/``fp16`` autocast.
+    ``threads``, ``cache_dir``, ``device`` and the ``weights`` path do not change scores (not in
+    the key; the weights' content hash is; CPU and CUDA scores are close, not bit-identical);
+    ``precision`` does.
     """
 
     scale: ProxyScale = field(default_factory=ProxyScale)
@@ -122,6 +127,8 @@ class TorchOptions(BaseOptions):
     spatial: Literal["pretrained", "random", "backbone"] = "pretrained"
     weights: str = ""
     cache_dir: str = ""
+    device: str = "auto"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
 
     def __post_init__(self) -> None:
         if self.batch < 1:
@@ -141,6 +148,16 @@ class TorchOptions(BaseOptions):
             raise ConfigError(f"scale.width_mult: {w:g} cannot hold the backbone's weights "
                               f"(spatial: backbone runs the real width, 1.0; frames and latent "
                               f"size may still shrink)")
+        check_device(self.device)
+        if (self.device.startswith("cuda") and self.resources is not None
+                and not self.resources.get("num_gpus")):
+            raise ConfigError(f"resources: device {self.device!r} needs num_gpus > 0 (an "
+                              f"evaluation may only use the GPUs Ray reserved for it), or "
+                              f"leave resources unset")
+
+    def session(self, seed: int) -> contextlib.AbstractContextManager[Runtime]:
+        """:func:`torch_session` with these options' threads, device and precision."""
+        return torch_session(seed, self.threads, self.device, self.precision)
 
     def scoring_dict(self) -> dict[str, Any]:
         d = super().scoring_dict()
@@ -188,21 +205,6 @@ def cache_root(opts: TorchOptions) -> str:
     return root
 
 
-@contextlib.contextmanager
-def torch_session(seed: int, threads: int) -> Iterator[None]:
-    """Seeded, deterministic, ``threads``-thread torch for one evaluation (restored after)."""
-    old_threads = torch.get_num_threads()
-    old_det = torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.manual_seed(seed)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old_threads)
-        torch.use_deterministic_algorithms(old_det)
-
-
 @dataclass(frozen=True)
 class Scaled:
     """The scaled backbone and the data geometry of an evaluator configuration."""
@@ -244,7 +246,10 @@ def user_data(full: BackboneSpec, opts: TorchOptions, latent_channels: int,
         return _user_data.UserData(train, val, std, {"source": "bundled"})
     w = opts.scale.width_mult
     _user_data.check_encoders(d, g, f" at scale.width_mult {w:g} (1.0 = real width)" if w != 1 else "")
-    return _user_data.user_splits(d, cache_root(opts), g, progress)
+    # the VAE / text encoder run on a GPU where this process has one (the driver encodes once),
+    # unless device is cpu; like every device choice, it does not change the data key
+    enc = "cpu" if opts.device == "cpu" else str(resolve_device("auto"))
+    return _user_data.user_splits(d, cache_root(opts), g, progress, device=enc)
 
 
 def data_key(opts: TorchOptions) -> str:
@@ -325,15 +330,23 @@ def alphas_cumprod() -> torch.Tensor:
     return torch.cumprod(1.0 - betas, 0).float()
 
 
+@functools.lru_cache(maxsize=8)
+def _alphas_on(device: torch.device) -> torch.Tensor:
+    return alphas_cumprod().to(device)
+
+
 def noisy(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """``x_t`` for clean latents ``x0 (B, C, T, H, W)``, noise like it, timesteps ``t (B,)``."""
-    ab = alphas_cumprod()[t].view(-1, 1, 1, 1, 1)
+    """``x_t`` for clean latents ``x0 (B, C, T, H, W)``, noise like it, timesteps ``t (B,)``
+    (all on one device)."""
+    ab = _alphas_on(x0.device)[t].view(-1, 1, 1, 1, 1)
     return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
 
 
 def denoise_loss(model: torch.nn.Module, x0: torch.Tensor, text: torch.Tensor, t: torch.Tensor,
-                 noise: torch.Tensor, input_grad: bool = True) -> torch.Tensor:
-    """Epsilon-prediction MSE of ``model`` on one batch (scalar).
+                 noise: torch.Tensor, input_grad: bool = True, rt: Runtime | None = None
+                 ) -> torch.Tensor:
+    """Epsilon-prediction MSE of ``model`` on one batch (fp32 scalar); the forward pass runs
+    under ``rt``'s autocast (tensors must already be on ``rt``'s device).
 
     ``input_grad``: the noisy input requires grad. Needed when only temporal params train:
     torch 2.13 CPU segfaults in GroupNorm backward inside a temporal block whose input does
@@ -342,7 +355,9 @@ def denoise_loss(model: torch.nn.Module, x0: torch.Tensor, text: torch.Tensor, t
     xt = noisy(x0, noise, t)
     if input_grad and torch.is_grad_enabled():
         xt = xt.detach().requires_grad_(True)
-    return torch.nn.functional.mse_loss(model(xt, t, text), noise)
+    with rt.autocast() if rt is not None else contextlib.nullcontext():
+        pred = model(xt, t, text)
+    return torch.nn.functional.mse_loss(pred.float(), noise)
 
 
 def fixed_batches(videos: VideoSet, n_batches: int, batch: int, seed: int
@@ -390,12 +405,13 @@ def validation_batches(val: VideoSet, batch: int, timesteps_per_video: int = 2
 
 
 @torch.no_grad()
-def mean_loss(model: torch.nn.Module, batches) -> float:
-    """Mean denoising loss of ``model`` over fixed ``batches`` (eval mode, no grad)."""
+def mean_loss(model: torch.nn.Module, batches, rt: Runtime | None = None) -> float:
+    """Mean denoising loss of ``model`` over fixed ``batches`` (eval mode, no grad; batches on
+    ``rt``'s device, forward under its autocast)."""
     was = model.training
     model.eval()
     tot = 0.0
     for x0, text, t, noise in batches:
-        tot += float(denoise_loss(model, x0, text, t, noise, input_grad=False))
+        tot += float(denoise_loss(model, x0, text, t, noise, input_grad=False, rt=rt))
     model.train(was)
     return tot / max(1, len(batches))

@@ -97,13 +97,16 @@ def parse_options(cls: type[T], data: Mapping[str, Any] | None, where: str) -> T
             raise ConfigError(f"{where}.{key}: unknown option (known: {', '.join(sorted(known))})")
     kw = {}
     for key, value in data.items():
-        if key == "resources":
-            kw[key] = parse_resources(value, f"{where}.resources")
+        if key == "resources":  # null = unset: the evaluator's default resources
+            kw[key] = None if value is None else parse_resources(value, f"{where}.resources")
         else:
             kw[key] = _check(value, hints[key], f"{where}.{key}")
     try:
         return cls(**kw)
-    except ConfigError:
+    except ConfigError as e:  # a range check naming one of cls's fields: name the full key
+        msg = str(e)
+        if msg.split(":", 1)[0] in known:
+            raise ConfigError(f"{where}.{msg}") from None
         raise
     except (TypeError, ValueError) as e:  # __post_init__ range checks
         raise ConfigError(f"{where}: {e}") from None

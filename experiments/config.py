@@ -19,6 +19,8 @@ A config looks like (every key but ``name`` and ``backbone`` has a default)::
     constraints: {latency_budget_ms: 120, memory_budget_mb: 2048}
     search: {sampler: nsga2, sampler_options: {population_size: 24}, n_trials: 100,
              workers: 2, seed: 0, storage: null}
+    runtime_env: {working_dir: null, py_modules: [], excludes: [], env_vars: {},
+                  ship_project: true, ship_plugins: true}   # what Ray workers get
     out: runs                      # the run goes to <out>/<name>/
 """
 
@@ -102,6 +104,28 @@ class SearchConfig:
 
 
 @dataclass(frozen=True)
+class RuntimeEnvConfig:
+    """What the search ships to its Ray workers (docs/clusters.md); never changes results.
+
+    ``working_dir``: a directory shipped as the evaluations' working directory (relative data
+    paths in the evaluator options resolve there); ``py_modules``: more local packages,
+    ``.py`` or ``.whl`` files; ``excludes``: gitignore-style patterns left out of what is
+    shipped; ``env_vars``: environment variables of every evaluation (e.g. ``TEMPONAS_CACHE``);
+    ``ship_project``: temponas's own packages go along when joining a cluster;
+    ``ship_plugins``: so does the module of a ``module:Class`` evaluator (on a local Ray:
+    its directory joins the workers' PYTHONPATH if they cannot import it). Paths are relative
+    to the working directory of the search.
+    """
+
+    working_dir: str | None = None
+    py_modules: tuple[str, ...] = ()
+    excludes: tuple[str, ...] = ()
+    env_vars: Mapping[str, Any] = field(default_factory=dict)
+    ship_project: bool = True
+    ship_plugins: bool = True
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     name: str = field(metadata=_meta(pattern="name"))
     backbone: Any = field(metadata=_meta(custom=True))  # preset name, inline or diffusers mapping
@@ -114,6 +138,7 @@ class ExperimentConfig:
                                         metadata=_meta(nonempty=True, each_choices=OBJECTIVES))
     constraints: ConstraintsConfig = field(default_factory=ConstraintsConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
+    runtime_env: RuntimeEnvConfig = field(default_factory=RuntimeEnvConfig)
     out: str = "runs"
     config_version: int = CONFIG_VERSION
     source: str = field(default="", compare=False, metadata=_meta(internal=True))
@@ -195,7 +220,7 @@ class ExperimentConfig:
         A ``--resume`` is refused when this differs from the run's stored config."""
         d = self.to_dict()
         d["task"] = self.video_task.to_dict()
-        for k in ("out", "name"):
+        for k in ("out", "name", "runtime_env"):
             d.pop(k, None)
         for k in ("n_trials", "workers", "storage"):
             d["search"].pop(k, None)
@@ -352,6 +377,9 @@ def parse_config(data: Any, source: str = "<config>") -> ExperimentConfig:
         if cfg.config_version != CONFIG_VERSION:
             raise ConfigError(f"config_version: {cfg.config_version} is not supported "
                               f"(this temponas reads version {CONFIG_VERSION})")
+        for k, v in cfg.runtime_env.env_vars.items():
+            if isinstance(v, bool) or not isinstance(v, (str, int, float)):
+                raise ConfigError(f"runtime_env.env_vars.{k}: expected a string, got {v!r}")
         if "quality" not in cfg.objectives:
             raise ConfigError("objectives: must include 'quality'")
         if len(cfg.objectives) < 2:

@@ -11,7 +11,6 @@ Only the driver touches the Optuna storage. The evaluations run as Ray tasks thr
 
 from __future__ import annotations
 
-import math
 import shutil
 import signal
 import sys
@@ -26,14 +25,14 @@ import numpy as np
 import latency_models
 from common.errors import ConfigError, TemponasError
 from common.fsio import atomic_write_bytes, io_error
-from evaluators.registry import create_evaluator, ray_remote_options
+from evaluators.registry import create_evaluator
 from experiments.cache import CachedEval, EvalCache, EvalKey
 from experiments.config import ExperimentConfig
-from experiments.distributed import ensure_ray, remote_evaluate, shutdown_ray
+from experiments.distributed import SearchAborted, shutdown_ray
 from experiments.hypervolume import pareto_mask
 from experiments.outputs import write_outputs
 from experiments.rundir import RunLock, open_search_study, prepare_run_dir, weights_path
-from experiments.scheduler import EvaluationScheduler, Outcome
+from experiments.scheduler import EvaluationScheduler, Outcome, start_scheduler
 from experiments.study import INTERRUPTED, make_sampler, storage_location, trial_done
 from experiments.trials import pareto_front, result_attr
 from search_space.arch import ArchConfig
@@ -108,6 +107,7 @@ class Driver:
         self._last_front = 0.0
         self._last_outputs = time.monotonic()
         self._stop_signal: int | None = None
+        self._started_ray = False
 
     # ---- setup ------------------------------------------------------------------------------
     def _setup(self) -> None:
@@ -148,18 +148,11 @@ class Driver:
             self.study.sampler = make_sampler(cfg.search.sampler, cfg.search.sampler_options,
                                               _resume_seed(cfg.search.seed, len(trials)))
 
-    def _start_scheduler(self) -> bool:
-        """Start (or join) Ray and the scheduler. True if this call started Ray."""
-        per_task = float(ray_remote_options(self.evaluator).get("num_cpus", 1.0))
-        started = ensure_ray(self.opts.ray_address,
-                             max(1, math.ceil(self.workers * max(per_task, 1.0))))
-        remote = remote_evaluate().options(max_retries=self.cfg.evaluator.retries,
-                                           retry_exceptions=False,
-                                           **ray_remote_options(self.evaluator))
-        self.scheduler = EvaluationScheduler(remote, self.eval_spec,
-                                             threads=self.cfg.evaluator.threads,
-                                             timeout_s=self.cfg.evaluator.timeout_s)
-        return started
+    def _start_scheduler(self) -> None:
+        """Start (or join) Ray and the scheduler (see :func:`start_scheduler`)."""
+        self.scheduler, self._started_ray = start_scheduler(
+            self.cfg, self.evaluator, self.eval_spec, ray_address=self.opts.ray_address,
+            workers=self.workers)
 
     # ---- the run ----------------------------------------------------------------------------
     def run(self) -> SearchSummary:
@@ -167,7 +160,7 @@ class Driver:
         fresh = not self.run_dir.exists()
         self._setup()
         lock = RunLock(self.run_dir).acquire()
-        started_ray, old_handlers, fatal = False, {}, False
+        old_handlers, fatal, discard = {}, False, False
         try:
             prepare_run_dir(self.run_dir, self.cfg, resume=self.opts.resume)
             self._open_study()
@@ -177,9 +170,14 @@ class Driver:
                 self.summary.n_trials = self.target
                 self._arch_iter = self.space.enumerate()
             if self.done < self.target:
-                started_ray = self._start_scheduler()
+                self._start_scheduler()
                 old_handlers = self._install_stop_handlers()
                 self._loop()
+        except SearchAborted as e:  # every further evaluation would fail the same way
+            fatal = True
+            discard = fresh and self.summary.complete == 0
+            self._stop_active(f"{INTERRUPTED}: {e}")
+            raise
         except KeyboardInterrupt:
             self.summary.interrupted = True
             self._stop_active(f"{INTERRUPTED}: the search was stopped (Ctrl-C/SIGTERM)")
@@ -195,24 +193,25 @@ class Driver:
         finally:
             for signum, handler in old_handlers.items():
                 signal.signal(signum, handler)
-            self._close(fatal=fatal, fresh=fresh, started_ray=started_ray, lock=lock)
+            self._close(fatal=fatal, fresh=fresh, discard=discard, lock=lock)
         self.summary.wall_time_s = time.monotonic() - t_start
         return self.summary
 
-    def _close(self, *, fatal: bool, fresh: bool, started_ray: bool, lock: RunLock) -> None:
-        """Final outputs, Ray shutdown, and (after a fatal error before any trial) removal of
-        the half-made run dir; the lock is released in every case."""
+    def _close(self, *, fatal: bool, fresh: bool, discard: bool, lock: RunLock) -> None:
+        """Final outputs, Ray shutdown, and (after a fatal error before any trial, or a new
+        run aborted before any trial completed: ``discard``) removal of the half-made run
+        dir; the lock is released in every case."""
         try:
-            if hasattr(self, "study"):
+            if hasattr(self, "study") and not discard:
                 self._write_outputs(final=True)
         except (OSError, TemponasError):
             if not fatal:  # else keep the first error: it says what went wrong
                 raise
         finally:
-            if started_ray:
+            if self._started_ray:
                 shutdown_ray()
-            if fatal and fresh and (not hasattr(self, "study")
-                                    or not self.study.get_trials(deepcopy=False)):
+            if discard or fatal and fresh and (not hasattr(self, "study")
+                                               or not self.study.get_trials(deepcopy=False)):
                 # failed before any trial (bad storage, unreachable Ray): leave no half-made
                 # run dir behind
                 shutil.rmtree(self.run_dir, ignore_errors=True)
