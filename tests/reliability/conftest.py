@@ -15,13 +15,10 @@ from __future__ import annotations
 import os
 
 import pytest
-from rel_helpers import plugin_path
 from reliability_records import record_row
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-
-_RAY: dict = {}  # the gcs address of the Ray rel_ray started in this process
 
 
 @pytest.fixture
@@ -35,23 +32,10 @@ def record(request):
 
 
 @pytest.fixture(scope="module")
-def rel_ray():
-    """One local Ray (2 CPUs, loopback, no dashboard, the test plug-ins importable) shared by
-    every reliability scenario that does not need its own: kept from module to module (its
-    workers stay warm), started again when another module stopped or replaced it (modules run
-    in any order, e.g. as pytest-xdist hands them out). Yields its GCS address."""
-    import ray
-
-    from experiments.distributed import ensure_ray
-
-    ours = _RAY.get("gcs")
-    if not (ours and ray.is_initialized() and ray.get_runtime_context().gcs_address == ours):
-        if ray.is_initialized():
-            ray.shutdown()
-        with plugin_path():
-            ensure_ray(None, 2)
-        _RAY["gcs"] = ray.get_runtime_context().gcs_address
-    yield _RAY["gcs"]
+def rel_ray(shared_ray):
+    """The local Ray shared by every reliability scenario that does not need its own (the test
+    plug-ins importable on its workers; tests/conftest.py ``shared_ray``). Its GCS address."""
+    return shared_ray
 
 
 # ---- order: tests that start their own Ray cluster last -------------------------------------
