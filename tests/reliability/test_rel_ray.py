@@ -291,10 +291,22 @@ def test_absurd_workers_refused_before_anything_starts(tmp_path, record):
 SUSPEND_S = 13.0
 BACKSTOP_S = 10.0
 #: the driver, with its backstop (default: evaluator.timeout_s + max(30 s, timeout_s)) set to
-#: 10 s, so that a 13 s suspension outlasts it without this test taking a minute
-DRIVER = ("import sys; import experiments.scheduler as s; "
-          f"s.EvaluationScheduler.backstop_s = property(lambda self: {BACKSTOP_S}); "
-          "from experiments.cli import main; sys.exit(main(sys.argv[1:]))")
+#: 10 s once its first two results are in (a new driver's first evaluations wait for new Ray
+#: worker processes, which can take longer than that on a loaded machine), so that a 13 s
+#: suspension outlasts it without this test taking a minute
+DRIVER = f"""
+import sys
+import experiments.scheduler as s
+C = s.EvaluationScheduler
+collect = C._collect
+def counted(self, ref):
+    self.results_seen = getattr(self, "results_seen", 0) + 1
+    return collect(self, ref)
+C._collect = counted
+C.backstop_s = property(lambda self: {BACKSTOP_S} if getattr(self, "results_seen", 0) >= 2 else 300.0)
+from experiments.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
 
 
 def test_suspended_driver_does_not_time_out_finished_evaluations(tmp_path, rel_ray, record):
