@@ -9,7 +9,6 @@ UNet has no temporal layers), so this is image pretraining on the video frames.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import math
@@ -28,6 +27,7 @@ from evaluators._torch_setup import (
     cache_root,
     data_splits,
     denoise_loss,
+    locked_artifact,
     mean_loss,
     torch_session,
     validation_batches,
@@ -48,42 +48,14 @@ def pretrain_key(full: BackboneSpec, opts: TorchOptions, latent_channels: int) -
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _atomic_write_json(path: str, obj: Any) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
-
-
 def pretrained_spatial(full: BackboneSpec, opts: TorchOptions, latent_channels: int,
                        progress: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """``(spatial state dict, metadata)`` of the pretrained scaled image backbone."""
-    from safetensors.torch import load_file, save_file
-
     key = pretrain_key(full, opts, latent_channels)
-    if key in _MEMO:
-        return _MEMO[key]
-    d = os.path.join(cache_root(opts), "pretrained")
-    os.makedirs(d, exist_ok=True)
-    st_path, meta_path = os.path.join(d, f"{key}.safetensors"), os.path.join(d, f"{key}.json")
-    with open(os.path.join(d, f"{key}.lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            if os.path.exists(st_path) and os.path.exists(meta_path):
-                state = load_file(st_path)
-                with open(meta_path, encoding="utf-8") as f:
-                    meta = json.load(f)
-            else:
-                state, meta = _pretrain(full, opts, latent_channels, progress)
-                meta["key"] = key
-                tmp = f"{st_path}.tmp{os.getpid()}"
-                save_file(state, tmp, metadata={"key": key})
-                os.replace(tmp, st_path)
-                _atomic_write_json(meta_path, meta)
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-    _MEMO[key] = (state, meta)
-    return state, meta
+    if key not in _MEMO:
+        _MEMO[key] = locked_artifact(os.path.join(cache_root(opts), "pretrained"), key,
+                                     lambda: _pretrain(full, opts, latent_channels, progress))
+    return _MEMO[key]
 
 
 def _lr_factor(step: int, steps: int, warmup: int = 20) -> float:

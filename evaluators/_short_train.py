@@ -24,10 +24,11 @@ from typing import Any
 import torch
 
 from evaluators._common import BuiltinEvaluator
-from evaluators._pretrain import _atomic_write_json, pretrained_spatial
+from evaluators._pretrain import pretrained_spatial
 from evaluators._torch_setup import (
     NUM_TRAIN_TIMESTEPS,
     TorchOptions,
+    atomic_write_json,
     cache_root,
     data_splits,
     denoise_loss,
@@ -109,7 +110,7 @@ class ShortTrainEvaluator(BuiltinEvaluator):
             return
         path = self._cache_path(arch, budget, seed)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        _atomic_write_json(path, {"arch_id": arch.arch_id, "arch": arch.to_dict(), "budget": budget,
+        atomic_write_json(path, {"arch_id": arch.arch_id, "arch": arch.to_dict(), "budget": budget,
                                   "seed": seed, "evaluator": self.describe(), "value": r.value,
                                   "extras": dict(r.extras), "wall_time_s": r.wall_time_s})
 

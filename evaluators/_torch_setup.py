@@ -9,11 +9,13 @@ Noise schedule: Stable Diffusion's ``scaled_linear`` betas (``sqrt(beta)`` linea
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
+import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -212,3 +214,72 @@ def mean_loss(model: torch.nn.Module, batches) -> float:
         tot += float(denoise_loss(model, x0, text, t, noise, input_grad=False))
     model.train(was)
     return tot / max(1, len(batches))
+
+
+# ---- on-disk artefacts: safetensors + JSON, written atomically, built once under a lock -----
+def atomic_write_json(path: str, obj: Any) -> None:
+    """Write ``obj`` as JSON to ``path`` atomically (temp file + rename)."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=1, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def save_tensors(path: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
+                 ) -> None:
+    """Write a safetensors file atomically (contiguous copies of ``tensors``)."""
+    from safetensors.torch import save_file
+
+    tmp = f"{path}.tmp{os.getpid()}"
+    save_file({k: v.detach().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
+    os.replace(tmp, path)
+
+
+def locked_artifact(directory: str, key: str,
+                    build: Callable[[], tuple[dict[str, torch.Tensor], dict[str, Any]]]
+                    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """``(tensors, metadata)`` stored as ``<directory>/<key>.safetensors`` + ``<key>.json``.
+
+    If absent, ``build()`` makes them while holding ``<key>.lock``: concurrent processes (Ray
+    workers) wait for that one build and then read its files instead of repeating it.
+    """
+    from safetensors.torch import load_file
+
+    os.makedirs(directory, exist_ok=True)
+    st_path, meta_path = (os.path.join(directory, f"{key}.{ext}") for ext in ("safetensors", "json"))
+    with open(os.path.join(directory, f"{key}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if os.path.exists(st_path) and os.path.exists(meta_path):
+                with open(meta_path, encoding="utf-8") as f:
+                    return load_file(st_path), json.load(f)
+            tensors, meta = build()
+            meta = {**meta, "key": key}
+            save_tensors(st_path, tensors, {"key": key})
+            atomic_write_json(meta_path, meta)  # written last: its presence marks completion
+            return tensors, meta
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def optimizer_tensors(opt: torch.optim.Optimizer, prefix: str = "opt.") -> dict[str, torch.Tensor]:
+    """The per-parameter state of ``opt`` (e.g. AdamW's step/exp_avg/exp_avg_sq) as named
+    tensors ``<prefix><param index>.<name>`` (for a safetensors checkpoint)."""
+    out = {}
+    for idx, st in opt.state_dict()["state"].items():
+        for k, v in st.items():
+            out[f"{prefix}{idx}.{k}"] = v if torch.is_tensor(v) else torch.tensor(float(v))
+    return out
+
+
+def load_optimizer_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
+                           prefix: str = "opt.") -> None:
+    """Restore the state written by :func:`optimizer_tensors` into a fresh ``opt``."""
+    sd = opt.state_dict()
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for name, v in tensors.items():
+        if name.startswith(prefix):
+            idx, k = name[len(prefix):].split(".", 1)
+            state.setdefault(int(idx), {})[k] = v.clone()
+    sd["state"] = state
+    opt.load_state_dict(sd)
