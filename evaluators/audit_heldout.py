@@ -140,15 +140,56 @@ def heldout_markdown(h: Mapping[str, Any]) -> str:
     return out.getvalue()
 
 
+def plot_heldout(h: Mapping[str, Any], report: Mapping[str, Any], path: str) -> None:
+    """Kendall tau (95% CI) of every proxy on both samples, and the chosen proxy against
+    short training on the held-out sample."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rows = h["proxies"]
+    names = sorted(rows, key=lambda n: -np.nan_to_num(rows[n]["report_kendall"], nan=-9))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [3, 2]})
+    ax, x = axes[0], np.arange(len(names))
+    for off, part, label in ((-0.2, "choose", f"choose sample (seed {h['choose_sample_seed']})"),
+                             (0.2, "report", f"held-out sample (seed {h['report_sample_seed']})")):
+        t = np.array([np.nan_to_num(rows[n][f"{part}_kendall"]) for n in names])
+        ci = np.array([rows[n][f"{part}_kendall_ci"] for n in names], dtype=float)
+        err = np.nan_to_num(np.abs(np.stack([t - ci[:, 0], ci[:, 1] - t])))
+        ax.bar(x + off, t, 0.4, yerr=err, capsize=2, label=label)
+    ax.set_xticks(x, names, rotation=45)
+    ax.axhline(0, c="k", lw=0.5)
+    ax.set_ylabel("Kendall tau vs short_train")
+    ax.set_title(f"chosen on the choose sample: {h.get('chosen')}")
+    ax.legend(fontsize=8)
+    ax = axes[1]
+    c, top, seeds = h.get("chosen"), report["budgets"][-1], report["seeds"]
+    if c:
+        pa = report["per_arch"]
+        ax.scatter([r[c] for r in pa], [np.mean([r[f"short_train_b{top}_s{s}"] for s in seeds])
+                                        for r in pa], s=14)
+        ax.set_xlabel(c)
+        ax.set_ylabel(f"short_train @ {top}, mean of seeds")
+        ax.set_title(f"held-out sample: tau {h['chosen_report_kendall']:+.2f}")
+    fig.tight_layout()
+    tmp = f"{path}.tmp{os.getpid()}.png"
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
 def write_heldout_report(res: Mapping[str, Any], out_dir: str) -> dict[str, str]:
-    """``choose/`` and ``report/`` (each a full audit report) plus ``heldout.json`` and
-    ``heldout.md`` in ``out_dir``."""
+    """``choose/`` and ``report/`` (each a full audit report) plus ``heldout.json``,
+    ``heldout.md`` and ``heldout.png`` in ``out_dir``."""
     paths = {}
     for part in ("choose", "report"):
         for k, v in write_report(res[part], os.path.join(out_dir, part)).items():
             paths[f"{part}_{k}"] = v
     paths["json"] = os.path.join(out_dir, "heldout.json")
     paths["md"] = os.path.join(out_dir, "heldout.md")
+    paths["png"] = os.path.join(out_dir, "heldout.png")
+    plot_heldout(res["heldout"], res["report"], paths["png"])
     _atomic_text(paths["json"], json.dumps(_json_safe(res["heldout"]), indent=1, sort_keys=True))
     _atomic_text(paths["md"], heldout_markdown(res["heldout"]) + "\n---\n\n## Choose sample\n\n"
                  + markdown(res["choose"]) + "\n---\n\n## Report sample\n\n" + markdown(res["report"]))

@@ -49,6 +49,7 @@ def test_cli_audit_choose_and_report_samples(tmp_path, cache_dir, capsys):
     h = json.loads((out / "heldout.json").read_text())
     assert (h["choose_sample_seed"], h["report_sample_seed"], h["n_archs"]) == (0, 1, [4, 4])
     assert set(h["proxies"]) == {"params", "naswot"} and h["chosen"] in h["proxies"]
+    assert (out / "heldout.png").stat().st_size > 0 and (out / "heldout.md").stat().st_size > 0
     for part in ("choose", "report"):
         assert json.loads((out / part / "audit.json").read_text())["n_archs"] == 4
     a = json.loads((out / "choose" / "audit.json").read_text())["per_arch"]
