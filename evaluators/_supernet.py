@@ -1,21 +1,15 @@
 """``supernet``: one weight-sharing video UNet over the whole search space (one-shot NAS).
 
-Every temporal slot of the space (stage ``sid``, unit ``u`` below the stage's largest count)
-holds one module per temporal kind the space allows there. How variants share weights is an
-option: ``kernel_sharing: crop`` keeps one conv of the largest kernel and gives a smaller
-kernel its centre (Once-for-All), ``separate`` one conv per kernel size; ``head_sharing:
-shared`` keeps one set of attention projections for every head count (heads only reshape
-them), ``separate`` one set per head count.
-
-The spatial layers are short training's pretrained image backbone (``pretrained_spatial``),
-frozen. The temporal modules train once per (backbone, scale, data, space, training options)
-with path sampling: every step draws candidate(s) from the space, builds them with
-``build_model`` and runs them on the shared tensors (``torch.func.functional_call``). The
-result is cached as ``<cache>/supernet/<key>.safetensors`` + ``<key>.json``; a file lock
-makes concurrent workers wait for one training; a checkpoint every ``checkpoint_every``
-steps makes it resumable (randomness is drawn per step from ``(seed, step)``).
-
-Score of a candidate = image-only held-out loss minus its held-out loss with inherited
+Every temporal slot of the space (stage, unit below the stage's largest count) holds one
+module per temporal kind allowed there; kernel sizes share the largest kernel by centre crop
+(Once-for-All) and head counts share the attention projections, or each variant gets its own
+module (``kernel_sharing`` / ``head_sharing: separate``). The spatial layers are short
+training's pretrained image backbone, frozen. The temporal modules train once per (backbone,
+scale, data, space, training options): each step draws candidate(s) from the space, builds
+them with ``build_model`` and runs them on the shared tensors (``functional_call``). Cached as
+``<cache>/supernet/<key>.safetensors`` + ``.json`` under a file lock; resumable from a
+checkpoint every ``checkpoint_every`` steps (randomness is drawn per step from ``(seed,
+step)``). Score = image-only held-out loss minus the candidate's held-out loss with inherited
 weights (optionally after ``finetune_steps``), on short training's validation batches.
 """
 
@@ -37,18 +31,19 @@ from torch import nn
 from evaluators._common import CODE_VERSION, NON_SCORING_KEYS, BuiltinEvaluator
 from evaluators._pretrain import pretrained_spatial
 from evaluators._torch_setup import (
-    NUM_TRAIN_TIMESTEPS,
+    FunctionalModel,
+    ReusedBlocks,
     TorchOptions,
-    atomic_write_json,
     cache_root,
     data_splits,
     denoise_loss,
-    load_optimizer_tensors,
+    drop_checkpoint,
+    load_checkpoint,
     locked_artifact,
     mean_loss,
-    optimizer_tensors,
-    save_tensors,
+    save_checkpoint,
     scaled_arch,
+    seeded_batch,
     torch_session,
     validation_batches,
 )
@@ -66,20 +61,13 @@ SUPERNET_VERSION = "supernet-1"
 
 @dataclass(frozen=True)
 class SupernetTrainOptions:
-    """One-time training of the shared temporal weights.
-
-    ``steps`` optimizer steps of AdamW (``lr``, ``warmup`` linear steps, then constant);
-    ``sampling``: ``uniform`` = one candidate drawn uniformly from the space per step,
-    ``max_count`` = every stage at its largest count with a uniformly drawn kind/variant,
-    ``sandwich`` = both (gradients accumulated; twice the cost per step); ``schedule``: the
-    learning rate after warm-up (``constant`` or ``cosine`` decay to 0 at ``steps``); ``ema``:
-    decay of the weight average that is kept, per update of that weight (0 = last iterate);
-    ``checkpoint_every``: steps between resumable checkpoints (does not change the weights).
-
-    Defaults chosen on the choose sample of the fidelity audit (24 snapgen_v archs, sample
-    seed 0; docs/proxies.md): averaging (``ema`` 0.95) and shared weights (crop, shared heads)
-    rank best per CPU-second; sandwich / max_count sampling, separate weights and a cosine
-    schedule did not do better."""
+    """One-time training: ``steps`` AdamW steps (``lr``, ``warmup`` linear steps, then
+    ``constant`` or ``cosine`` to 0); ``sampling``: ``uniform`` = one candidate of the space per
+    step, ``max_count`` = every stage at its largest count with a random kind/variant,
+    ``sandwich`` = both (twice the cost); ``ema``: decay of the kept weight average, per update
+    of each weight (0 = last iterate); ``checkpoint_every`` does not change the weights.
+    Defaults chosen on the choose sample of the fidelity audit (benchmarks/supernet_design.py,
+    docs/proxies.md)."""
 
     steps: int = 300
     lr: float = 3e-3
@@ -163,11 +151,9 @@ class Supernet(nn.Module):
             for c in space.stage_choices(ss.stage):
                 if c.is_none:
                     continue
-                if self.train_opts.kernel_sharing == "crop":
-                    c = StageChoice(c.kind, top, c.heads, kt if c.kernel_t else 0,
-                                    ks if c.kernel_s else 0)
-                else:
-                    c = StageChoice(c.kind, top, c.heads, c.kernel_t, c.kernel_s)
+                crop = self.train_opts.kernel_sharing == "crop"
+                c = StageChoice(c.kind, top, c.heads, kt if crop and c.kernel_t else c.kernel_t,
+                                ks if crop and c.kernel_s else c.kernel_s)
                 for path, sig in self._temporal_sigs(ss.stage, c):
                     key = self.key(path, sig)
                     if key not in self.templates:
@@ -220,37 +206,9 @@ class Supernet(nn.Module):
 
 
 # ---- training --------------------------------------------------------------------------------
-class _Bound:
-    """``model`` called on given tensors instead of its own parameters (a ``denoise_loss`` model)."""
-
-    def __init__(self, model: nn.Module, tensors: Mapping[str, torch.Tensor]) -> None:
-        self.model, self.tensors = model, tensors
-
-    def __call__(self, *args: torch.Tensor) -> torch.Tensor:
-        return torch.func.functional_call(self.model, self.tensors, args)
-
-
-class _BlockCache:
-    """A ``block_factory`` that reuses one module per (path, signature) across the candidates
-    built during training: their own parameters are never used (``functional_call`` supplies
-    the tensors), so only the costly module construction is saved."""
-
-    def __init__(self) -> None:
-        from search_space.modules import build_block
-        self.build, self.mods = build_block, {}
-
-    def __call__(self, block) -> nn.Module:
-        key = (block.path, block.sig)
-        if key not in self.mods:
-            self.mods[key] = self.build(block)
-        return self.mods[key]
-
-
 def _lr_factor(tr: SupernetTrainOptions, step: int) -> float:
     warm = min(1.0, (step + 1) / max(1, tr.warmup))
-    if tr.schedule == "cosine":
-        return warm * 0.5 * (1 + np.cos(np.pi * step / tr.steps))
-    return warm
+    return warm * 0.5 * (1 + np.cos(np.pi * step / tr.steps)) if tr.schedule == "cosine" else warm
 
 
 def _spatial_state(full: BackboneSpec, opts: SupernetOptions, task: VideoTask
@@ -263,18 +221,14 @@ def _spatial_state(full: BackboneSpec, opts: SupernetOptions, task: VideoTask
     return build_image_model(bb, opts.scale.task(task, bb)).spatial_state_dict()
 
 
-def _step_batch(train, seed: int, step: int, batch: int):
-    g = torch.Generator().manual_seed(seed * 1_000_003 + step)
-    idx = torch.randint(0, len(train), (batch,), generator=g)
-    t = torch.randint(0, NUM_TRAIN_TIMESTEPS, (batch,), generator=g)
-    x0 = train.latents[idx]
-    return x0, train.text[idx], t, torch.randn(x0.shape, generator=g)
+def _batch_seed(seed: int, i: int) -> int:
+    return seed * 1_000_003 + i
 
 
 def train_supernet(full: BackboneSpec, opts: SupernetOptions, space: SearchSpace, ckpt: str,
                    progress: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Train the shared temporal weights (resuming from ``ckpt``.safetensors/.json if there).
-    Returns ``(template state dict, metadata)``."""
+    """Train the shared temporal weights, resuming from the checkpoint ``ckpt`` if there is
+    one. Returns ``(template state dict, metadata)``."""
     from tqdm import tqdm
 
     from search_space.modules import build_model
@@ -283,13 +237,15 @@ def train_supernet(full: BackboneSpec, opts: SupernetOptions, space: SearchSpace
     t0, c0 = time.perf_counter(), time.process_time()
     spatial = _spatial_state(full, opts, space.task)
     train, _ = data_splits(full, opts, space.task.latent_channels)
-    blocks = _BlockCache()
+    blocks = ReusedBlocks()
     with torch_session(tr.seed, opts.threads):
         net = Supernet(full, space, opts)
         params = dict(net.named_parameters())
         opt = torch.optim.AdamW(params.values(), lr=tr.lr, weight_decay=0.0)
         ema = {k: p.detach().clone() for k, p in params.items()} if tr.ema else {}
-        start, curve, spent = _resume(ckpt, params, ema, opt)
+        groups = {"param": params, "ema": ema}
+        done = load_checkpoint(ckpt, groups, opt) or {"step": 0, "curve": [], "spent_s": [0, 0]}
+        start, curve, spent = done["step"], done["curve"], done["spent_s"]
         bar = tqdm(range(start, tr.steps), total=tr.steps, initial=start, leave=False,
                    desc=f"supernet {full.name}", disable=not progress,
                    mininterval=1.0 if sys.stderr.isatty() else 10.0)
@@ -302,59 +258,31 @@ def train_supernet(full: BackboneSpec, opts: SupernetOptions, space: SearchSpace
             for k, arch in enumerate(archs):
                 bb, sa = scaled_arch(full, opts, arch)
                 model = build_model(bb, sa.task, sa, blocks)
-                x0, text, t, noise = _step_batch(train, tr.seed, step * len(archs) + k, opts.batch)
-                bound = _Bound(model, {**spatial, **net.subnet_tensors(model)})
-                loss = denoise_loss(bound, x0, text, t, noise) / len(archs)
+                batch = seeded_batch(train, opts.batch, _batch_seed(tr.seed, step * len(archs) + k))
+                fm = FunctionalModel(model, {**spatial, **net.subnet_tensors(model)})
+                loss = denoise_loss(fm, *batch) / len(archs)
                 loss.backward()
                 lv = float(loss.detach()) * len(archs)
                 run = lv if run is None else 0.98 * run + 0.02 * lv
-            live = [p for p in params.values() if p.grad is not None]
-            torch.nn.utils.clip_grad_norm_(live, 1.0)
+            torch.nn.utils.clip_grad_norm_([p for p in params.values() if p.grad is not None], 1.0)
             opt.step()
             with torch.no_grad():
-                for k2, p in params.items():
-                    if ema and p.grad is not None:
-                        ema[k2].mul_(tr.ema).add_(p.detach(), alpha=1 - tr.ema)
+                for k, v in ema.items():
+                    if params[k].grad is not None:  # average over the updates of this weight
+                        v.mul_(tr.ema).add_(params[k].detach(), alpha=1 - tr.ema)
             if step % 20 == 0 or step == tr.steps - 1:
                 curve.append([step, round(run, 5)])
                 bar.set_postfix(loss=f"{run:.4f}")
             if (step + 1) % tr.checkpoint_every == 0 and step + 1 < tr.steps:
-                _save_checkpoint(ckpt, step + 1, params, ema, opt, curve,
-                                 [spent[0] + time.perf_counter() - t0,
-                                  spent[1] + time.process_time() - c0])
-    final = {k: (ema or params)[k].detach().clone() for k in params}
+                save_checkpoint(ckpt, step + 1, groups, opt, {"curve": curve, "spent_s": [
+                    spent[0] + time.perf_counter() - t0, spent[1] + time.process_time() - c0]})
     wall, cpu = spent[0] + time.perf_counter() - t0, spent[1] + time.process_time() - c0
     meta = {"steps": tr.steps, "train_loss_curve": curve, "wall_time_s": round(wall, 2),
             "cpu_s": round(cpu, 2), "resumed_at_step": start, "templates": len(net.templates),
             "temporal_params": int(sum(p.numel() for p in params.values())),
             "space": space_dict(space), "code": CODE_VERSION, "supernet": SUPERNET_VERSION,
             "data_version": DATA_VERSION}
-    return final, meta
-
-
-def _save_checkpoint(ckpt, step, params, ema, opt, curve, spent) -> None:
-    tensors = {f"param.{k}": p for k, p in params.items()}
-    tensors.update({f"ema.{k}": v for k, v in ema.items()})
-    tensors.update(optimizer_tensors(opt))
-    save_tensors(f"{ckpt}.safetensors", tensors)
-    atomic_write_json(f"{ckpt}.json", {"step": step, "curve": curve, "spent_s": spent})
-
-
-def _resume(ckpt, params, ema, opt) -> tuple[int, list, list[float]]:
-    """Load a checkpoint into ``params``/``ema``/``opt``: ``(next step, curve, [wall, cpu])``."""
-    if not (os.path.exists(f"{ckpt}.json") and os.path.exists(f"{ckpt}.safetensors")):
-        return 0, [], [0.0, 0.0]
-    from safetensors.torch import load_file
-    with open(f"{ckpt}.json", encoding="utf-8") as f:
-        meta = json.load(f)
-    tensors = load_file(f"{ckpt}.safetensors")
-    with torch.no_grad():
-        for k, p in params.items():
-            p.copy_(tensors[f"param.{k}"])
-        for k, v in ema.items():
-            v.copy_(tensors[f"ema.{k}"])
-    load_optimizer_tensors(opt, tensors)
-    return int(meta["step"]), list(meta["curve"]), list(meta.get("spent_s", [0.0, 0.0]))
+    return {k: (ema or params)[k].detach().clone() for k in params}, meta
 
 
 def space_dict(space: SearchSpace) -> dict[str, Any]:
@@ -375,7 +303,7 @@ class SupernetEvaluator(BuiltinEvaluator):
     def __init__(self, backbone, options=None, where=None) -> None:
         super().__init__(backbone, options, where)
         self._spaces: dict[VideoTask, SearchSpace] = {}
-        self._blocks = _BlockCache()
+        self._blocks = ReusedBlocks()
         self._groups: dict[int, list[tuple[torch.Tensor, ...]]] = {}
         w = where or "evaluators.supernet"
         self._space_dict = space_dict(self.space_for(nominal_task(backbone), f"{w}.space"))
@@ -392,25 +320,24 @@ class SupernetEvaluator(BuiltinEvaluator):
             self._spatial[task.latent_channels] = _spatial_state(self.backbone, self.options, task)
         return self._spatial[task.latent_channels]
 
-    def _key_parts(self) -> dict[str, Any]:
-        o = options_without_runtime(self.options)
-        o["space"] = self._space_dict
-        return {"name": self.name, "options": o, "backbone": self.backbone.to_dict(),
-                "code": CODE_VERSION, "supernet": SUPERNET_VERSION, "data_version": DATA_VERSION}
+    def _key(self, scoring_only: tuple[str, ...] = (), **extra: Any) -> str:
+        o = {k: v for k, v in asdict(self.options).items()
+             if k not in NON_SCORING_KEYS and k not in scoring_only}
+        o["space"] = self._space_dict  # resolved: {} and the default space spelled out agree
+        o["train"].pop("checkpoint_every")
+        blob = json.dumps({"name": self.name, "options": o, "backbone": self.backbone.to_dict(),
+                           "code": CODE_VERSION, "supernet": SUPERNET_VERSION,
+                           "data_version": DATA_VERSION, **extra}, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     @property
     def config_key(self) -> str:
-        blob = json.dumps(self._key_parts(), sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return self._key()
 
     def training_key(self, latent_channels: int) -> str:
         """Key of the trained weights: everything but the scoring-only options."""
-        parts = self._key_parts()
-        for k in ("eval_batch", "val_timesteps", "finetune_steps", "finetune_lr"):
-            parts["options"].pop(k)
-        parts["latent_channels"] = latent_channels
-        blob = json.dumps(parts, sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return self._key(("eval_batch", "val_timesteps", "finetune_steps", "finetune_lr"),
+                         latent_channels=latent_channels)
 
     def supernet(self, latent_channels: int, progress: bool = True) -> tuple[Supernet, dict[str, Any]]:
         """The trained supernet (trained on first use, then read from the cache) and its
@@ -424,9 +351,7 @@ class SupernetEvaluator(BuiltinEvaluator):
             ckpt = os.path.join(d, f"{key}.ckpt")
             state, meta = locked_artifact(d, key, lambda: train_supernet(
                 self.backbone, o, space, ckpt, progress))
-            for ext in ("safetensors", "json"):  # the final weights are stored: drop the checkpoint
-                if os.path.exists(f"{ckpt}.{ext}"):
-                    os.remove(f"{ckpt}.{ext}")
+            drop_checkpoint(ckpt)  # the final weights are stored
             with torch_session(o.train.seed, o.threads):
                 net = Supernet(self.backbone, space, o)
             net.load_state_dict(state)
@@ -436,8 +361,7 @@ class SupernetEvaluator(BuiltinEvaluator):
 
     def one_time_cost(self, latent_channels: int = 4) -> dict[str, float]:
         """Wall and CPU seconds of the (cached) one-time training."""
-        meta = self.supernet(latent_channels)[1]
-        return {"wall_time_s": float(meta["wall_time_s"]), "cpu_s": float(meta["cpu_s"])}
+        return {k: float(self.supernet(latent_channels)[1][k]) for k in ("wall_time_s", "cpu_s")}
 
     def check_arch(self, arch: ArchConfig) -> None:
         super().check_arch(arch)
@@ -501,9 +425,9 @@ class SupernetEvaluator(BuiltinEvaluator):
         net = self.supernet(arch.task.latent_channels)[0]
         bb, sa = scaled_arch(self.backbone, replace(self.options, batch=len(groups[0][0])), arch)
         model = build_model(bb, sa.task, sa, self._blocks)
-        bound = _Bound(model, {**self.spatial_state(arch.task), **net.subnet_tensors(model)})
+        fm = FunctionalModel(model, {**self.spatial_state(arch.task), **net.subnet_tensors(model)})
         with torch.inference_mode():
-            tot = sum(float(denoise_loss(bound, *g, input_grad=False)) for g in groups)
+            tot = sum(float(denoise_loss(fm, *g, input_grad=False)) for g in groups)
         return tot / len(groups)
 
     def _image_only(self, arch: ArchConfig, groups) -> float:
@@ -525,20 +449,10 @@ class SupernetEvaluator(BuiltinEvaluator):
         params = list(small.temporal_parameters())
         opt = torch.optim.AdamW(params, lr=o.finetune_lr, weight_decay=0.0)
         for step in range(o.finetune_steps):
-            x0, text, t, noise = _step_batch(train, 10_007 + seed, step, o.batch)
-            loss = denoise_loss(small, x0, text, t, noise)
+            loss = denoise_loss(small, *seeded_batch(train, o.batch, _batch_seed(10_007 + seed, step)))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
         with torch.no_grad():
             model.load_state_dict(small.state_dict())
-
-
-def options_without_runtime(opts: SupernetOptions) -> dict[str, Any]:
-    """The options that change scores (runtime-only keys removed)."""
-    o = asdict(opts)
-    for k in NON_SCORING_KEYS:
-        o.pop(k, None)
-    o["train"].pop("checkpoint_every")
-    return o

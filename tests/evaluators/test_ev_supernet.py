@@ -106,20 +106,20 @@ def test_resume_after_interruption_gives_the_same_weights(tiny, tmp_path, monkey
     ref = {k: v.clone() for k, v in whole.supernet(4)[0].state_dict().items()}
     sn._MEMO.clear()
 
-    save = sn._save_checkpoint
+    save = sn.save_checkpoint
 
     def save_then_crash(*args):
         save(*args)
         raise KeyboardInterrupt  # the process dies right after the first checkpoint
 
-    monkeypatch.setattr(sn, "_save_checkpoint", save_then_crash)
+    monkeypatch.setattr(sn, "save_checkpoint", save_then_crash)
     cut = create_evaluator("supernet", tiny, _opts(str(tmp_path / "b"), **over))
     with pytest.raises(KeyboardInterrupt):
         cut.supernet(4)
     d = tmp_path / "b" / "supernet"
     key = cut.training_key(4)
     assert (d / f"{key}.ckpt.safetensors").exists() and not (d / f"{key}.safetensors").exists()
-    monkeypatch.setattr(sn, "_save_checkpoint", save)
+    monkeypatch.setattr(sn, "save_checkpoint", save)
     net, meta = create_evaluator("supernet", tiny, _opts(str(tmp_path / "b"), **over)).supernet(4)
     sn._MEMO.clear()
     assert meta["resumed_at_step"] == 2
