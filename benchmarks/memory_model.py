@@ -32,6 +32,7 @@ from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 from tqdm import tqdm
 
+from common.fsio import atomic_path, atomic_write_text
 from search_space.arch import ArchConfig, StageChoice, TemporalKind
 from search_space.flops import MB, block_cost, network_cost
 from search_space.geometry import network_blocks
@@ -154,10 +155,11 @@ def plot(result: dict, path: str) -> None:
            title=f"Activation memory model, {result['backbone']} preset")
     ax.legend()
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=120, format="png")
+    finally:
+        plt.close(fig)
 
 
 def main() -> int:
@@ -177,7 +179,8 @@ def main() -> int:
         print(f"{r['block']:<28} {r['op']:<22} {r['model_mb']:>9.2f} {r['eager_mb']:>9.2f} {r['ratio']:>6.2f}")
     print(f"\n{'network':<14} {'model MB':>9} {'eager MB':>9} {'ratio':>6}  model peak at")
     for r in nets:
-        print(f"{r['arch']:<14} {r['model_mb']:>9.2f} {r['eager_mb']:>9.2f} {r['ratio']:>6.2f}  {r['model_peak_block']}")
+        print(f"{r['arch']:<14} {r['model_mb']:>9.2f} {r['eager_mb']:>9.2f} {r['ratio']:>6.2f}  "
+              f"{r['model_peak_block']}")
     ratios = sorted(r["ratio"] for r in blocks)
     summary = {"blocks": len(blocks), "block_ratio_min": ratios[0], "block_ratio_median":
                ratios[len(ratios) // 2], "block_ratio_max": ratios[-1],
@@ -189,10 +192,7 @@ def main() -> int:
                "backbone": "small", "torch": torch.__version__, "wall_time_s": time.time() - t0,
                "summary": summary, "blocks": blocks, "networks": nets}
         path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "memory_model.json")
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(out, f, indent=2)
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(out, indent=2))
         plot(out, path.replace(".json", ".png"))
         print(f"wrote {path} and {path.replace('.json', '.png')}", file=sys.stderr)
     return 0

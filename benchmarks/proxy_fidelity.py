@@ -17,9 +17,10 @@ JSON object:
 
 Full: 24 architectures per sample, budgets 15,30 (30 = short_train's default budget). Quick:
 8 architectures, budgets 8,15. With --json the summary goes to
-benchmarks/results/proxy_fidelity[_quick].json and the full reports (heldout.md/.json, and
-markdown, CSV, plot of each sample under choose/ and report/) to
-benchmarks/results/proxy_fidelity[_quick]/. Timings are wall-clock and CPU seconds on this
+<out>/proxy_fidelity[_quick].json and the full reports (heldout.md/.json, and markdown, CSV,
+plot of each sample under choose/ and report/) to <out>/proxy_fidelity[_quick]/; <out> is
+--out, by default benchmarks/results/ for a full run and nowhere for --quick (it only
+prints). Timings are wall-clock and CPU seconds on this
 (shared) machine, one torch thread per process.
 """
 
@@ -34,7 +35,8 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from evaluators.audit import DEFAULT_PROXIES, AuditSpec, _json_safe
+from common.fsio import atomic_write_text, json_safe
+from evaluators.audit import DEFAULT_PROXIES, AuditSpec
 from evaluators.audit_heldout import SearchBudget, run_heldout_audit, write_heldout_report
 from search_space.presets import default_task, get_backbone
 from search_space.space import default_space
@@ -75,7 +77,12 @@ CHOOSE_SEED, REPORT_SEED = 0, 1
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="8 archs, budgets 8,15 (< 10 min)")
-    ap.add_argument("--json", action="store_true", help="write results under benchmarks/results/")
+    ap.add_argument("--json", action="store_true",
+                    help="write the summary and reports under --out (full run: "
+                         "benchmarks/results/ by default; --quick: only with --out)")
+    ap.add_argument("--out", default="", metavar="DIR",
+                    help="directory for --json's files (a quick run never overwrites the "
+                         "committed results unless told to)")
     ap.add_argument("--workers", type=int, default=2, help="short-training processes")
     ap.add_argument("--n-archs", type=int, default=None)
     ap.add_argument("--timing", type=int, default=None,
@@ -145,16 +152,13 @@ def main(argv: list[str] | None = None) -> int:
         "wall_time_s": time.perf_counter() - t0,
         "load_average_1m_at_end": os.getloadavg()[0],
     }
-    summary = _json_safe(summary)
+    summary = json_safe(summary)
     text = json.dumps(summary, indent=1, sort_keys=True)
-    if args.json:
+    out = args.out or ("" if args.quick else os.path.join(HERE, "results"))
+    if args.json and out:
         name = "proxy_fidelity_quick" if args.quick else "proxy_fidelity"
-        out = os.path.join(HERE, "results")
         write_heldout_report(both, os.path.join(out, name))
-        tmp = os.path.join(out, f".{name}.json.tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text + "\n")
-        os.replace(tmp, os.path.join(out, f"{name}.json"))
+        atomic_write_text(os.path.join(out, f"{name}.json"), text + "\n")
     print(text)
     return 0
 

@@ -144,7 +144,7 @@ def main(argv=None) -> int:
     if args.json:
         out = ROOT / "benchmarks" / "results" / ("search_efficiency_quick.json" if args.quick
                                                  else "search_efficiency.json")
-        from experiments.fsio import atomic_write_json
+        from common.fsio import atomic_write_json
 
         atomic_write_json(out, result)
         _plot(result, out.with_suffix(".png"))
@@ -160,7 +160,7 @@ def _plot(result, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from experiments.fsio import atomic_write_bytes
+    from common.fsio import atomic_write_bytes
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for lab, per in result["hv_ratio_per_seed"].items():

@@ -26,7 +26,9 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from evaluators.audit import _json_safe, bootstrap_ci, kendall, sample_archs
+from common.fsio import atomic_write_text, json_safe
+from common.stats import bootstrap_ci, kendall
+from evaluators.audit import sample_archs
 from evaluators.registry import create_evaluator
 from search_space.presets import default_task, get_backbone
 from search_space.space import default_space
@@ -97,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: tau {r['kendall']:+.3f} [{r['kendall_ci'][0]:+.2f}, {r['kendall_ci'][1]:+.2f}]"
               f" train {r['train_cpu_s']:.0f} CPU-s, {r['cpu_s_per_arch']:.2f} CPU-s/arch",
               file=sys.stderr, flush=True)
-    summary = _json_safe({
+    summary = json_safe({
         "benchmark": "supernet_design", "backbone": "snapgen_v", "sample_seed": CHOOSE_SEED,
         "n_archs": len(archs), "archs": [a.arch_id for a in archs],
         "reference": "short_train budget 30, mean of seeds 0 and 1", "reference_values": ref,
@@ -106,10 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         "wall_time_s": time.perf_counter() - t0, "load_average_1m_at_end": os.getloadavg()[0]})
     text = json.dumps(summary, indent=1, sort_keys=True)
     if args.json:
-        path = os.path.join(HERE, "results", "supernet_design.json")
-        with open(f"{path}.tmp", "w", encoding="utf-8") as f:
-            f.write(text + "\n")
-        os.replace(f"{path}.tmp", path)
+        atomic_write_text(os.path.join(HERE, "results", "supernet_design.json"), text + "\n")
     print(text)
     return 0
 

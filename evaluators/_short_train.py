@@ -10,6 +10,10 @@ The learning rate is constant after a short linear warm-up, so the model after `
 a ``B``-step run is the model of an ``A``-step run: :meth:`ShortTrainEvaluator.evaluate_budgets`
 scores several budgets in one run. Results are cached as JSON by
 ``(config_key, arch_id, budget, seed)``.
+
+``keep_weights``: every result also carries the evaluated temporal weights (safetensors bytes,
+:mod:`evaluators._kept`), cached next to the JSON result; the search driver writes them into
+the run folder.
 """
 
 from __future__ import annotations
@@ -23,23 +27,27 @@ from typing import Any
 
 import torch
 
-from evaluators._common import BuiltinEvaluator
-from evaluators._pretrain import pretrained_spatial
+from common.fsio import atomic_write_bytes, atomic_write_json, json_safe
+from evaluators._kept import pack, spatial_sha256
+from evaluators._pretrain import pretrain_key, pretrained_spatial
 from evaluators._torch_setup import (
     NUM_TRAIN_TIMESTEPS,
+    TorchEvaluator,
     TorchOptions,
-    atomic_write_json,
     cache_root,
     data_splits,
     denoise_loss,
     mean_loss,
+    prepare_data,
     scaled_arch,
-    torch_session,
     validation_batches,
+    weights_key,
 )
 from evaluators.base import EvalResult
+from evaluators.options import options_dict, parse_options
 from search_space.arch import ArchConfig
 from search_space.errors import ConfigError
+from search_space.task import VideoTask
 
 
 @dataclass(frozen=True)
@@ -49,7 +57,9 @@ class ShortTrainOptions(TorchOptions):
     temporal parameters; ``ema``: decay of the exponential moving average of the temporal
     weights that is evaluated (0 = the last iterate; averaging removes most of the
     last-step noise); ``val_timesteps``: noise levels per validation video;
-    ``cache_results``: read/write the JSON result cache (does not change scores)."""
+    ``cache_results``: read/write the JSON result cache (does not change scores);
+    ``keep_weights``: return the evaluated temporal weights with every result (does not change
+    scores; see :mod:`evaluators._kept`)."""
 
     batch: int = 4
     default_budget: int = 30
@@ -58,6 +68,7 @@ class ShortTrainOptions(TorchOptions):
     ema: float = 0.9
     val_timesteps: int = 2
     cache_results: bool = True
+    keep_weights: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -73,7 +84,7 @@ class ShortTrainOptions(TorchOptions):
             raise ConfigError(f"ema: must be in [0, 1), got {self.ema}")
 
 
-class ShortTrainEvaluator(BuiltinEvaluator):
+class ShortTrainEvaluator(TorchEvaluator):
     """Train only the temporal layers of the scaled candidate; score the held-out loss gain."""
 
     name = "short_train"
@@ -87,7 +98,11 @@ class ShortTrainEvaluator(BuiltinEvaluator):
     def describe(self) -> dict[str, Any]:
         d = super().describe()
         d["options"].pop("cache_results", None)
+        d["options"].pop("keep_weights", None)
         return d
+
+    def setup(self, task: VideoTask, progress: bool | None = None) -> dict[str, Any]:
+        return prepare_data(self.backbone, self.options, task.latent_channels, progress)
 
     # ---- cache ------------------------------------------------------------------------------
     def _cache_path(self, arch: ArchConfig, budget: int, seed: int) -> str:
@@ -95,24 +110,32 @@ class ShortTrainEvaluator(BuiltinEvaluator):
         return os.path.join(d, f"{arch.arch_id}.b{budget}.s{seed}.json")
 
     def cached(self, arch: ArchConfig, budget: int, seed: int) -> EvalResult | None:
+        """The cached result (a miss when weights are to be kept and were not)."""
         if not self.options.cache_results:
             return None
         path = self._cache_path(arch, budget, seed)
+        weights = None
         try:
             with open(path, encoding="utf-8") as f:
                 d = json.load(f)
+            if self.options.keep_weights:
+                with open(path[:-len(".json")] + ".safetensors", "rb") as f:
+                    weights = f.read()
         except (OSError, json.JSONDecodeError):
             return None
-        return EvalResult(float(d["value"]), {**d["extras"], "cache_hit": 1.0}, float(d["wall_time_s"]))
+        return EvalResult(float(d["value"]), {**d["extras"], "cache_hit": 1.0},
+                          float(d["wall_time_s"]), weights=weights)
 
     def _store(self, arch: ArchConfig, budget: int, seed: int, r: EvalResult) -> None:
         if not self.options.cache_results:
             return
         path = self._cache_path(arch, budget, seed)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        atomic_write_json(path, {"arch_id": arch.arch_id, "arch": arch.to_dict(), "budget": budget,
-                                  "seed": seed, "evaluator": self.describe(), "value": r.value,
-                                  "extras": dict(r.extras), "wall_time_s": r.wall_time_s})
+        if r.weights is not None:  # first: a JSON without its weights would be a hit
+            atomic_write_bytes(path[:-len(".json")] + ".safetensors", r.weights, durable=False)
+        record = {"arch_id": arch.arch_id, "arch": arch.to_dict(), "budget": budget,
+                  "seed": seed, "evaluator": self.describe(), "value": r.value,
+                  "extras": dict(r.extras), "wall_time_s": r.wall_time_s}
+        atomic_write_json(path, json_safe(record), indent=1)
 
     # ---- evaluation ------------------------------------------------------------------------
     def evaluate(self, arch: ArchConfig, *, seed: int = 0, budget: int = 0) -> EvalResult:
@@ -144,17 +167,17 @@ class ShortTrainEvaluator(BuiltinEvaluator):
             from search_space.modules import build_image_model
             bb = self.options.scale.backbone(self.backbone)
             _, val = data_splits(self.backbone, self.options, latent_channels)
-            with torch_session(0, self.options.threads):
+            with self.options.session(0) as rt:
                 s = self.options.scale
                 from search_space.task import VideoTask
                 task = VideoTask(latent_channels, s.num_frames, s.latent_height, s.latent_width,
                                  self.options.batch, s.text_tokens, bb.cross_attention_dim)
                 model = build_image_model(bb, task)
-                if self.options.spatial == "pretrained":
+                if self.options.spatial != "random":
                     state, _ = pretrained_spatial(self.backbone, self.options, latent_channels)
                     model.load_spatial_state_dict(state)
-                self._image_loss[key] = mean_loss(
-                    model, validation_batches(val, self.options.batch, self.options.val_timesteps))
+                vb = rt.batches(validation_batches(val, self.options.batch, self.options.val_timesteps))
+                self._image_loss[key] = mean_loss(rt.module(model), vb, rt)
         return self._image_loss[key]
 
     def trained_model(self, arch: ArchConfig, *, seed: int, budget: int) -> torch.nn.Module:
@@ -167,7 +190,7 @@ class ShortTrainEvaluator(BuiltinEvaluator):
 
     def _run(self, arch: ArchConfig, seed: int, budgets: list[int]
              ) -> tuple[dict[int, EvalResult], torch.nn.Module]:
-        from search_space.modules import build_model
+        from search_space.modules import build_model, is_temporal_name
 
         o = self.options
         C = arch.task.latent_channels
@@ -177,23 +200,29 @@ class ShortTrainEvaluator(BuiltinEvaluator):
         train, val = data_splits(self.backbone, o, C)
         vbatches = validation_batches(val, o.batch, o.val_timesteps)
         bb, sarch = scaled_arch(self.backbone, o, arch)
-        state = pretrained_spatial(self.backbone, o, C)[0] if o.spatial == "pretrained" else None
+        state = pretrained_spatial(self.backbone, o, C)[0] if o.spatial != "random" else None
         t_setup = time.perf_counter() - t0
         out: dict[int, EvalResult] = {}
-        with torch_session(seed, o.threads):
+        with o.session(seed) as rt:
             model = build_model(bb, sarch.task, sarch)
             if state is not None:
                 model.load_spatial_state_dict(state)
             model.freeze_spatial()
+            rt.module(model)
+            vbatches = rt.batches(vbatches)
+            kept = _Keeper(self, arch, seed, model, bb, sarch) if o.keep_weights else None
+            names = [n for n, _ in model.named_parameters() if is_temporal_name(n)]
             params = list(model.temporal_parameters())
             n_temporal = sum(p.numel() for p in params)
             if not params:  # the image model itself: nothing to train
                 for b in budgets:
                     out[b] = EvalResult(0.0, {"val_loss": base, "val_loss_image": base,
                                               "rel_improvement": 0.0, "temporal_params": 0.0,
-                                              "budget": float(b)}, time.perf_counter() - t0)
+                                              "budget": float(b)}, time.perf_counter() - t0,
+                                        weights=kept and kept.pack({}, b, base))
                 return out, model
             opt = torch.optim.AdamW(params, lr=o.lr, weight_decay=0.0)
+            scaler = rt.grad_scaler()
             warm = max(1, o.warmup)
             sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
             gen = torch.Generator().manual_seed(seed)
@@ -205,12 +234,10 @@ class ShortTrainEvaluator(BuiltinEvaluator):
                     idx = torch.randint(0, len(train), (o.batch,), generator=gen)
                     x0 = train.latents[idx]
                     t = torch.randint(0, NUM_TRAIN_TIMESTEPS, (o.batch,), generator=gen)
-                    noise = torch.randn(x0.shape, generator=gen)
-                    loss = denoise_loss(model, x0, train.text[idx], t, noise)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    torch.nn.utils.clip_grad_norm_(params, 1.0)
-                    opt.step()
+                    noise = torch.randn(x0.shape, generator=gen)  # drawn on the CPU: same on every device
+                    x0, text, t, noise = rt.tensors(x0, train.text[idx], t, noise)
+                    loss = denoise_loss(model, x0, text, t, noise, rt=rt)
+                    rt.optimizer_step(loss, opt, params, scaler, max_norm=1.0)
                     sched.step()
                     with torch.no_grad():
                         for a, p in zip(avg, params):
@@ -218,24 +245,24 @@ class ShortTrainEvaluator(BuiltinEvaluator):
                     lv = float(loss.detach())
                     ema = lv if ema is None else 0.9 * ema + 0.1 * lv
                     step += 1
-                vl = self._eval_averaged(model, params, avg, vbatches)
+                vl = self._eval_averaged(model, params, avg, vbatches, rt)
                 out[b] = EvalResult(base - vl, {
                     "val_loss": vl, "val_loss_image": base, "rel_improvement": (base - vl) / base,
                     "train_loss_ema": float(ema) if ema is not None else float("nan"),
                     "temporal_params": float(n_temporal), "budget": float(b),
                     "setup_s": t_setup, "cpu_s": time.process_time() - c0},
-                    time.perf_counter() - t0)
+                    time.perf_counter() - t0, weights=kept and kept.pack(dict(zip(names, avg)), b, vl))
         return out, model
 
     @staticmethod
-    def _eval_averaged(model, params, avg, vbatches) -> float:
+    def _eval_averaged(model, params, avg, vbatches, rt) -> float:
         """Validation loss with the averaged temporal weights swapped in (then swapped back)."""
         with torch.no_grad():
             live = [p.detach().clone() for p in params]
             for p, a in zip(params, avg):
                 p.copy_(a)
         try:
-            return mean_loss(model, vbatches)
+            return mean_loss(model, vbatches, rt)
         finally:
             with torch.no_grad():
                 for p, v in zip(params, live):
@@ -244,3 +271,36 @@ class ShortTrainEvaluator(BuiltinEvaluator):
     def _score(self, arch, seed, budget):  # pragma: no cover - evaluate() is overridden
         r = self.evaluate(arch, seed=seed, budget=budget)
         return r.value, r.extras
+
+
+class _Keeper:
+    """Packs the evaluated temporal weights of one training run (``keep_weights``)."""
+
+    def __init__(self, ev: ShortTrainEvaluator, arch: ArchConfig, seed: int, model, bb, sarch):
+        o = ev.options
+        C = arch.task.latent_channels
+        key = pretrain_key(ev.backbone, o, C) if o.spatial != "random" else f"random-s{seed}"
+        # the backbone's own weights are known by their files' hash (no second pass over GBs)
+        sha = (weights_key(o) if o.spatial == "backbone"
+               else spatial_sha256(key, model.spatial_state_dict()))
+        self.meta = {
+            "arch_id": arch.arch_id, "seed": seed, "evaluator": ev.name,
+            "config_key": ev.config_key, "options": json_safe(options_dict(o)),
+            "backbone": ev.backbone.to_dict(), "eval_backbone": bb.to_dict(),
+            "eval_arch": sarch.to_dict(), "spatial": key,
+            "spatial_sha256": sha}
+
+    def pack(self, tensors: dict[str, torch.Tensor], budget: int, val_loss: float) -> bytes:
+        return pack(tensors, {**self.meta, "budget": budget, "val_loss": float(val_loss).hex()})
+
+
+def validation_loss(model: torch.nn.Module, backbone, options=None, latent_channels: int = 4) -> float:
+    """The held-out loss ``short_train`` with ``options`` reports as ``val_loss`` for a
+    candidate of ``backbone``, computed for ``model`` (e.g. an exported one, reloaded): the same
+    validation videos, timesteps and noise, the same threads, device (``model`` is moved there)
+    and precision."""
+    o = parse_options(ShortTrainOptions, options, "options")
+    _, val = data_splits(backbone, o, latent_channels)
+    with o.session(0) as rt:
+        vb = rt.batches(validation_batches(val, o.batch, o.val_timesteps))
+        return mean_loss(rt.module(model), vb, rt)

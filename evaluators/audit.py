@@ -22,12 +22,14 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from common.fsio import atomic_path, atomic_write_json, atomic_write_text, json_safe
+from common.stats import correlation, kendall
 from evaluators.registry import create_evaluator
 from search_space.arch import ArchConfig
 from search_space.backbone import BackboneSpec
@@ -86,50 +88,6 @@ def proxy_options(spec: AuditSpec, name: str) -> dict[str, Any]:
 def sample_archs(space: SearchSpace, n: int, seed: int) -> list[ArchConfig]:
     """``n`` distinct architectures drawn uniformly from ``space`` (fewer if it is smaller)."""
     return space.sample_distinct(n, seed)
-
-
-# ---- statistics ---------------------------------------------------------------------------------
-def _finite(x: Sequence[float]) -> np.ndarray:
-    a = np.asarray(x, dtype=np.float64)
-    return np.where(np.isfinite(a), a, np.where(a > 0, 1e300, -1e300))
-
-
-def kendall(x: Sequence[float], y: Sequence[float]) -> float:
-    from scipy.stats import kendalltau
-    a, b = _finite(x), _finite(y)
-    if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
-        return float("nan")
-    return float(kendalltau(a, b).statistic)
-
-
-def spearman(x: Sequence[float], y: Sequence[float]) -> float:
-    from scipy.stats import spearmanr
-    a, b = _finite(x), _finite(y)
-    if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
-        return float("nan")
-    return float(spearmanr(a, b).statistic)
-
-
-def bootstrap_ci(x: Sequence[float], y: Sequence[float], stat: Callable, n: int, seed: int = 0,
-                 level: float = 0.95) -> tuple[float, float]:
-    """Percentile interval of ``stat(x, y)`` over ``n`` resamples of the architectures."""
-    a, b = _finite(x), _finite(y)
-    rng = np.random.default_rng(seed)
-    vals = []
-    for _ in range(n):
-        idx = rng.integers(0, len(a), len(a))
-        v = stat(a[idx], b[idx])
-        if math.isfinite(v):
-            vals.append(v)
-    if not vals:
-        return float("nan"), float("nan")
-    lo, hi = np.quantile(vals, [(1 - level) / 2, 1 - (1 - level) / 2])
-    return float(lo), float(hi)
-
-
-def correlation(x: Sequence[float], y: Sequence[float], n_boot: int) -> dict[str, Any]:
-    return {"kendall": kendall(x, y), "kendall_ci": bootstrap_ci(x, y, kendall, n_boot),
-            "spearman": spearman(x, y), "spearman_ci": bootstrap_ci(x, y, spearman, n_boot, seed=1)}
 
 
 # ---- running --------------------------------------------------------------------------------------
@@ -215,10 +173,10 @@ def run_audit(spec: AuditSpec, progress: bool = True) -> dict[str, Any]:
                     describe, time.perf_counter() - t_start, proxy_cpu)
 
 
-def _analyse(spec, archs, budgets, top, runs, proxy_vals, proxy_time, image_loss, describe,
-             wall, proxy_cpu=None) -> dict[str, Any]:
-    ids = [a.arch_id for a in archs]
-    pos = {i: k for k, i in enumerate(ids)}
+def _reference_runs(spec, archs, budgets, top, runs) -> tuple[dict, dict, list, list]:
+    """``st[budget][seed]`` short-training values per arch (in ``archs`` order), the val loss at
+    the top budget ``vloss[seed]``, and the wall/CPU time of every run."""
+    pos = {a.arch_id: k for k, a in enumerate(archs)}
     st = {b: {s: [math.nan] * len(archs) for s in spec.seeds} for b in budgets}
     vloss = {s: [math.nan] * len(archs) for s in spec.seeds}
     run_time, run_cpu = [], []
@@ -231,22 +189,12 @@ def _analyse(spec, archs, budgets, top, runs, proxy_vals, proxy_time, image_loss
         run_time.append(r["run_wall_time_s"])
         if math.isfinite(r.get("run_cpu_time_s", math.nan)):
             run_cpu.append(r["run_cpu_time_s"])
-    mean = {b: list(np.mean([st[b][s] for s in spec.seeds], axis=0)) for b in budgets}
-    ref = mean[top]
-    nb = spec.bootstrap
+    return st, vloss, run_time, run_cpu
 
-    seed_pairs = list(itertools.combinations(spec.seeds, 2))
-    seed_corr = {f"{s1}-{s2}": correlation(st[top][s1], st[top][s2], nb) for s1, s2 in seed_pairs}
-    seed_kendall = float(np.mean([c["kendall"] for c in seed_corr.values()])) if seed_corr else math.nan
-    budget_corr = {}
-    if len(budgets) >= 2:
-        b0 = budgets[0]
-        for s in spec.seeds:
-            budget_corr[f"seed{s}"] = correlation(st[b0][s], st[top][s], nb)
-        budget_corr["seed_mean"] = correlation(mean[b0], mean[top], nb)
-    per_seed = [c["kendall"] for k, c in budget_corr.items() if k != "seed_mean"]
-    budget_kendall = float(np.mean(per_seed)) if per_seed else math.nan
 
+def _proxy_entries(spec, proxy_vals, proxy_time, proxy_cpu, ref, nb, describe) -> dict[str, Any]:
+    """Per proxy: correlation with the reference (and with parameter count), time per arch,
+    seed agreement, and the flags ``beats_params``/``ci_above_params``/``size_dominated``."""
     params = proxy_vals.get("params", {}).get(spec.seeds[0])
     proxies: dict[str, Any] = {}
     for name, by_seed in proxy_vals.items():
@@ -272,12 +220,11 @@ def _analyse(spec, archs, budgets, top, runs, proxy_vals, proxy_time, image_loss
                                     and e["vs_short_train"]["kendall_ci"][0] > p_tau)
         tp = abs(e.get("vs_params", {}).get("kendall", 0.0) or 0.0)
         e["size_dominated"] = bool(name != "params" and tp >= SIZE_FLAG_TAU and tp > abs(tau))
-    zero_cost = [n for n in proxies if n not in BASELINES + WEIGHT_SHARING]
-    ranked = sorted((n for n in zero_cost if math.isfinite(proxies[n]["vs_short_train"]["kendall"])),
-                    key=lambda n: -proxies[n]["vs_short_train"]["kendall"])
-    best_zero_cost = ranked[0] if ranked else None
+    return proxies
 
-    # image-only vs the best candidate, with seed noise
+
+def _improvement(spec, archs, st, vloss, top, ref, image_loss) -> dict[str, Any]:
+    """The image-only model vs the best candidate, with the seed noise of short training."""
     top_runs = np.array([st[top][s] for s in spec.seeds])  # (S, N)
     best = int(np.nanargmax(ref))
     if len(spec.seeds) >= 2:
@@ -287,9 +234,9 @@ def _analyse(spec, archs, budgets, top, runs, proxy_vals, proxy_time, image_loss
     else:
         seed_sd = math.nan
     best_vals = top_runs[:, best]
-    improvement = {
+    return {
         "image_only_val_loss": image_loss,
-        "best_arch_id": ids[best],
+        "best_arch_id": archs[best].arch_id,
         "best_val_loss_per_seed": [vloss[s][best] for s in spec.seeds],
         "best_improvement_per_seed": [float(v) for v in best_vals],
         "best_improvement_mean": float(np.mean(best_vals)),
@@ -300,7 +247,9 @@ def _analyse(spec, archs, budgets, top, runs, proxy_vals, proxy_time, image_loss
         "n_archs": len(archs),
     }
 
-    per_arch = []
+
+def _per_arch(spec, archs, budgets, st, proxy_vals) -> list[dict[str, Any]]:
+    rows = []
     for k, a in enumerate(archs):
         row = {"arch_id": a.arch_id, "temporal_blocks": a.num_temporal_blocks,
                "stages": {sid: c.to_dict() for sid, c in a.stages}}
@@ -309,8 +258,34 @@ def _analyse(spec, archs, budgets, top, runs, proxy_vals, proxy_time, image_loss
                 row[f"short_train_b{b}_s{s}"] = st[b][s][k]
         for name, by_seed in proxy_vals.items():
             row[name] = by_seed[spec.seeds[0]][k]
-        per_arch.append(row)
+        rows.append(row)
+    return rows
 
+
+def _analyse(spec, archs, budgets, top, runs, proxy_vals, proxy_time, image_loss, describe,
+             wall, proxy_cpu=None) -> dict[str, Any]:
+    st, vloss, run_time, run_cpu = _reference_runs(spec, archs, budgets, top, runs)
+    mean = {b: list(np.mean([st[b][s] for s in spec.seeds], axis=0)) for b in budgets}
+    ref = mean[top]
+    nb = spec.bootstrap
+
+    seed_pairs = list(itertools.combinations(spec.seeds, 2))
+    seed_corr = {f"{s1}-{s2}": correlation(st[top][s1], st[top][s2], nb) for s1, s2 in seed_pairs}
+    seed_kendall = float(np.mean([c["kendall"] for c in seed_corr.values()])) if seed_corr else math.nan
+    budget_corr = {}
+    if len(budgets) >= 2:
+        b0 = budgets[0]
+        for s in spec.seeds:
+            budget_corr[f"seed{s}"] = correlation(st[b0][s], st[top][s], nb)
+        budget_corr["seed_mean"] = correlation(mean[b0], mean[top], nb)
+    per_seed = [c["kendall"] for k, c in budget_corr.items() if k != "seed_mean"]
+    budget_kendall = float(np.mean(per_seed)) if per_seed else math.nan
+
+    proxies = _proxy_entries(spec, proxy_vals, proxy_time, proxy_cpu, ref, nb, describe)
+    p_tau = proxies.get("params", {}).get("vs_short_train", {}).get("kendall", math.nan)
+    zero_cost = [n for n in proxies if n not in BASELINES + WEIGHT_SHARING]
+    ranked = sorted((n for n in zero_cost if math.isfinite(proxies[n]["vs_short_train"]["kendall"])),
+                    key=lambda n: -proxies[n]["vs_short_train"]["kendall"])
     zc_times = [proxies[n]["s_per_arch"] for n in proxies if n in ZERO_COST]
     zc_cpu = [proxies[n]["cpu_s_per_arch"] for n in proxies if n in ZERO_COST]
     return {
@@ -321,9 +296,9 @@ def _analyse(spec, archs, budgets, top, runs, proxy_vals, proxy_time, image_loss
         "budget_kendall": budget_kendall, "budget_correlations": budget_corr,
         "params_kendall_vs_short_train": p_tau,
         "proxies": proxies,
-        "best_zero_cost_proxy": best_zero_cost,
+        "best_zero_cost_proxy": ranked[0] if ranked else None,
         "zero_cost_ranking": ranked,
-        "improvement": improvement,
+        "improvement": _improvement(spec, archs, st, vloss, top, ref, image_loss),
         "short_train_s_per_arch": float(np.mean(run_time)) if run_time else math.nan,
         "short_train_runs_timed": len(run_time),
         "short_train_runs_from_cache": sum(bool(r["cache_hit"]) for r in runs),
@@ -331,7 +306,7 @@ def _analyse(spec, archs, budgets, top, runs, proxy_vals, proxy_time, image_loss
         "zero_cost_cpu_s_per_arch": float(np.nanmean(zc_cpu)) if zc_cpu else math.nan,
         "zero_cost_s_per_arch": float(np.mean(zc_times)) if zc_times else math.nan,
         "wall_time_s": wall,
-        "per_arch": per_arch,
+        "per_arch": _per_arch(spec, archs, budgets, st, proxy_vals),
     }
 
 
@@ -358,14 +333,18 @@ def markdown(res: Mapping[str, Any]) -> str:
       f"(per-seed mean).\n\n")
     w("## Proxies vs short training\n\n| proxy | Kendall tau | 95% CI | Spearman | tau vs params "
       "| beats params | flag | s/arch |\n|---|---|---|---|---|---|---|---|\n")
-    order = sorted(res["proxies"], key=lambda n: -(res["proxies"][n]["vs_short_train"]["kendall"]
-                                                  if math.isfinite(res["proxies"][n]["vs_short_train"]["kendall"]) else -9))
+    def tau(n: str) -> float:
+        t = res["proxies"][n]["vs_short_train"]["kendall"]
+        return t if math.isfinite(t) else -9.0
+
+    order = sorted(res["proxies"], key=lambda n: -tau(n))
     for n in order:
         e = res["proxies"][n]
         c = e["vs_short_train"]
         vp = e.get("vs_params", {}).get("kendall", math.nan)
         flag = "mostly size" if e["size_dominated"] else ""
-        beats = "—" if n == "params" else ("yes" + (" (CI)" if e["ci_above_params"] else "") if e["beats_params"] else "no")
+        beats = ("—" if n == "params" else
+                 ("yes" + (" (CI)" if e["ci_above_params"] else "")) if e["beats_params"] else "no")
         w(f"| {n} | {_fmt(c['kendall'])} | [{_fmt(c['kendall_ci'][0])}, {_fmt(c['kendall_ci'][1])}] "
           f"| {_fmt(c['spearman'])} | {_fmt(vp)} | {beats} | {flag} | {e['s_per_arch']:.2f} |\n")
     im = res["improvement"]
@@ -430,7 +409,8 @@ def plot(res: Mapping[str, Any], path: str) -> None:
     ref = [np.mean([r[f"short_train_b{top}_s{x}"] for x in s]) for r in rows]
     ax = axes[1]
     if len(s) >= 2:
-        ax.scatter([r[f"short_train_b{top}_s{s[0]}"] for r in rows], [r[f"short_train_b{top}_s{s[1]}"] for r in rows], s=14)
+        ax.scatter([r[f"short_train_b{top}_s{s[0]}"] for r in rows],
+                   [r[f"short_train_b{top}_s{s[1]}"] for r in rows], s=14)
         ax.set_xlabel(f"short_train seed {s[0]}")
         ax.set_ylabel(f"short_train seed {s[1]}")
         ax.set_title(f"seed vs seed, tau {res['seed_kendall']:.2f}")
@@ -443,29 +423,11 @@ def plot(res: Mapping[str, Any], path: str) -> None:
     if best in ("synflow",):
         ax.set_xscale("log")
     fig.tight_layout()
-    tmp = f"{path}.tmp{os.getpid()}.png"
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-
-
-def _atomic_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def _json_safe(o: Any) -> Any:
-    if isinstance(o, float):
-        return o if math.isfinite(o) else None
-    if isinstance(o, dict):
-        return {str(k): _json_safe(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_json_safe(v) for v in o]
-    if isinstance(o, (np.floating, np.integer)):
-        return _json_safe(o.item())
-    return o
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
+    finally:
+        plt.close(fig)
 
 
 def write_report(res: Mapping[str, Any], out_dir: str) -> dict[str, str]:
@@ -473,8 +435,8 @@ def write_report(res: Mapping[str, Any], out_dir: str) -> dict[str, str]:
     os.makedirs(out_dir, exist_ok=True)
     paths = {k: os.path.join(out_dir, f) for k, f in
              (("json", "audit.json"), ("md", "audit.md"), ("csv", "archs.csv"), ("png", "audit.png"))}
-    _atomic_text(paths["json"], json.dumps(_json_safe(res), indent=1, sort_keys=True))
-    _atomic_text(paths["md"], markdown(res))
-    _atomic_text(paths["csv"], _csv(res))
+    atomic_write_json(paths["json"], json_safe(res), indent=1)
+    atomic_write_text(paths["md"], markdown(res))
+    atomic_write_text(paths["csv"], _csv(res))
     plot(res, paths["png"])
     return paths

@@ -13,22 +13,14 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import json
 import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from evaluators.audit import (
-    AuditSpec,
-    _atomic_text,
-    _fmt,
-    _json_safe,
-    markdown,
-    run_audit,
-    write_report,
-)
+from common.fsio import atomic_path, atomic_write_json, atomic_write_text, json_safe
+from evaluators.audit import AuditSpec, _fmt, markdown, run_audit, write_report
 from search_space.errors import ConfigError
 
 
@@ -173,10 +165,9 @@ def plot_heldout(h: Mapping[str, Any], report: Mapping[str, Any], path: str) -> 
         ax.set_ylabel(f"short_train @ {top}, mean of seeds")
         ax.set_title(f"held-out sample: tau {h['chosen_report_kendall']:+.2f}")
     fig.tight_layout()
-    tmp = f"{path}.tmp{os.getpid()}.png"
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def write_heldout_report(res: Mapping[str, Any], out_dir: str) -> dict[str, str]:
@@ -190,8 +181,8 @@ def write_heldout_report(res: Mapping[str, Any], out_dir: str) -> dict[str, str]
     paths["md"] = os.path.join(out_dir, "heldout.md")
     paths["png"] = os.path.join(out_dir, "heldout.png")
     plot_heldout(res["heldout"], res["report"], paths["png"])
-    _atomic_text(paths["json"], json.dumps(_json_safe(res["heldout"]), indent=1, sort_keys=True))
-    _atomic_text(paths["md"], heldout_markdown(res["heldout"]) + "\n---\n\n## Choose sample\n\n"
+    atomic_write_json(paths["json"], json_safe(res["heldout"]), indent=1)
+    atomic_write_text(paths["md"], heldout_markdown(res["heldout"]) + "\n---\n\n## Choose sample\n\n"
                  + markdown(res["choose"]) + "\n---\n\n## Report sample\n\n" + markdown(res["report"]))
     return paths
 

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from common.fsio import atomic_path
 from search_space.errors import ConfigError
 
 TRAIN, VAL = "train", "val"
@@ -87,13 +88,14 @@ class VideoSet:
     """A split of encoded videos.
 
     ``latents``: ``(N, C, T, H, W)`` float32; ``text``: ``(N, tokens, dim)``;
-    ``pixels``: ``(N, T, 8H, 8W, 3)`` uint8 (what the latents encode, for previews);
+    ``pixels``: ``(N, T, 8H, 8W, 3)`` uint8 (what the latents encode, for previews), or None
+    for your clips (they are not kept in memory: previews decode the files again);
     ``sources``/``captions``: one per video.
     """
 
     latents: torch.Tensor
     text: torch.Tensor
-    pixels: np.ndarray
+    pixels: np.ndarray | None
     sources: tuple[str, ...]
     captions: tuple[str, ...]
 
@@ -337,7 +339,8 @@ def render_videos(split: str, n: int, geom: VideoGeometry, seed: int
         sources.append(src)
         captions.append(" ".join(words))
         text.append(embed_caption(words, geom.text_tokens, geom.text_dim))
-    return pix, sources, captions, np.stack(text) if text else np.zeros((0, geom.text_tokens, geom.text_dim), np.float32)
+    empty = np.zeros((0, geom.text_tokens, geom.text_dim), np.float32)
+    return pix, sources, captions, np.stack(text) if text else empty
 
 
 @functools.lru_cache(maxsize=8)
@@ -373,8 +376,6 @@ def save_preview(videos: VideoSet, path: str, max_videos: int = 8, decoded: bool
                  channel_std: torch.Tensor | None = None) -> str:
     """Write a PNG strip (one row per video, one column per frame) or, for ``*.gif``, an
     animated GIF of a grid of videos. ``decoded=True`` shows what the latents encode."""
-    from PIL import Image
-
     n = min(max_videos, len(videos))
     if decoded:
         if channel_std is None:
@@ -382,9 +383,23 @@ def save_preview(videos: VideoSet, path: str, max_videos: int = 8, decoded: bool
         frames = (decode(videos.latents[:n], channel_std) * 255 + 0.5).astype(np.uint8)
     else:
         frames = videos.pixels[:n]
-    _, T, h, w, _ = frames.shape
-    tmp = f"{path}.tmp{os.getpid()}"
-    if path.lower().endswith(".gif"):
+    return save_frames(frames, path)
+
+
+def save_frames(frames: np.ndarray, path: str) -> str:
+    """Write ``frames (n, T, h, w, 3)`` uint8 atomically: an animated GIF grid for ``*.gif``,
+    else a PNG strip (one row per video, one column per frame)."""
+    with atomic_path(path) as tmp:
+        _write_frames(frames, tmp, gif=str(path).lower().endswith(".gif"))
+    return str(path)
+
+
+def _write_frames(frames: np.ndarray, path, gif: bool) -> None:
+    """``frames (n, T, h, w, 3)`` uint8 as an animated GIF grid or a PNG strip at ``path``."""
+    from PIL import Image
+
+    n, T, h, w, _ = frames.shape
+    if gif:
         cols = min(n, 4)
         rows = (n + cols - 1) // cols
         imgs = []
@@ -394,9 +409,8 @@ def save_preview(videos: VideoSet, path: str, max_videos: int = 8, decoded: bool
                 r, c = divmod(i, cols)
                 grid[r * h:(r + 1) * h, c * w:(c + 1) * w] = frames[i, t]
             imgs.append(Image.fromarray(grid))
-        imgs[0].save(tmp, format="GIF", save_all=True, append_images=imgs[1:], duration=150, loop=0)
+        imgs[0].save(path, format="GIF", save_all=True, append_images=imgs[1:], duration=150,
+                     loop=0)
     else:
         strip = frames.transpose(0, 2, 1, 3, 4).reshape(n * h, T * w, 3)
-        Image.fromarray(strip).save(tmp, format="PNG")
-    os.replace(tmp, path)
-    return path
+        Image.fromarray(strip).save(path, format="PNG")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from experiments.fsio import append_jsonl, read_jsonl
+from common.fsio import append_jsonl, read_jsonl
 
 CACHE_FILE = "evaluations.jsonl"
 FSYNC_ABOVE_S = 0.5
@@ -61,13 +61,10 @@ class EvalCache:
     def __init__(self, run_dir: str | Path):
         self.path = Path(run_dir) / CACHE_FILE
         self._items: dict[EvalKey, CachedEval] = {}
-        self.skipped_lines: list[int] = []
-        for lineno, rec in read_jsonl(self.path):
+        for _, rec in read_jsonl(self.path):
             item = _from_record(rec) if rec is not None else None
-            if item is None:
-                self.skipped_lines.append(lineno)
-                continue
-            self._items[item.key] = item
+            if item is not None:
+                self._items[item.key] = item
 
     def get(self, key: EvalKey) -> CachedEval | None:
         return self._items.get(key)

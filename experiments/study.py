@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from search_space.errors import ConfigError, TemponasError
+from common.errors import ConfigError, TemponasError
 
 JOURNAL_FILE = "study.journal"
 INTERRUPTED = "interrupted"  # failure_reason prefix of trials a stopped driver left behind

@@ -1,15 +1,16 @@
-"""Shared machinery of every block-sum predictor (private).
+"""The block-sum predictor base (private; public as :class:`latency_models.BlockwiseModel`).
 
 A predictor only has to say how long one block signature takes (``_predict_sigs``) and how to
 fit that from measurements (``_fit_core``). This base class turns it into a network model:
 
 * network latency = ``alpha * sum(block predictions) + beta [+ gamma * n_temporal_blocks]``
-  (the composition correction, fitted on whole-network rows with its form chosen by
-  leave-one-out; identity without them);
-* a prediction interval from held-out (cross-validated) log residuals;
+  (the composition correction, :mod:`latency_models.composition`);
+* a prediction interval from held-out (cross-validated) log residuals
+  (:mod:`latency_models.accuracy` computes the held-out metrics);
 * a per-stage breakdown (stage ids ``stem``, ``down0`` … ``head``);
-* fast prediction: per (backbone, task) the image blocks are summed once per stage and each
-  ``(stage, StageChoice)`` is priced once, so predicting an arch is a few dict look-ups;
+* fast prediction: per (backbone, task) a :class:`~latency_models._price_table.PriceTable`
+  sums the image blocks once per stage and prices each ``(stage, StageChoice)`` once, so
+  predicting an arch is a few dict look-ups;
 * save/load as ``model.json`` + ``arrays.npz`` (no pickle).
 """
 
@@ -17,190 +18,27 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from common.fsio import atomic_path, atomic_write_text, jsonable
+from latency_models._price_table import PriceTable
+from latency_models.accuracy import accuracy, accuracy_by_op, split_folds
 from latency_models.base import LatencyEstimate
+from latency_models.composition import Composition, fit_composition
 from latency_models.measurements import Measurements, NetworkRow
 from search_space.arch import NO_TEMPORAL, ArchConfig, StageChoice
 from search_space.backbone import BackboneSpec
 from search_space.errors import TemponasError
-from search_space.geometry import BlockOp, BlockSignature, image_blocks, network_blocks
+from search_space.geometry import BlockSignature, network_blocks
 from search_space.presets import get_backbone
-from search_space.task import VideoTask
+from search_space.space import SearchSpace
 
 FORMAT = "temponas-latency-model"
 FORMAT_VERSION = 1
-
-
-class ModelFileError(TemponasError):
-    """A saved latency model / device profile cannot be read."""
-
-
-@dataclass(frozen=True)
-class Composition:
-    """``network_ms = alpha * sum(block_ms) + beta + gamma * n_temporal_blocks``.
-
-    ``gamma`` prices what a temporal block costs inside a network beyond its standalone time
-    (layout changes between neighbours, cache state); ``form`` says which terms were fitted.
-    """
-
-    alpha: float = 1.0
-    beta: float = 0.0
-    fitted_on: int = 0
-    gamma: float = 0.0
-    form: str = "identity"
-
-    def apply(self, raw_ms: float, n_temporal: int = 0) -> float:
-        return max(self.alpha * raw_ms + self.beta + self.gamma * n_temporal, 1e-6)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"alpha": self.alpha, "beta": self.beta, "gamma": self.gamma, "form": self.form,
-                "fitted_on": self.fitted_on}
-
-
-_FORMS = {"ratio": (0,), "affine": (0, 2), "affine+count": (0, 1, 2)}
-
-
-def _solve_form(x: np.ndarray, y: np.ndarray, cols: tuple[int, ...]) -> np.ndarray:
-    """Relative-error least squares of ``y ~ x[:, cols]`` (x columns: raw, n_temporal, 1)."""
-    w = np.zeros(3)
-    sol, *_ = np.linalg.lstsq(x[:, cols] / y[:, None], np.ones_like(y), rcond=None)
-    w[list(cols)] = sol
-    return w
-
-
-def fit_composition(raw_ms: np.ndarray, measured_ms: np.ndarray,
-                    n_temporal: np.ndarray | None = None) -> Composition:
-    """Fit the composition correction on whole-network rows, choosing its form by
-    leave-one-out relative error: ``ratio`` (alpha), ``affine`` (alpha, beta; >= 4 networks),
-    ``affine+count`` (alpha, beta, gamma; >= 8 networks). Forms giving a non-positive alpha or
-    prediction are rejected."""
-    raw = np.asarray(raw_ms, float)
-    y = np.asarray(measured_ms, float)
-    n = len(y)
-    if n == 0:
-        return Composition()
-    nt = np.zeros(n) if n_temporal is None else np.asarray(n_temporal, float)
-    x = np.stack([raw, nt, np.ones(n)], 1)
-    cands = ["ratio"] + (["affine"] if n >= 4 else []) + (["affine+count"] if n >= 8 and np.ptp(nt) > 0 else [])
-    best: tuple[float, str, np.ndarray] | None = None
-    for form in cands:
-        cols = _FORMS[form]
-        w = _solve_form(x, y, cols)
-        if w[0] <= 0 or np.any(x @ w <= 0):
-            continue
-        if n >= 4:
-            errs = []
-            for i in range(n):
-                keep = np.arange(n) != i
-                wi = _solve_form(x[keep], y[keep], cols)
-                errs.append(abs(x[i] @ wi / y[i] - 1))
-            score = float(np.mean(errs))
-        else:
-            score = 0.0
-        if best is None or score < best[0] - 1e-12:
-            best = (score, form, w)
-    if best is None:
-        return Composition(1.0, 0.0, n, 0.0, "identity")
-    _, form, w = best
-    return Composition(float(w[0]), float(w[2]), n, float(w[1]), form)
-
-
-def split_folds(n: int, folds: int, seed: int) -> list[np.ndarray]:
-    idx = np.random.default_rng(seed).permutation(n)
-    return [idx[i::folds] for i in range(min(folds, n))]
-
-
-def accuracy(pred: np.ndarray, meas: np.ndarray) -> dict[str, float]:
-    """±5/±10 % hit rates, MAPE, RMSPE (%), Spearman/Kendall of predicted vs measured."""
-    from scipy import stats
-
-    pred, meas = np.asarray(pred, float), np.asarray(meas, float)
-    rel = (pred - meas) / meas
-    out = {"n": len(meas),
-           "within_5pct": float(np.mean(np.abs(rel) <= 0.05)) if len(meas) else math.nan,
-           "within_10pct": float(np.mean(np.abs(rel) <= 0.10)) if len(meas) else math.nan,
-           "mape_pct": 100 * float(np.mean(np.abs(rel))) if len(meas) else math.nan,
-           "rmspe_pct": 100 * float(np.sqrt(np.mean(rel ** 2))) if len(meas) else math.nan}
-    if len(meas) >= 3 and np.ptp(meas) > 0 and np.ptp(pred) > 0:
-        out["spearman"] = float(stats.spearmanr(pred, meas).statistic)
-        out["kendall"] = float(stats.kendalltau(pred, meas).statistic)
-    else:
-        out["spearman"] = out["kendall"] = math.nan
-    return out
-
-
-class _ArchTable:
-    """Prices of one (backbone, task): image blocks per stage and each (stage, choice).
-
-    Raw prices (sum of block predictions) are kept for fitting; ``scaled`` prices fold the
-    composition correction in (``alpha * raw + gamma * count`` per stage choice; ``beta`` is
-    the ``overhead`` entry of the breakdown), so predicting an arch is one look-up and one add
-    per stage with temporal blocks. Look-ups go by the identity of the ``StageChoice`` object
-    first (per stage; the cache holds the object, so its id cannot be reused), then by value.
-    """
-
-    def __init__(self, model: BlockwiseModel, backbone: BackboneSpec, task: VideoTask):
-        self.model, self.backbone, self.task = model, backbone, task
-        self.stage_ids = backbone.stage_ids
-        blocks = image_blocks(backbone, task)
-        ms = model.block_ms([b.sig for b in blocks])
-        self.image_stage_ms: dict[str, float] = {s: 0.0 for s in ("stem", *self.stage_ids, "head")}
-        for b, t in zip(blocks, ms):
-            self.image_stage_ms[b.stage] = self.image_stage_ms.get(b.stage, 0.0) + float(t)
-        self.image_ms = float(sum(self.image_stage_ms.values()))
-        self.image_count = len(blocks)
-        # per stage: StageChoice -> summed raw ms of its temporal blocks
-        self.choice_ms: dict[str, dict[StageChoice, float]] = {s: {NO_TEMPORAL: 0.0} for s in self.stage_ids}
-        self.rescale(model.composition)
-
-    def rescale(self, comp: Composition) -> None:
-        self.comp = comp
-        base = {k: comp.alpha * v for k, v in self.image_stage_ms.items()}
-        if comp.beta:
-            base["overhead"] = comp.beta
-        self.base_per = base
-        self.base_mean = comp.alpha * self.image_ms + comp.beta
-        # per stage: id(choice) -> (choice, scaled ms)
-        self.by_id: dict[str, dict[int, tuple[StageChoice, float]]] = {s: {} for s in self.stage_ids}
-
-    def temporal_sigs(self, stage: str, choice: StageChoice) -> tuple[BlockSignature, ...]:
-        arch = ArchConfig(self.backbone.name, self.task,
-                          tuple((s, choice if s == stage else NO_TEMPORAL) for s in self.stage_ids))
-        return tuple(b.sig for b in network_blocks(self.backbone, self.task, arch)
-                     if b.stage == stage and b.op is BlockOp.TEMPORAL)
-
-    def raw_price(self, stage: str, choice: StageChoice) -> float:
-        table = self.choice_ms.get(stage)
-        if table is None:
-            raise TemponasError(f"arch stage {stage!r} is not a stage of backbone "
-                                f"{self.backbone.name!r} ({', '.join(self.stage_ids)})")
-        ms = table.get(choice)
-        if ms is None:
-            ms = float(np.sum(self.model.block_ms(list(self.temporal_sigs(stage, choice)))))
-            table[choice] = ms
-        return ms
-
-    def price(self, stage: str, choice: StageChoice) -> float:
-        """Scaled ms of ``choice`` in ``stage`` (composition folded in)."""
-        cache = self.by_id.get(stage)
-        if cache is None:
-            self.raw_price(stage, choice)  # raises the unknown-stage error
-        ent = cache.get(id(choice))
-        if ent is not None and ent[0] is choice:
-            return ent[1]
-        ms = self.comp.alpha * self.raw_price(stage, choice) + self.comp.gamma * choice.count
-        if len(cache) > 100_000:
-            cache.clear()
-        cache[id(choice)] = (choice, ms)
-        return ms
 
 
 class BlockwiseModel:
@@ -214,9 +52,9 @@ class BlockwiseModel:
         self.interval_source = "default ±10% (not estimated)"
         self._meta: dict[str, Any] = {"kind": "unfitted"}
         self._sig_ms: dict[BlockSignature, float] = {}
-        self._tables: dict[Any, _ArchTable] = {}
-        self._tables_by_id: dict[tuple[int, int], tuple[Any, Any, str, _ArchTable]] = {}
-        self._last: tuple[Any, Any, str, _ArchTable] | None = None
+        self._tables: dict[Any, PriceTable] = {}
+        self._tables_by_id: dict[tuple[int, int], tuple[Any, Any, str, PriceTable]] = {}
+        self._last: tuple[Any, Any, str, PriceTable] | None = None
 
     @property
     def composition(self) -> Composition:
@@ -242,6 +80,10 @@ class BlockwiseModel:
         """A fresh unfitted model with the same hyper-parameters (and prior)."""
         raise NotImplementedError
 
+    def _fit_metadata(self) -> dict[str, Any]:
+        """Predictor-specific metadata entries of a fit (e.g. the lookup table's size)."""
+        return {}
+
     def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """JSON-able parameters and numpy arrays to save."""
         raise NotImplementedError
@@ -265,7 +107,7 @@ class BlockwiseModel:
         self._last = None
 
     # ---- network level ------------------------------------------------------------------------
-    def _table(self, arch: ArchConfig, backbone: BackboneSpec | None) -> _ArchTable:
+    def _table(self, arch: ArchConfig, backbone: BackboneSpec | None) -> PriceTable:
         last = self._last
         if last is not None and last[0] is backbone and last[1] is arch.task and (
                 backbone is not None or last[2] == arch.backbone):
@@ -281,7 +123,7 @@ class BlockwiseModel:
             key = (bb, arch.task)  # by value: a preset name and its spec share one table
             tab = self._tables.get(key)
             if tab is None:
-                tab = _ArchTable(self, bb, arch.task)
+                tab = PriceTable(self.block_ms, bb, arch.task, self.composition)
                 self._tables[key] = tab
             if len(self._tables_by_id) > 10_000:
                 self._tables_by_id.clear()
@@ -289,7 +131,7 @@ class BlockwiseModel:
         self._last = (backbone, arch.task, arch.backbone, tab)
         return tab
 
-    def prepare(self, space: Any) -> int:
+    def prepare(self, space: SearchSpace) -> int:
         """Price every (stage, choice) of a :class:`~search_space.space.SearchSpace` at once
         (one vectorized block prediction), so no later ``predict`` pays a first-time cost.
         Returns the number of (stage, choice) entries priced."""
@@ -333,7 +175,7 @@ class BlockwiseModel:
         make = LatencyEstimate._make
         out = []
         append = out.append
-        tab: _ArchTable | None = None
+        tab: PriceTable | None = None
         last_task, last_name = None, None
         for a in archs:
             if a.task is not last_task or a.backbone != last_name or tab is None:
@@ -408,7 +250,8 @@ class BlockwiseModel:
                       "threads": info.threads,
                       "fitted_on": {"source": measurements.source, "blocks": len(sigs),
                                     "networks": len(nets)},
-                      "noise_floor_pct": measurements.noise_floor_pct()}
+                      "noise_floor_pct": measurements.noise_floor_pct(),
+                      **self._fit_metadata()}
         if evaluate:
             self._meta["heldout"] = self._cross_validate(measurements, sigs, y, nets, ny, used_nets,
                                                          folds, seed, tick)
@@ -429,7 +272,7 @@ class BlockwiseModel:
                 tick()
             out["block"] = accuracy(pred, y)
             log_res = np.log(y / pred)
-            out["by_op"] = _by_op(sigs, pred, y)
+            out["by_op"] = accuracy_by_op(sigs, pred, y)
         if len(nets) >= max(folds, 3):
             pred = np.empty(len(nets))
             ids = [r.arch.arch_id for r in nets]
@@ -478,25 +321,15 @@ class BlockwiseModel:
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         doc, arrays = self.to_json_dict()
-        _atomic_write(d / "model.json", (json.dumps(doc, indent=2, sort_keys=True, default=_jsonable)
-                                         + "\n").encode())
+        atomic_write_text(d / "model.json",
+                          json.dumps(doc, indent=2, sort_keys=True, default=jsonable) + "\n")
         if arrays:
-            fd, tmp = tempfile.mkstemp(prefix=".arrays.", suffix=".npz", dir=d)
-            os.close(fd)
-            try:
+            with atomic_path(d / "arrays.npz") as tmp:
                 np.savez(tmp, **arrays)
-                os.chmod(tmp, 0o644)
-                os.replace(tmp, d / "arrays.npz")
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
 
     def _load_doc(self, doc: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
         self._meta = dict(doc.get("metadata") or {})
-        c = doc.get("composition") or {}
-        self.composition = Composition(float(c.get("alpha", 1.0)), float(c.get("beta", 0.0)),
-                                       int(c.get("fitted_on", 0)), float(c.get("gamma", 0.0)),
-                                       str(c.get("form", "identity")))
+        self.composition = Composition.from_dict(doc.get("composition") or {})
         iv = doc.get("interval") or {}
         self.interval_log = (float(iv.get("log_low", math.log(0.9))),
                              float(iv.get("log_high", math.log(1.1))))
@@ -505,31 +338,4 @@ class BlockwiseModel:
         self._reset_cache()
 
 
-def _by_op(sigs: Sequence[BlockSignature], pred: np.ndarray, y: np.ndarray) -> dict[str, Any]:
-    groups: dict[str, list[int]] = {}
-    for i, s in enumerate(sigs):
-        groups.setdefault(s.op_name, []).append(i)
-    return {op: {"n": len(ix), "median_rel_error_pct": 100 * float(np.median((pred[ix] - y[ix]) / y[ix])),
-                 "mape_pct": 100 * float(np.mean(np.abs(pred[ix] - y[ix]) / y[ix]))}
-            for op, ix in sorted(groups.items())}
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, (np.floating, np.integer)):
-        return x.item()
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    raise TypeError(f"not JSON serializable: {type(x).__name__}")
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+__all__ = ["FORMAT", "FORMAT_VERSION", "BlockwiseModel"]

@@ -2,8 +2,8 @@
 
 Exact signatures return their measured latency (geometric mean over repeats) — the
 ProxylessNAS/FBNet/SnapGen-V table. Signatures that were never measured fall back to a roofline
-fitted on the same rows, and the model says how many table entries it holds so users can see
-when the fallback is used (``metadata["table_size"]``, :meth:`LutModel.coverage`).
+fitted on the same rows, and the model says how many table entries it holds
+(``metadata["table_size"]``).
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from latency_models._blockwise import BlockwiseModel, ModelFileError
+from latency_models._blockwise import BlockwiseModel
 from latency_models._roofline import RooflineModel
+from latency_models.errors import ModelFileError
 from latency_models.measurements import NetworkRow
 from search_space.geometry import BlockSignature
 
@@ -29,10 +30,6 @@ class LutModel(BlockwiseModel):
         super().__init__()
         self.table: dict[BlockSignature, float] = {}
         self.fallback = RooflineModel()
-
-    def coverage(self, sigs: Sequence[BlockSignature]) -> float:
-        """Share of ``sigs`` that are in the table (1.0 = no fallback needed)."""
-        return float(np.mean([s in self.table for s in sigs])) if sigs else 1.0
 
     def _predict_sigs(self, sigs: Sequence[BlockSignature]) -> np.ndarray:
         out = np.empty(len(sigs))
@@ -52,13 +49,10 @@ class LutModel(BlockwiseModel):
         self.fallback = RooflineModel()
         self.fallback._fit_core(sigs, y_ms, [], np.zeros(0))
         self.fallback._reset_cache()
-        self._meta["table_size"] = len(self.table)
         return False
 
-    def fit(self, measurements, **kw):
-        super().fit(measurements, **kw)
-        self._meta["table_size"] = len(self.table)
-        return self
+    def _fit_metadata(self) -> dict[str, Any]:
+        return {"table_size": len(self.table)}
 
     def _spawn(self) -> LutModel:
         return LutModel()

@@ -19,9 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from latency_models._blockwise import BlockwiseModel, ModelFileError
+from latency_models._blockwise import BlockwiseModel
 from latency_models._roofline import RooflineModel
 from latency_models._trees import TREE_ARRAYS, BoostedTrees
+from latency_models.errors import ModelFileError
 from latency_models.features import COMPUTE_CLASSES, OpClass, op_table
 from latency_models.measurements import NetworkRow
 from search_space.arch import TemporalKind
@@ -128,12 +129,9 @@ class RegressionModel(BlockwiseModel):
             self.trees.fit(x, rc - z @ self.w)
         return False
 
-    def fit(self, measurements, **kw):
-        super().fit(measurements, **kw)
-        self._meta["ridge_alpha"] = self.alpha
-        self._meta["ridge_correction_rms"] = float(np.sqrt(np.mean(self.w ** 2)))
-        self._meta["trees"] = self.trees.n_trees if self.trees.fitted else 0
-        return self
+    def _fit_metadata(self) -> dict[str, Any]:
+        return {"ridge_alpha": self.alpha, "ridge_correction_rms": float(np.sqrt(np.mean(self.w ** 2))),
+                "trees": self.trees.n_trees if self.trees.fitted else 0}
 
     def _spawn(self) -> RegressionModel:
         return RegressionModel(self.alphas)

@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from latency_models._blockwise import BlockwiseModel, ModelFileError
+from latency_models._blockwise import BlockwiseModel
+from latency_models.errors import ModelFileError
 from latency_models.features import COMPUTE_CLASSES, OpClass, op_table
 from latency_models.measurements import NetworkRow
 from search_space.geometry import BlockSignature
@@ -49,7 +50,10 @@ class _OpBatch:
         tabs = [op_table(s) for s in sigs]
         self.n = len(sigs)
         self.seg = np.concatenate([np.full(t.n_ops, i) for i, t in enumerate(tabs)]) if tabs else np.zeros(0, int)
-        cat = (lambda a: np.concatenate(a) if a else np.zeros(0))
+
+        def cat(a):
+            return np.concatenate(a) if a else np.zeros(0)
+
         self.cls = cat([t.cls for t in tabs]).astype(int)
         self.gflop = cat([t.flops for t in tabs]) / 1e9
         self.mact = cat([t.act for t in tabs]) / 1e6

@@ -10,8 +10,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+import numpy as np
+
+from latency_models.composition import Composition
+from latency_models.measurements import Measurements
 from search_space.arch import ArchConfig
 from search_space.backbone import BackboneSpec
+from search_space.geometry import BlockSignature
+from search_space.space import SearchSpace
 
 
 @dataclass(frozen=True)
@@ -29,7 +35,7 @@ class LatencyEstimate:
 
     @classmethod
     def _make(cls, mean_ms: float, low_ms: float, high_ms: float,
-              per_stage_ms: Mapping[str, float]) -> "LatencyEstimate":
+              per_stage_ms: Mapping[str, float]) -> LatencyEstimate:
         """Same object as ``cls(...)``, built without the frozen-dataclass ``__init__``
         (batched prediction creates ~10^5 of them per second)."""
         self = object.__new__(cls)
@@ -40,8 +46,10 @@ class LatencyEstimate:
 
 @runtime_checkable
 class LatencyModel(Protocol):
-    """Predicts whole-network latency from an :class:`ArchConfig`.
+    """Predicts whole-network latency from an :class:`ArchConfig` (torch-free).
 
+    What the CLI, the search runner, reports and benchmarks use; every registered predictor
+    and every shipped device profile satisfies it (``tests/latency_models/test_lat_contract.py``).
     ``backbone`` defaults to the preset named by ``arch.backbone``.
     """
 
@@ -49,14 +57,43 @@ class LatencyModel(Protocol):
 
     @property
     def metadata(self) -> Mapping[str, object]:
-        """device, backend, compute_units, precision, fitted_on, heldout accuracy, kind (prior/calibrated)."""
+        """device, backend, compute_units, precision, fitted_on, heldout accuracy, kind
+        (prior/calibrated), predictor, composition, interval."""
         ...
 
-    def fit(self, measurements: object) -> LatencyModel: ...
+    @property
+    def composition(self) -> Composition:
+        """The block-sum -> network correction in use (the identity when not fitted)."""
+        ...
+
+    def fit(self, measurements: Measurements, *, folds: int = 5, seed: int = 0,
+            evaluate: bool = True, progress: bool = False) -> LatencyModel:
+        """Fit on one device's measurements; with ``evaluate``, cross-validate (``folds``,
+        ``seed``) for ``metadata["heldout"]`` and the interval. Returns ``self``."""
+        ...
 
     def predict(self, arch: ArchConfig, backbone: BackboneSpec | None = None) -> LatencyEstimate: ...
 
     def predict_many(self, archs: Sequence[ArchConfig],
                      backbone: BackboneSpec | None = None) -> list[LatencyEstimate]: ...
 
-    def save(self, directory: str | Path) -> None: ...
+    def predict_mean_ms(self, archs: Sequence[ArchConfig],
+                        backbone: BackboneSpec | None = None) -> np.ndarray:
+        """``(len(archs),)`` mean latencies (ms), without intervals or breakdown."""
+        ...
+
+    def block_ms(self, sigs: Sequence[BlockSignature]) -> np.ndarray:
+        """``(len(sigs),)`` predicted latency (ms) of standalone blocks."""
+        ...
+
+    def prepare(self, space: SearchSpace) -> int:
+        """Price every stage choice of ``space`` up front; returns how many were priced."""
+        ...
+
+    def set_metadata(self, **kw: object) -> None:
+        """Add or replace metadata entries (e.g. ``calibrated_from``); saved with the model."""
+        ...
+
+    def save(self, directory: str | Path) -> None:
+        """Write ``model.json`` (+ ``arrays.npz``) atomically; ``load_latency_model`` reads it."""
+        ...

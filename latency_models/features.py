@@ -58,7 +58,8 @@ class OpTable:
         return int(self.cls.shape[0])
 
     def totals(self) -> dict[str, float]:
-        """Summed features: ``<class>_gflop``, ``act_melem``, ``weight_melem``, ``n_ops``, ``<class>_ops``."""
+        """Summed features: ``<class>_gflop``, ``act_melem``, ``weight_melem``, ``n_ops``, ``<class>_ops``
+        (the units :func:`latency_models.ane.mil.totals` gives for a converted program)."""
         out: dict[str, float] = {}
         for c in OpClass:
             m = self.cls == c
@@ -239,7 +240,3 @@ def op_table(sig: BlockSignature) -> OpTable:
         raise NotImplementedError(f"no latency features for block op {sig.op.value!r}")
     return o.table()
 
-
-def block_totals(sig: BlockSignature) -> dict[str, float]:
-    """Summed features of one block (see :meth:`OpTable.totals`)."""
-    return op_table(sig).totals()

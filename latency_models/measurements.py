@@ -45,8 +45,6 @@ import csv
 import hashlib
 import json
 import math
-import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -54,17 +52,15 @@ from typing import Any
 
 import numpy as np
 
+from common.fsio import atomic_write
+from latency_models.errors import MeasurementError
 from search_space.arch import ArchConfig
 from search_space.backbone import BackboneSpec
-from search_space.errors import ConfigError, TemponasError
+from search_space.errors import ConfigError
 from search_space.geometry import BlockSignature
 from search_space.presets import get_backbone
 
 SCHEMA_VERSION = 1
-
-
-class MeasurementError(TemponasError):
-    """A measurement file is malformed (the message names file, line and column)."""
 
 
 SIG_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(BlockSignature))
@@ -222,7 +218,7 @@ class Measurements:
             d = {**base, "scope": "block", "probe_id": probe_id(r.sig), "arch_id": "",
                  "arch_json": "", "backbone_json": "", **r.sig.to_dict()}
             rows.append({**d, **_values(r)})
-        empty_sig = {c: "" for c in SIG_COLUMNS}
+        empty_sig = dict.fromkeys(SIG_COLUMNS, "")
         for r in self.networks:
             bb = "" if r.backbone_is_preset else json.dumps(r.backbone.to_dict(), sort_keys=True)
             d = {**base, "scope": "network", "probe_id": r.arch.arch_id, "arch_id": r.arch.arch_id,
@@ -233,10 +229,6 @@ class Measurements:
     def to_csv(self, path: str | Path) -> None:
         """Write atomically (temp file + rename)."""
         write_rows(path, self.to_rows())
-
-    @classmethod
-    def from_csv(cls, path: str | Path) -> Measurements:
-        return read_csv(path)
 
 
 def _values(r: BlockRow | NetworkRow) -> dict[str, Any]:
@@ -259,20 +251,14 @@ def write_rows(path: str | Path, rows: Sequence[Mapping[str, Any]], append: bool
     if append and path.exists():
         with open(path, newline="", encoding="utf-8") as f:
             old = list(csv.DictReader(f))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-            w = csv.DictWriter(f, fieldnames=list(COLUMNS), extrasaction="ignore")
-            w.writeheader()
-            for r in list(old) + list(rows):
-                w.writerow({c: r.get(c, "") for c in COLUMNS})
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+    def writer(f) -> None:
+        w = csv.DictWriter(f, fieldnames=list(COLUMNS), extrasaction="ignore")
+        w.writeheader()
+        for r in list(old) + list(rows):
+            w.writerow({c: r.get(c, "") for c in COLUMNS})
+
+    atomic_write(path, writer)
 
 
 def _num(raw: dict[str, str], col: str, where: str, *, positive: bool = False,
@@ -293,9 +279,8 @@ def _num(raw: dict[str, str], col: str, where: str, *, positive: bool = False,
     return x
 
 
-def read_csv(path: str | Path) -> Measurements:
-    """Read and validate a measurement CSV (errors name file, line and column)."""
-    path = Path(path)
+def _read_dicts(path: Path) -> list[dict[str, str]]:
+    """The rows of a CSV as dicts, after checking it is readable UTF-8 with the required columns."""
     try:
         f = open(path, newline="", encoding="utf-8")
     except OSError as e:
@@ -316,74 +301,102 @@ def read_csv(path: str | Path) -> Measurements:
             raise MeasurementError(f"{path}: line {reader.line_num}: malformed CSV ({e})") from None
     if not rows:
         raise MeasurementError(f"{path}: no measurement rows")
+    return rows
+
+
+def _text(raw: Mapping[str, str], col: str) -> str:
+    return (raw.get(col) or "").strip()
+
+
+def _device(raw: Mapping[str, str], where: str) -> DeviceInfo:
+    dev = DeviceInfo(device=_text(raw, "device"), backend=_text(raw, "backend"),
+                     compute_units=_text(raw, "compute_units"), precision=_text(raw, "precision"),
+                     os=_text(raw, "os"), chip=_text(raw, "chip"), versions=_text(raw, "versions"),
+                     threads=int(_num(raw, "threads", where, default=0)))
+    if not dev.device:
+        raise MeasurementError(f"{where}, column device: empty value")
+    if not dev.backend:
+        raise MeasurementError(f"{where}, column backend: empty value")
+    return dev
+
+
+def _timing(raw: Mapping[str, str], where: str) -> dict[str, Any]:
+    """The value columns of a row (``latency_ms`` > 0 required, ``ref_ms`` > 0 when given)."""
+    vals = dict(latency_ms=_num(raw, "latency_ms", where, positive=True),
+                p10_ms=_num(raw, "p10_ms", where, default=math.nan),
+                p90_ms=_num(raw, "p90_ms", where, default=math.nan),
+                runs=int(_num(raw, "runs", where, default=0)),
+                warmup=int(_num(raw, "warmup", where, default=0)),
+                repeat=int(_num(raw, "repeat", where, default=0)),
+                load_ms=_num(raw, "load_ms", where, default=0.0),
+                timestamp=_text(raw, "timestamp"),
+                ref_ms=_num(raw, "ref_ms", where, default=math.nan))
+    if not (math.isnan(vals["ref_ms"]) or vals["ref_ms"] > 0):
+        raise MeasurementError(f"{where}, column ref_ms: must be > 0 when given, got {vals['ref_ms']}")
+    return vals
+
+
+def _block_row(raw: Mapping[str, str], where: str, vals: dict[str, Any]) -> BlockRow:
+    try:
+        sig = BlockSignature.from_dict({c: raw.get(c, "") for c in SIG_COLUMNS}, where)
+    except ConfigError as e:
+        raise MeasurementError(str(e).replace(f"{where}.", f"{where}, column ", 1)) from None
+    return BlockRow(sig, **vals)
+
+
+def _network_row(raw: Mapping[str, str], where: str, vals: dict[str, Any]) -> NetworkRow:
+    arch_json = _text(raw, "arch_json")
+    if not arch_json:
+        raise MeasurementError(f"{where}, column arch_json: a network row needs the arch JSON")
+    try:
+        arch = ArchConfig.from_json(arch_json, where=f"{where}, column arch_json")
+    except ConfigError as e:
+        raise MeasurementError(str(e)) from None
+    aid = _text(raw, "arch_id")
+    if aid and aid != arch.arch_id:
+        raise MeasurementError(f"{where}, column arch_id: {aid!r} does not match arch_json "
+                               f"({arch.arch_id})")
+    bb_json = _text(raw, "backbone_json")
+    try:
+        if bb_json:
+            backbone = BackboneSpec.from_dict(json.loads(bb_json), f"{where}, column backbone_json")
+        else:
+            backbone = get_backbone(arch.backbone)
+    except (ConfigError, json.JSONDecodeError) as e:
+        raise MeasurementError(f"{where}, column backbone_json: {e}") from None
+    return NetworkRow(arch, backbone, backbone_is_preset=not bb_json, **vals)
+
+
+def read_csv(path: str | Path) -> Measurements:
+    """Read and validate a measurement CSV (errors name file, line and column)."""
+    path = Path(path)
     info: DeviceInfo | None = None
     first_line = 0
     blocks: list[BlockRow] = []
     nets: list[NetworkRow] = []
     seen: dict[tuple[str, str, int], int] = {}
-    for i, raw in enumerate(rows):
+    for i, raw in enumerate(_read_dicts(path)):
         line = i + 2
         where = f"{path}: line {line}"
-        dev = DeviceInfo(device=(raw.get("device") or "").strip(), backend=(raw.get("backend") or "").strip(),
-                         compute_units=(raw.get("compute_units") or "").strip(),
-                         precision=(raw.get("precision") or "").strip(), os=(raw.get("os") or "").strip(),
-                         chip=(raw.get("chip") or "").strip(), versions=(raw.get("versions") or "").strip(),
-                         threads=int(_num(raw, "threads", where, default=0)))
-        if not dev.device:
-            raise MeasurementError(f"{where}, column device: empty value")
-        if not dev.backend:
-            raise MeasurementError(f"{where}, column backend: empty value")
+        dev = _device(raw, where)
         if info is None:
             info, first_line = dev, line
-        else:
-            for col in ("device", "backend", "compute_units", "precision"):
-                if getattr(dev, col) != getattr(info, col):
-                    raise MeasurementError(
-                        f"{where}, column {col}: {getattr(dev, col)!r} differs from "
-                        f"{getattr(info, col)!r} on line {first_line}; one file holds one device "
-                        f"(split it per {col})")
-        lat = _num(raw, "latency_ms", where, positive=True)
-        vals = dict(latency_ms=lat, p10_ms=_num(raw, "p10_ms", where, default=math.nan),
-                    p90_ms=_num(raw, "p90_ms", where, default=math.nan),
-                    runs=int(_num(raw, "runs", where, default=0)),
-                    warmup=int(_num(raw, "warmup", where, default=0)),
-                    repeat=int(_num(raw, "repeat", where, default=0)),
-                    load_ms=_num(raw, "load_ms", where, default=0.0),
-                    timestamp=(raw.get("timestamp") or "").strip(),
-                    ref_ms=_num(raw, "ref_ms", where, default=math.nan))
-        if not (math.isnan(vals["ref_ms"]) or vals["ref_ms"] > 0):
-            raise MeasurementError(f"{where}, column ref_ms: must be > 0 when given, got {vals['ref_ms']}")
-        scope = (raw.get("scope") or "").strip()
+        for col in ("device", "backend", "compute_units", "precision"):
+            if getattr(dev, col) != getattr(info, col):
+                raise MeasurementError(
+                    f"{where}, column {col}: {getattr(dev, col)!r} differs from "
+                    f"{getattr(info, col)!r} on line {first_line}; one file holds one device "
+                    f"(split it per {col})")
+        vals = _timing(raw, where)
+        scope = _text(raw, "scope")
         if scope == "block":
-            try:
-                sig = BlockSignature.from_dict({c: raw.get(c, "") for c in SIG_COLUMNS}, where)
-            except ConfigError as e:
-                msg = str(e).replace(f"{where}.", f"{where}, column ", 1)
-                raise MeasurementError(msg) from None
-            key = ("block", probe_id(sig), vals["repeat"])
-            blocks.append(BlockRow(sig, **vals))
+            block = _block_row(raw, where, vals)
+            blocks.append(block)
+            key = ("block", probe_id(block.sig), block.repeat)
         elif scope == "network":
-            arch_json = (raw.get("arch_json") or "").strip()
-            if not arch_json:
-                raise MeasurementError(f"{where}, column arch_json: a network row needs the arch JSON")
-            try:
-                arch = ArchConfig.from_json(arch_json, where=f"{where}, column arch_json")
-            except ConfigError as e:
-                raise MeasurementError(str(e)) from None
-            aid = (raw.get("arch_id") or "").strip()
-            if aid and aid != arch.arch_id:
-                raise MeasurementError(f"{where}, column arch_id: {aid!r} does not match arch_json "
-                                       f"({arch.arch_id})")
-            bb_json = (raw.get("backbone_json") or "").strip()
-            try:
-                if bb_json:
-                    backbone = BackboneSpec.from_dict(json.loads(bb_json), f"{where}, column backbone_json")
-                else:
-                    backbone = get_backbone(arch.backbone)
-            except (ConfigError, json.JSONDecodeError) as e:
-                raise MeasurementError(f"{where}, column backbone_json: {e}") from None
-            key = ("network", arch.arch_id, vals["repeat"])
-            nets.append(NetworkRow(arch, backbone, backbone_is_preset=not bb_json, **vals))
+            net = _network_row(raw, where, vals)
+            nets.append(net)
+            key = ("network", net.arch.arch_id, net.repeat)
         else:
             raise MeasurementError(f"{where}, column scope: expected 'block' or 'network', got {scope!r}")
         if key in seen:

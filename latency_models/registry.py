@@ -15,7 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from latency_models._blockwise import FORMAT, BlockwiseModel, ModelFileError
+from latency_models._blockwise import FORMAT, BlockwiseModel
+from latency_models.base import LatencyModel
+from latency_models.errors import ModelFileError
 
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 
@@ -41,7 +43,7 @@ def predictor_class(name: str) -> Callable[..., BlockwiseModel]:
     return getattr(import_module(mod), cls)
 
 
-def create_model(name: str, **options: Any) -> BlockwiseModel:
+def create_model(name: str, **options: Any) -> LatencyModel:
     """An unfitted predictor ``name`` (see :func:`available`)."""
     return predictor_class(name)(**options)
 
@@ -79,13 +81,14 @@ def load_from_doc(doc: dict[str, Any], arrays: dict[str, np.ndarray] | None = No
     return model
 
 
-def load_latency_model(spec: str | Path) -> BlockwiseModel:
+def load_latency_model(spec: str | Path) -> LatencyModel:
     """A fitted latency model from ``spec``.
 
     ``spec`` is a shipped profile name (see :func:`profile_names`), a ``model.json``/profile
     JSON file, or a directory holding ``model.json`` (+ ``arrays.npz``) from ``model.save()``.
-    The result has ``predict(arch, backbone=None) -> LatencyEstimate``, ``predict_many``,
-    ``predict_mean_ms`` (numpy) and ``metadata``; it never imports torch.
+    The result satisfies :class:`~latency_models.base.LatencyModel` (``predict(arch,
+    backbone=None) -> LatencyEstimate``, ``predict_many``, ``predict_mean_ms``, ``metadata`` …);
+    it never imports torch.
     """
     s = str(spec)
     p = Path(s)

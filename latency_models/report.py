@@ -8,19 +8,18 @@ predictor can beat it). ``parity_plot`` draws predicted vs measured (matplotlib 
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from latency_models._blockwise import BlockwiseModel, _by_op, accuracy
+from common.fsio import atomic_path
+from latency_models.accuracy import accuracy, accuracy_by_op
+from latency_models.base import LatencyModel
 from latency_models.measurements import Measurements
 
 
-def evaluate(model: BlockwiseModel, m: Measurements) -> dict[str, Any]:
+def evaluate(model: LatencyModel, m: Measurements) -> dict[str, Any]:
     """Metrics of ``model`` on every row of ``m`` (see the module docstring)."""
     out: dict[str, Any] = {"model": {k: model.metadata.get(k) for k in ("device", "predictor", "kind")},
                            "measurements": {"source": m.source, "device": m.info.device,
@@ -33,7 +32,7 @@ def evaluate(model: BlockwiseModel, m: Measurements) -> dict[str, Any]:
     if sigs:
         pred = model.block_ms(sigs)
         out["block"] = accuracy(pred, y)
-        out["by_op"] = _by_op(sigs, pred, y)
+        out["by_op"] = accuracy_by_op(sigs, pred, y)
         out["_block_pairs"] = (pred.tolist(), y.tolist(), [s.op_name for s in sigs])
     nets, ny = m.network_latencies()
     if nets:
@@ -84,31 +83,14 @@ def parity_plot(result: dict[str, Any], path: str | Path, title: str = "") -> No
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=120)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=120, format="png")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def public(result: dict[str, Any]) -> dict[str, Any]:
     """The result without the raw prediction pairs (for JSON output)."""
     return {k: v for k, v in result.items() if not k.startswith("_")}
 
-
-def write_json(obj: Any, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, sort_keys=True, default=float)
-        f.write("\n")
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)

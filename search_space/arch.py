@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 from search_space.errors import ConfigError
 from search_space.task import VideoTask
@@ -58,7 +59,7 @@ class TemporalKind(str, Enum):
         return self in (TemporalKind.CONV3D, TemporalKind.CONV2P1D)
 
     @classmethod
-    def parse(cls, value: Any, where: str) -> "TemporalKind":
+    def parse(cls, value: Any, where: str) -> TemporalKind:
         if isinstance(value, cls):
             return value
         try:
@@ -119,7 +120,7 @@ class StageChoice:
                 "kernel_t": self.kernel_t, "kernel_s": self.kernel_s}
 
     @classmethod
-    def from_dict(cls, data: Any, where: str) -> "StageChoice":
+    def from_dict(cls, data: Any, where: str) -> StageChoice:
         if not isinstance(data, Mapping):
             raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
         known = {"kind", "count", "heads", "kernel_t", "kernel_s"}
@@ -166,14 +167,14 @@ class ArchConfig:
     # ---- construction ----------------------------------------------------------------------
     @classmethod
     def create(cls, backbone: str, task: VideoTask, choices: Mapping[str, StageChoice],
-               stage_ids: tuple[str, ...]) -> "ArchConfig":
+               stage_ids: tuple[str, ...]) -> ArchConfig:
         """An arch over ``stage_ids`` (backbone order); stages missing from ``choices`` get none."""
         unknown = sorted(set(choices) - set(stage_ids))
         if unknown:
             raise ConfigError(f"stages.{unknown[0]}: unknown stage (stages: {', '.join(stage_ids)})")
         return cls(backbone, task, tuple((s, choices.get(s, NO_TEMPORAL)) for s in stage_ids))
 
-    def with_task(self, task: VideoTask) -> "ArchConfig":
+    def with_task(self, task: VideoTask) -> ArchConfig:
         return ArchConfig(self.backbone, task, self.stages, self.schema_version)
 
     # ---- serialization ---------------------------------------------------------------------
@@ -197,7 +198,7 @@ class ArchConfig:
         return hashlib.sha256(self.to_json().encode()).hexdigest()[:12]
 
     @classmethod
-    def from_dict(cls, data: Any, where: str = "arch") -> "ArchConfig":
+    def from_dict(cls, data: Any, where: str = "arch") -> ArchConfig:
         if not isinstance(data, Mapping):
             raise ConfigError(f"{where}: expected a JSON object, got {type(data).__name__}")
         known = {"schema_version", "backbone", "task", "stages", "stage_order", "arch_id"}
@@ -228,7 +229,7 @@ class ArchConfig:
         return arch
 
     @classmethod
-    def from_json(cls, text: str, where: str = "arch") -> "ArchConfig":
+    def from_json(cls, text: str, where: str = "arch") -> ArchConfig:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
@@ -236,7 +237,7 @@ class ArchConfig:
         return cls.from_dict(data, where)
 
     @classmethod
-    def load(cls, path: str) -> "ArchConfig":
+    def load(cls, path: str) -> ArchConfig:
         try:
             with open(path, encoding="utf-8") as f:
                 text = f.read()

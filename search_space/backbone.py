@@ -10,9 +10,10 @@ saved at their resolution (one per unit while skips of that resolution remain).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from enum import Enum
-from typing import Any, Mapping
+from typing import Any
 
 from search_space.errors import ConfigError
 
@@ -53,6 +54,8 @@ class BackboneSpec:
 
     ``linear_projection``: transformer ``proj_in``/``proj_out`` are ``Linear`` (SD 2.x) rather
     than 1x1 convolutions (SD 1.x). ``time_embed_dim`` defaults to 4x the first level's channels.
+    ``latent_channels``: the latent channels ``conv_in``/``conv_out`` are made for (a diffusers
+    UNet's ``in_channels``); 0 = any (the task decides), the presets' case.
     """
 
     name: str
@@ -62,6 +65,7 @@ class BackboneSpec:
     linear_projection: bool = False
     time_embed_dim: int = 0
     notes: str = ""
+    latent_channels: int = 0
 
     def __post_init__(self) -> None:
         if self.time_embed_dim == 0 and self.stages:
@@ -124,9 +128,11 @@ class BackboneSpec:
             raise ConfigError(f"backbone {self.name!r}: mid must have the channels of down{n - 1}")
         if self.cross_attention_dim < 1:
             raise ConfigError(f"backbone {self.name!r}: cross_attention_dim must be >= 1")
+        if self.latent_channels < 0:
+            raise ConfigError(f"backbone {self.name!r}: latent_channels must be >= 0")
 
     # ---- derived backbones -------------------------------------------------------------------
-    def scaled(self, width_mult: float, multiple: int | None = None) -> "BackboneSpec":
+    def scaled(self, width_mult: float, multiple: int | None = None) -> BackboneSpec:
         """The same topology with every width multiplied by ``width_mult``.
 
         Channels are rounded to a multiple of ``multiple`` (default: ``norm_groups``); head
@@ -149,10 +155,12 @@ class BackboneSpec:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["stages"] = [{**asdict(s), "role": s.role.value} for s in self.stages]
+        if not self.latent_channels:  # unconstrained: keep the dicts (and cache keys) of before
+            del d["latent_channels"]
         return d
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], where: str = "backbone") -> "BackboneSpec":
+    def from_dict(cls, data: Mapping[str, Any], where: str = "backbone") -> BackboneSpec:
         if not isinstance(data, Mapping):
             raise ConfigError(f"{where}: expected a mapping")
         known = {f.name for f in fields(cls)}

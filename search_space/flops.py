@@ -19,7 +19,8 @@ for the residual), the residual stream, the phase's inputs and outputs (e.g. for
 + k + v + 2 * scores + out``; for a GEGLU FFN ``x + h + norm(h) + 8C + 4C + 4C`` channels;
 temporal convs ``x`` + 2 activations (layout copy, conv output; 3 for (2+1)D), temporal
 attention adds one layout copy to its first phase). ``benchmarks/memory_model.py`` compares
-this model with the live-tensor peak of eager PyTorch (math attention). The network peak is the maximum over execution of: latents +
+this model with the live-tensor peak of eager PyTorch (math attention). The network peak is the
+maximum over execution of: latents +
 text (+ per-frame text when spatial transformers exist) + time embedding + skip tensors alive
 at that point (saved, not yet consumed; see :func:`search_space.geometry.skip_routes`) + the
 running block's working set. ``memory_mb`` = fp16 weights + peak activations.

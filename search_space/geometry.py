@@ -10,9 +10,10 @@ blocks see the same activations as ``(batch, channels, frames, height, width)``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from enum import Enum
-from typing import Any, Mapping
+from typing import Any
 
 from search_space.arch import ArchConfig, StageChoice, TemporalKind
 from search_space.backbone import BackboneSpec, StageRole, StageSpec
@@ -96,7 +97,7 @@ class BlockSignature:
         return d
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], where: str = "signature") -> "BlockSignature":
+    def from_dict(cls, data: Mapping[str, Any], where: str = "signature") -> BlockSignature:
         kw: dict[str, Any] = {}
         for f in fields(cls):
             if f.name not in data:
@@ -149,6 +150,9 @@ def validate_arch(backbone: BackboneSpec, arch: ArchConfig, where: str = "arch")
     if task.text_dim != backbone.cross_attention_dim:
         raise ConfigError(f"{where}.task.text_dim: {task.text_dim} must equal the backbone's "
                           f"cross_attention_dim {backbone.cross_attention_dim}")
+    if backbone.latent_channels and task.latent_channels != backbone.latent_channels:
+        raise ConfigError(f"{where}.task.latent_channels: {task.latent_channels} must equal the "
+                          f"backbone's in/out channels {backbone.latent_channels}")
     f = 2 ** (backbone.num_levels - 1)
     for key in ("latent_height", "latent_width"):
         if getattr(task, key) % f:

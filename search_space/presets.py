@@ -8,7 +8,7 @@ every assumption is listed in its ``notes``.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from search_space.backbone import BackboneSpec, unet
 from search_space.errors import ConfigError

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -24,7 +25,6 @@ from search_space.geometry import validate_arch, validate_choice
 from search_space.task import VideoTask
 
 ALL_KINDS: tuple[TemporalKind, ...] = tuple(TemporalKind)
-DIMENSIONS = ("kind", "count", "heads", "kernel_t", "kernel_s")
 
 
 class TrialLike(Protocol):
@@ -98,6 +98,10 @@ class SearchSpace:
         if t.text_dim != self.backbone.cross_attention_dim:
             raise ConfigError(f"{where}.task.text_dim: {t.text_dim} must equal the backbone's "
                               f"cross_attention_dim {self.backbone.cross_attention_dim}")
+        lc = self.backbone.latent_channels
+        if lc and t.latent_channels != lc:
+            raise ConfigError(f"{where}.task.latent_channels: {t.latent_channels} must equal the "
+                              f"backbone's in/out channels {lc}")
 
     # ---- size and enumeration -------------------------------------------------------------
     def stage_choices(self, stage_id: str) -> tuple[StageChoice, ...]:
@@ -189,7 +193,7 @@ class SearchSpace:
 
     @classmethod
     def from_dict(cls, backbone: BackboneSpec, task: VideoTask, data: Mapping[str, Any] | None,
-                  where: str = "space") -> "SearchSpace":
+                  where: str = "space") -> SearchSpace:
         """The default space of ``backbone`` with per-stage restrictions from ``data``.
 
         ``data`` maps ``defaults`` and/or stage ids to ``{kinds, counts, heads, kernel_t,

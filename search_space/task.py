@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any, Mapping
+from typing import Any
 
 from search_space.errors import ConfigError
 
@@ -35,7 +36,7 @@ class VideoTask:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], where: str = "task") -> "VideoTask":
+    def from_dict(cls, data: Mapping[str, Any], where: str = "task") -> VideoTask:
         if not isinstance(data, Mapping):
             raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
         known = {f.name for f in fields(cls)}
@@ -47,5 +48,5 @@ class VideoTask:
         except ConfigError as e:
             raise ConfigError(str(e).replace("task.", f"{where}.", 1)) from None
 
-    def replace(self, **changes: int) -> "VideoTask":
+    def replace(self, **changes: int) -> VideoTask:
         return replace(self, **changes)

@@ -247,22 +247,14 @@ class TorchCpuBackend:
                      is_preset: bool = True) -> NetworkRow:
         import torch
 
-        from search_space.modules import build_model
+        from search_space.modules import build_model, network_example_inputs
 
         torch.manual_seed(0)
-        task = arch.task
-        model = build_model(backbone, task, arch).eval()
-        g = torch.Generator().manual_seed(0)
-        lat = torch.randn((task.batch, task.latent_channels, task.num_frames, task.latent_height,
-                           task.latent_width), generator=g)
-        ts = torch.rand((task.batch,), generator=g) * 1000
-        text = torch.randn((task.batch, task.text_tokens, task.text_dim), generator=g)
+        model = build_model(backbone, arch.task, arch).eval()
+        lat, ts, text = network_example_inputs(arch.task, seed=0)
         t = self._time(lambda: model(lat, ts, text))
         return NetworkRow(arch, backbone, t.median_ms, t.p10_ms, t.p90_ms, t.runs, t.warmup, repeat,
                           0.0, _now(), is_preset, ref_ms=t.ref_ms)
-
-    def clear(self) -> None:
-        self._modules.clear()
 
 
 def interleaved_order(n: int, repeats: int, seed: int = 0,

@@ -125,12 +125,12 @@ def system_info() -> dict:
 
 
 def base_row(entry: dict, info: dict, device: str, compute_units: str, precision: str) -> dict:
-    row = {c: "" for c in COLUMNS}
+    row = dict.fromkeys(COLUMNS, "")
     row.update(schema_version=1, device=device, backend="coreml", compute_units=compute_units,
                precision=precision, os=info["os"], chip=info["chip"], versions=info["versions"],
                threads=0, scope=entry["scope"], probe_id=entry["probe_id"])
     if entry["scope"] == "block":
-        row.update({k: v for k, v in entry["signature"].items()})
+        row.update(entry["signature"])
     else:
         row["arch_id"] = entry["arch_id"]
         row["arch_json"] = json.dumps(entry["arch"], sort_keys=True, separators=(",", ":"))

@@ -9,7 +9,8 @@ import os
 import pytest
 from ev_helpers import TINY_TORCH
 
-from evaluators.audit import bootstrap_ci, kendall, sample_archs, spearman
+from common.stats import bootstrap_ci, kendall, spearman
+from evaluators.audit import sample_archs
 from experiments.cli import main
 from search_space.presets import default_task, get_backbone
 from search_space.space import default_space

@@ -98,3 +98,16 @@ def test_scale_rejects_bad_values():
     arch = default_space(full, default_task("snapgen_v")).sample(np.random.default_rng(0))
     with pytest.raises(ConfigError, match="scale.latent_height"):
         ProxyScale(latent_height=10).arch(full, arch)
+
+
+def test_bundled_videos_as_an_evaluator_configuration_sees_them():
+    from evaluators import bundled_videos
+
+    opts = {"scale": {"num_frames": 3, "latent_height": 4, "latent_width": 4, "text_tokens": 4},
+            "data": {"num_train": 2, "num_val": 2, "patch": 4}, "steps": 5}  # steps: not a data key
+    train, val, std, geom = bundled_videos(get_backbone("tiny"), opts, latent_channels=4, min_videos=3)
+    assert (geom.num_frames, geom.latent_height, geom.patch) == (3, 4, 4)
+    assert len(train) == len(val) == 3  # min_videos raises num_train/num_val
+    assert tuple(train.latents.shape[1:]) == (4, 3, 4, 4) and std.shape == (4,)
+    with pytest.raises(ConfigError, match=r"cfg\.data\.num_train"):
+        bundled_videos(get_backbone("tiny"), {"data": {"num_train": "x"}}, where="cfg")

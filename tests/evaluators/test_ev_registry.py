@@ -136,3 +136,16 @@ def test_entry_point_group(plugin_module, tiny, temporal_arch):
     assert "temporal_blocks" in available()
     ev = create_evaluator("temporal_blocks", tiny, {})
     assert ev.evaluate(temporal_arch).value == temporal_arch.num_temporal_blocks
+
+
+def test_package_api_is_torch_free_at_import():
+    """``import evaluators`` loads no torch; every name of ``__all__`` resolves (the torch-backed
+    ones on first access)."""
+    import subprocess
+
+    code = ("import sys, evaluators;"
+            "assert 'torch' not in sys.modules, 'torch imported';"
+            "missing = [n for n in evaluators.__all__ if not hasattr(evaluators, n)];"
+            "assert not missing, missing;"
+            "assert 'torch' in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,5 +1,6 @@
-"""supernet: inherited weights are slices of the shared ones, honest cache keys, resumable
-training, one training under concurrency."""
+"""supernet: inherited weights are slices of the shared ones, every choice of the space is
+covered, honest cache keys, resumable training, a cache hit on the second build, deterministic
+scores, one training under concurrency, one-line errors."""
 
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ import torch
 from ev_helpers import make_arch, tiny_options
 
 import evaluators._supernet as sn
-from evaluators._torch_setup import locked_artifact
+import evaluators._supernet_net as snn
+from evaluators._torch_setup import scaled_arch
+from evaluators._weight_sharing import ReusedBlocks, locked_artifact
 from evaluators.registry import create_evaluator
-from search_space.arch import StageChoice, TemporalKind
+from search_space.arch import ArchConfig, StageChoice, TemporalKind
 from search_space.errors import ConfigError
-from search_space.modules import is_temporal_name
+from search_space.modules import build_model, is_temporal_name
 
 #: a small space of the tiny backbone: two conv kernels, two head counts
 SPACE = {"defaults": {"kinds": ["none", "conv1d", "attn1d"], "kernel_t": [3, 5], "heads": [2, 4]}}
@@ -80,7 +83,8 @@ def test_config_key_is_honest(tiny, cache_dir):
     base = _opts(cache_dir)
     key = create_evaluator("supernet", tiny, base).config_key
     same = [{**base, "threads": 2, "cache_dir": cache_dir + "/x", "resources": {"num_cpus": 2}},
-            {**base, "train": {**base["train"], "checkpoint_every": 7}}]
+            {**base, "train": {**base["train"], "checkpoint_every": 7}},
+            {**base, "device": "cpu"}, {**base, "data": {**base["data"], "cache_dir": cache_dir + "/d"}}]
     for o in same:
         assert create_evaluator("supernet", tiny, o).config_key == key
     changed = [{**base, "data": {**base["data"], "seed": 3}},
@@ -88,9 +92,14 @@ def test_config_key_is_honest(tiny, cache_dir):
                {**base, "train": {**base["train"], "steps": 4}},
                {**base, "train": {**base["train"], "kernel_sharing": "separate"}},
                {**base, "pretrain": {**base["pretrain"], "steps": 5}},
+               {**base, "data": {**base["data"], "num_train": 10}},
+               {**base, "spatial": "random"},
+               {**base, "precision": "bf16"},
                {**base, "finetune_steps": 1}]
     keys = {create_evaluator("supernet", tiny, o).config_key for o in changed}
     assert key not in keys and len(keys) == len(changed)
+    tk = create_evaluator("supernet", tiny, base).training_key(4)  # the weights follow the data
+    assert create_evaluator("supernet", tiny, changed[0]).training_key(4) != tk
     # the space counts as resolved: {} and the default space written out are the same supernet
     full = create_evaluator("supernet", tiny, {**base, "space": {}})
     spelled = {**base, "space": full.space_for(sn.nominal_task(tiny)).to_dict()["stages"]}
@@ -106,20 +115,20 @@ def test_resume_after_interruption_gives_the_same_weights(tiny, tmp_path, monkey
     ref = {k: v.clone() for k, v in whole.supernet(4)[0].state_dict().items()}
     sn._MEMO.clear()
 
-    save = sn.save_checkpoint
+    save = snn.save_checkpoint
 
     def save_then_crash(*args):
         save(*args)
         raise KeyboardInterrupt  # the process dies right after the first checkpoint
 
-    monkeypatch.setattr(sn, "save_checkpoint", save_then_crash)
+    monkeypatch.setattr(snn, "save_checkpoint", save_then_crash)
     cut = create_evaluator("supernet", tiny, _opts(str(tmp_path / "b"), **over))
     with pytest.raises(KeyboardInterrupt):
         cut.supernet(4)
     d = tmp_path / "b" / "supernet"
     key = cut.training_key(4)
     assert (d / f"{key}.ckpt.safetensors").exists() and not (d / f"{key}.safetensors").exists()
-    monkeypatch.setattr(sn, "save_checkpoint", save)
+    monkeypatch.setattr(snn, "save_checkpoint", save)
     net, meta = create_evaluator("supernet", tiny, _opts(str(tmp_path / "b"), **over)).supernet(4)
     sn._MEMO.clear()
     assert meta["resumed_at_step"] == 2
@@ -152,7 +161,51 @@ def test_arch_outside_the_space_and_bad_options(ev, tiny, cache_dir):
     outside = make_arch(tiny, {"down0": StageChoice(TemporalKind.CONV3D, 1, kernel_t=3, kernel_s=3)})
     with pytest.raises(ConfigError, match=r"evaluator\.options\.space"):
         ev.evaluate(outside, seed=0)
-    with pytest.raises(ConfigError, match=r"train\.sampling"):
-        create_evaluator("supernet", tiny, _opts(cache_dir, train={"sampling": "greedy"}))
-    with pytest.raises(ConfigError, match=r"space\.bogus"):
-        create_evaluator("supernet", tiny, _opts(cache_dir, space={"bogus": {}}))
+    bad = [({"train": {"sampling": "greedy"}}, r"train\.sampling"),
+           ({"space": {"bogus": {}}}, r"space\.bogus"),
+           ({"train": {"ema": 1.5}}, r"train\.ema"),
+           ({"finetune_lr": 0}, r"finetune_lr"),
+           ({"eval_batch": 0}, r"eval_batch"),
+           ({"train": {"stepz": 3}}, r"stepz")]
+    for over, fragment in bad:
+        with pytest.raises(ConfigError, match=fragment) as e:
+            create_evaluator("supernet", tiny, _opts(cache_dir, **over))
+        assert "\n" not in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("sharing", ["crop", "separate"])
+def test_every_choice_of_the_space_is_covered(tiny, cache_dir, sharing):
+    """Every stage choice of the default space gets a shared tensor of its exact shape for
+    every temporal parameter (and nothing else)."""
+    ev = create_evaluator("supernet", tiny, _opts(cache_dir, space={}, train={
+        "kernel_sharing": sharing, "head_sharing": "shared" if sharing == "crop" else "separate"}))
+    space = ev.space_for(sn.nominal_task(tiny))
+    net, blocks, n = sn.Supernet(tiny, space, ev.options), ReusedBlocks(), 0
+    for ss in space.stages:
+        for c in space.stage_choices(ss.stage):
+            arch = ArchConfig.create(tiny.name, space.task, {ss.stage: c}, tiny.stage_ids)
+            bb, sa = scaled_arch(tiny, ev.options, arch)
+            model = build_model(bb, sa.task, sa, blocks)
+            shared = net.subnet_tensors(model)
+            want = {k: p.shape for k, p in model.named_parameters() if is_temporal_name(k)}
+            assert {k: v.shape for k, v in shared.items()} == want, (ss.stage, c)
+            n += 1
+    assert n == sum(len(space.stage_choices(ss.stage)) for ss in space.stages) > 10
+
+
+def test_second_build_reads_the_cache_and_scores_are_deterministic(tiny, tmp_path, monkeypatch):
+    o = _opts(str(tmp_path), train={"steps": 2})
+    first = create_evaluator("supernet", tiny, o)
+    info = first.setup(sn.nominal_task(tiny), progress=False)  # the driver trains it once
+    key = first.training_key(4)
+    assert info["supernet"]["key"] == key and (tmp_path / "supernet" / f"{key}.safetensors").exists()
+    arch = _arch(tiny, kt=5, heads=2)
+    r = first.evaluate(arch, seed=0)
+    state = {k: v.clone() for k, v in first.supernet(4)[0].state_dict().items()}
+    sn._MEMO.clear()
+    monkeypatch.setattr(sn, "train_supernet", lambda *a, **k: pytest.fail("trained twice"))
+    again = create_evaluator("supernet", tiny, o)
+    net, meta = again.supernet(4)
+    assert meta["key"] == key and all(torch.equal(v, state[k]) for k, v in net.state_dict().items())
+    assert again.evaluate(arch, seed=1).value == r.value  # seed only matters with finetune_steps
+    sn._MEMO.clear()

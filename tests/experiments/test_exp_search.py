@@ -9,11 +9,11 @@ import sys
 from dataclasses import replace
 
 import pytest
-from exp_helpers import evaluation_counts, load_study, states
+from exp_helpers import best_by_arch, evaluation_counts, load_study, states
 
-from experiments.fsio import RunDirError, RunLock
-from experiments.outputs import trial_attrs
+from experiments.rundir import RunDirError, RunLock
 from experiments.runner import SearchOptions, run_search
+from experiments.trials import trial_attrs
 
 pytestmark = pytest.mark.usefixtures("local_ray")
 
@@ -46,6 +46,11 @@ def test_smoke_search_end_to_end(smoke_run, smoke_cfg):
         assert (run_dir / "archs" / f"{r['arch_id']}.json").exists()
     report = (run_dir / "report.md").read_text()
     assert "## Pareto front" in report and "temponas export" in report
+    # the iphone16pm prior's own validation numbers, read from its metadata
+    from latency_models import load_latency_model
+
+    v = load_latency_model("iphone16pm").metadata["validation"]
+    assert f"median |error| {v['lofo_median_abs_pct']:.1f}%" in report and "borrowed" in report
     assert not list(run_dir.rglob("*.tmp"))
     # every evaluation ran once, on a Ray worker
     counts = evaluation_counts(run_dir)
@@ -56,10 +61,9 @@ def test_smoke_search_end_to_end(smoke_run, smoke_cfg):
 def test_pareto_csv_equals_best_trials(smoke_run, smoke_cfg):
     run_dir, _ = smoke_run
     study = load_study(run_dir, smoke_cfg.name)
-    best = study.best_trials
-    assert best
+    assert study.best_trials
     rows = _rows(run_dir / "pareto.csv")
-    assert sorted(int(r["number"]) for r in rows) == sorted(t.number for t in best)
+    assert sorted(int(r["number"]) for r in rows) == sorted(best_by_arch(study))
     for r in rows:
         assert r["feasible"] == "true"
         assert float(r["latency_ms"]) <= smoke_cfg.constraints.latency_budget_ms
@@ -124,7 +128,7 @@ def test_resume_after_interrupt_and_crash_completes_without_repeats(tmp_path, sm
                                        write_plots=False, resume=True))
     assert s3.complete == 0 and s3.evaluations_run == 0
     rows = {int(r["number"]) for r in _rows(run_dir / "pareto.csv")}
-    assert rows == {t.number for t in study.best_trials}
+    assert rows == best_by_arch(study)
 
 
 def test_resume_refuses_a_different_config(tmp_path, smoke_cfg):
@@ -140,7 +144,7 @@ def test_resume_refuses_a_different_config(tmp_path, smoke_cfg):
 
 def test_second_search_on_a_locked_run_dir_is_refused(tmp_path, smoke_cfg):
     run_dir = tmp_path / "run"
-    code = ("import sys, time; from experiments.fsio import RunLock; "
+    code = ("import sys, time; from experiments.rundir import RunLock; "
             f"RunLock({str(run_dir)!r}).acquire(); print('locked', flush=True); time.sleep(60)")
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
@@ -163,9 +167,9 @@ def test_export_json_and_torch_of_a_front_member(smoke_run, smoke_cfg, tmp_path)
     import torch
     from safetensors.torch import load_file
 
-    from experiments.export import example_inputs, export_arch
+    from experiments.export import export_arch
     from search_space.arch import ArchConfig
-    from search_space.modules import build_model
+    from search_space.modules import build_model, network_example_inputs
 
     run_dir, _ = smoke_run
     aid = _front_member(run_dir)
@@ -178,7 +182,7 @@ def test_export_json_and_torch_of_a_front_member(smoke_run, smoke_cfg, tmp_path)
     assert (tmp_path / "t" / "LOADING.md").exists()
     model = build_model(smoke_cfg.backbone_spec, arch.task, arch)
     model.load_state_dict(load_file(str(tmp_path / "t" / "model.safetensors")))
-    x = example_inputs(arch)
+    x = network_example_inputs(arch.task)
     with torch.no_grad():
         assert model(*x).shape == x[0].shape
     assert not list(tmp_path.rglob("*.tmp"))
@@ -232,7 +236,8 @@ def test_exhaustive_sampler_visits_every_architecture_once(tmp_path, smoke_cfg):
 
 
 def test_any_optuna_storage_url_sqlite(tmp_path, smoke_cfg):
-    from experiments.outputs import front_trials, open_run
+    from experiments.rundir import open_run
+    from experiments.trials import front_trials
 
     url = f"sqlite:///{tmp_path / 'study.db'}"
     cfg = replace(smoke_cfg, search=replace(smoke_cfg.search, n_trials=4, storage=url))

@@ -6,6 +6,7 @@ Fitting code is tested on SYNTHETIC measurements from a known roofline plus nois
 
 from __future__ import annotations
 
+import inspect
 import math
 import subprocess
 import sys
@@ -20,8 +21,9 @@ from latency_models import (
     available,
     create_model,
     load_latency_model,
+    profile_names,
 )
-from latency_models.probes import random_archs
+from latency_models.probes import probes, random_archs
 
 REQUIRED_META = {"device", "backend", "compute_units", "precision", "kind", "fitted_on", "heldout",
                  "predictor", "composition", "interval", "noise_floor_pct"}
@@ -41,8 +43,71 @@ def test_registry_lists_the_three_predictors():
     assert set(available()) == {"lut", "roofline", "regression"}
 
 
+def protocol_members() -> dict[str, object]:
+    """What :class:`LatencyModel` declares: annotated attributes, properties and methods."""
+    out: dict[str, object] = dict.fromkeys(LatencyModel.__annotations__, None)
+    out.update({k: v for k, v in vars(LatencyModel).items()
+                if not k.startswith("_") and (callable(v) or isinstance(v, property))})
+    return out
+
+
+def assert_conforms(model) -> None:
+    """``model`` has every member of the protocol, properties as properties, and methods that
+    accept every parameter of the protocol's (same name, kind and default)."""
+    assert isinstance(model, LatencyModel)
+    members = protocol_members()
+    assert {"predict", "predict_many", "predict_mean_ms", "fit", "save", "metadata", "name"} <= set(members)
+    for name, want in members.items():
+        got = inspect.getattr_static(type(model), name, None)
+        if isinstance(want, property):
+            assert isinstance(got, property), f"{type(model).__name__}.{name} is not a property"
+            getattr(model, name)
+        elif want is None:
+            assert isinstance(getattr(model, name), str), name
+        else:
+            assert callable(got), name
+            have = inspect.signature(getattr(type(model), name)).parameters
+            for pname, p in inspect.signature(want).parameters.items():
+                if p.kind is p.VAR_KEYWORD:
+                    assert any(q.kind is q.VAR_KEYWORD for q in have.values()), f"{name}(**{pname})"
+                    continue
+                assert pname in have, f"{type(model).__name__}.{name} lacks parameter {pname!r}"
+                q = have[pname]
+                assert q.kind == p.kind and q.default == p.default, f"{name}({pname}): {q} vs {p}"
+            extra = [q for k, q in have.items() if k not in inspect.signature(want).parameters
+                     and q.default is q.empty and q.kind not in (q.VAR_POSITIONAL, q.VAR_KEYWORD)]
+            assert not extra, f"{name} requires {extra}"
+
+
+@pytest.mark.parametrize("name", available())
+def test_every_registered_predictor_satisfies_the_protocol(name):
+    assert_conforms(create_model(name))
+
+
+@pytest.mark.parametrize("name", profile_names())
+def test_every_shipped_profile_satisfies_the_protocol(name, tmp_path):
+    m = load_latency_model(name)
+    assert_conforms(m)
+    space = tiny_space()
+    archs = random_archs(space, 4, seed=3)
+    assert m.prepare(space) == sum(1 for s in space.backbone.stage_ids for c in space.stage_choices(s) if c.count)
+    means = m.predict_mean_ms(archs, space.backbone)
+    assert means.shape == (4,) and np.all(means > 0)
+    assert [e.mean_ms for e in m.predict_many(archs, space.backbone)] == pytest.approx(means.tolist())
+    assert m.predict(archs[0], space.backbone).mean_ms == pytest.approx(means[0])
+    sigs = [p.sig for p in probes(space)][:5]
+    assert m.block_ms(sigs).shape == (5,) and np.all(m.block_ms(sigs) > 0)
+    # shipped priors: identity composition (older) or the cost model's fitted one ("prior")
+    assert m.metadata["kind"] == "prior" and m.composition.form in ("identity", "prior")
+    m.set_metadata(note="contract")
+    m.save(tmp_path)
+    again = load_latency_model(tmp_path)
+    assert again.metadata["note"] == "contract"
+    np.testing.assert_allclose(again.predict_mean_ms(archs, space.backbone), means, rtol=1e-12)
+
+
 def test_protocol_and_metadata(fitted, data):
-    assert isinstance(fitted, LatencyModel)
+    assert_conforms(fitted)
     meta = fitted.metadata
     assert REQUIRED_META <= set(meta)
     assert meta["kind"] == "calibrated" and meta["device"] == "synthetic-device"
@@ -74,7 +139,7 @@ def test_composition_correction_is_fitted(fitted):
 
 
 def test_composition_form_is_chosen_by_loo():
-    from latency_models._blockwise import fit_composition
+    from latency_models import fit_composition
 
     rng = np.random.default_rng(0)
     raw = rng.uniform(50, 200, 30)
@@ -129,6 +194,14 @@ def test_loaded_model_is_torch_free(fitted, tmp_path):
             "assert 'torch' not in sys.modules, 'torch imported'")
     here = __file__.rsplit("/", 1)[0]
     subprocess.run([sys.executable, "-c", code], check=True, cwd=here)
+
+
+def test_package_api_is_torch_free():
+    code = ("import sys, latency_models, latency_models.backends as b;"
+            "assert 'torch' not in sys.modules and 'coremltools' not in sys.modules;"
+            "missing = [n for m in (latency_models, b) for n in m.__all__ if not hasattr(m, n)];"
+            "assert not missing, missing")
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_refuses_mixed_fit_sources(data):

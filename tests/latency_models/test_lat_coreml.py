@@ -134,3 +134,28 @@ def test_runner_template_mode(bundle, tmp_path):
     runner.main([str(out), "--template", "--out", str(path), "--device", "iPhone17,2"])
     lines = path.read_text().splitlines()
     assert lines[0].split(",") == list(COLUMNS) and len(lines) == 1 + len(manifest["probes"])
+
+
+def test_network_package_follows_the_input_contract(tmp_path):
+    """A whole denoiser converts with the inputs of ``network_input_specs`` (names, shapes, in
+    call order) and the output ``noise_pred``; the macOS runner feeds it values of the documented
+    ranges (timesteps in [0, 1000))."""
+    import coremltools as ct
+
+    from search_space.arch import StageChoice
+    from search_space.modules import NETWORK_INPUTS, NETWORK_OUTPUT, network_input_specs
+
+    space = tiny_space()
+    arch = space.arch({space.backbone.stage_ids[0]: StageChoice(TemporalKind.CONV1D, 1, 0, 3)})
+    manifest = export_bundle(tmp_path, [], [(space.backbone, arch)], target="iOS18", progress=False)
+    (e,) = manifest["probes"]
+    want = [(n, list(s)) for n, s in network_input_specs(arch.task)]
+    assert [n for n, _ in want] == list(NETWORK_INPUTS)
+    assert [(i["name"], i["shape"]) for i in e["inputs"]] == want
+    spec = ct.models.MLModel(str(tmp_path / e["package"]), skip_model_load=True).get_spec()
+    assert [(i.name, list(i.type.multiArrayType.shape)) for i in spec.description.input] == want
+    assert [o.name for o in spec.description.output] == [NETWORK_OUTPUT]
+    runner = _load_runner(tmp_path / "run_on_device.py")
+    feed = runner.make_inputs(e)
+    assert {k: list(v.shape) for k, v in feed.items()} == dict(want)
+    assert 0 <= feed["timesteps"].min() and feed["timesteps"].max() < 1000

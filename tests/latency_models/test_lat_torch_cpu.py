@@ -5,14 +5,12 @@ from __future__ import annotations
 import time
 
 import pytest
+from lat_helpers import tiny_space
 
 from experiments.cli import main
-from latency_models.backends.torch_cpu import (TimingPolicy, TorchCpuBackend, clock_ns,
-                                               interleaved_order, time_callable)
+from latency_models.backends.torch_cpu import TimingPolicy, TorchCpuBackend, clock_ns, interleaved_order, time_callable
 from latency_models.measurements import read_csv
 from latency_models.probes import probes, random_archs
-
-from lat_helpers import tiny_space
 
 FAST = TimingPolicy(warmup=1, warmup_s=0.0, min_runs=3, max_runs=5, time_limit_s=0.5)
 

@@ -1,29 +1,32 @@
-"""Fixtures of the reliability tests and the generator of ``docs/reliability.md``.
+"""Fixtures of the reliability tests and the collector of the records behind ``docs/reliability.md``.
 
 Each scenario calls the ``record`` fixture once with what was injected, what the user saw
-(the real message/exit code captured in the test) and what was kept. At the end of the
-session, if EVERY reliability test was collected and ran (no ``-k``/``-m`` deselection, no
-single-file run, no skip), the records go to ``.pytest_cache/temponas_reliability.json`` and
-``tools/reliability_table.py`` renders ``docs/reliability.md`` from them (both atomically).
-A partial run never touches the table.
+(the real message/exit code captured in the test) and what was kept. At the end of a session
+that ran reliability tests, the records and each test's outcome go to an untracked JSON file,
+``$TEMPONAS_RELIABILITY_RECORDS`` or ``.pytest_cache/temponas_reliability.json``, with
+``meta.complete`` true only if EVERY reliability test was collected and ran (no ``-k``/``-m``
+deselection, no single-file run, no skip). Tests never write ``docs/reliability.md``:
+``make reliability-doc`` runs this suite and renders the table with
+``tools/reliability_table.py``, which refuses records of a partial run.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from rel_helpers import plugin_path
 
+from common.fsio import atomic_write_text
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 SMOKE = ROOT / "experiments" / "configs" / "smoke.yaml"
-RECORDS_JSON = ROOT / ".pytest_cache" / "temponas_reliability.json"
-TABLE_MD = ROOT / "docs" / "reliability.md"
+RECORDS_JSON = ROOT / ".pytest_cache" / "temponas_reliability.json"  # untracked (.gitignore)
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -76,7 +79,7 @@ def rel_ray():
     yield ray.get_runtime_context().gcs_address
 
 
-# ---- session hooks: only a complete reliability run rewrites the table ------------------------
+# ---- session hooks: outcomes of every reliability test, then the records file ----------------
 
 def pytest_collection_modifyitems(session, config, items):
     """Tests that start their own Ray cluster run last, after the shared Ray is no longer needed."""
@@ -115,21 +118,16 @@ def pytest_runtest_logreport(report):
 
 
 def pytest_sessionfinish(session, exitstatus):
-    expected_modules = {p.name for p in HERE.glob("test_*.py")}
     items = _STATE["items"]
-    complete = (items and _STATE["deselected"] == 0
-                and _STATE.get("modules") == expected_modules
-                and set(_STATE["outcomes"]) == items
-                and "skipped" not in _STATE["outcomes"].values()
-                and exitstatus != pytest.ExitCode.INTERRUPTED)
-    if not complete:
-        return
-    sys.path.insert(0, str(ROOT / "tools"))
-    try:
-        import reliability_table
-    finally:
-        sys.path.remove(str(ROOT / "tools"))
     outcomes = _STATE["outcomes"]
+    if not outcomes:  # no reliability test ran in this session
+        return
+    expected_modules = {p.name for p in HERE.glob("test_*.py")}
+    complete = bool(items and _STATE["deselected"] == 0
+                    and _STATE.get("modules") == expected_modules
+                    and set(outcomes) == items
+                    and "skipped" not in outcomes.values()
+                    and exitstatus != pytest.ExitCode.INTERRUPTED)
     rows = [{**r, "outcome": outcomes.get(r["test"], "unknown")} for r in _RECORDS]
     recorded = {r["test"] for r in _RECORDS}
     for nodeid, out in sorted(outcomes.items()):
@@ -137,8 +135,10 @@ def pytest_sessionfinish(session, exitstatus):
             rows.append({"kind": "fault", "scenario": nodeid.split("::")[-1], "injected": "",
                          "user_sees": "the test failed before recording its scenario", "kept": "",
                          "test": nodeid, "outcome": out})
-    meta = {"tests": len(items), "passed": sum(o == "passed" for o in outcomes.values()),
+    meta = {"complete": complete, "tests": len(items),
+            "passed": sum(o == "passed" for o in outcomes.values()),
+            "modules": sorted(_STATE.get("modules", ())), "expected_modules": sorted(expected_modules),
             "duration_s": round(sum(_STATE["durations"].values()), 1),
             "generated": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-    reliability_table.write_json(RECORDS_JSON, {"meta": meta, "records": rows})
-    reliability_table.write_table(RECORDS_JSON, TABLE_MD)
+    path = Path(os.environ.get("TEMPONAS_RELIABILITY_RECORDS") or RECORDS_JSON)
+    atomic_write_text(path, json.dumps({"meta": meta, "records": rows}, indent=1, sort_keys=True) + "\n")

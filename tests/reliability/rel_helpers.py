@@ -127,3 +127,12 @@ def plugin_path():
             os.environ.pop("PYTHONPATH", None)
         else:
             os.environ["PYTHONPATH"] = old
+
+
+def best_by_arch(study) -> set[int]:
+    """The trial numbers pareto.csv holds: of ``study.best_trials``, the earliest trial of each
+    architecture."""
+    first: dict[str, int] = {}
+    for t in sorted(study.best_trials, key=lambda t: t.number):
+        first.setdefault(t.user_attrs["arch_id"], t.number)
+    return set(first.values())

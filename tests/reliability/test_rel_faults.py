@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from rel_evaluators import attempts
 from rel_helpers import (
+    best_by_arch,
     cli,
     csv_rows,
     evaluation_counts,
@@ -53,7 +54,7 @@ def _assert_finished(run: Path, n: int) -> None:
     counts = evaluation_counts(run)
     assert counts and max(counts.values()) == 1, counts
     assert ({int(r["number"]) for r in csv_rows(run / "pareto.csv")}
-            == {t.number for t in study.best_trials})
+            == best_by_arch(study))
     assert not list(run.rglob("*.tmp"))
 
 
@@ -145,10 +146,10 @@ def test_evaluation_stuck_in_native_code_is_cancelled_by_the_driver(tmp_path, mo
                                                                      record):
     """The worker's alarm cannot interrupt code that never returns to Python: the driver's
     backstop (timeout_s + grace after submission) force-cancels the task."""
-    import experiments.runner as runner
+    import experiments.scheduler as scheduler
 
     # 30 s in production; 8 s still covers a cold worker start on a busy machine
-    monkeypatch.setattr(runner, "BACKSTOP_GRACE_S", 8.0)
+    monkeypatch.setattr(scheduler, "BACKSTOP_GRACE_S", 8.0)
     cfg = write_config(tmp_path / "stuck.yaml", constraints=NO_MEM,
                        evaluator=faulty(tmp_path / "script", ["ok", "ok", "ok", "stuck"],
                                         timeout_s=2, hang_s=60),
@@ -175,7 +176,7 @@ def test_evaluation_stuck_in_native_code_is_cancelled_by_the_driver(tmp_path, mo
 # ---- a full or read-only disk ---------------------------------------------------------------
 
 class FakeDisk:
-    """Stands in for ``os`` in the writers (``experiments.fsio`` and Optuna's journal backend):
+    """Stands in for ``os`` in the writers (``common.fsio`` and Optuna's journal backend):
     after ``budget`` successful fsyncs of files under ``root``, every fsync/replace there fails
     with ``err`` — the output disk filled up (ENOSPC) or was remounted read-only (EROFS)."""
 
@@ -207,7 +208,7 @@ class FakeDisk:
 def test_disk_full_or_read_only_mid_run_then_resume(tmp_path, monkeypatch, record, err):
     import optuna.storages.journal._file as journal_file
 
-    from experiments import fsio
+    from common import fsio
 
     cfg = write_config(tmp_path / "disk.yaml", constraints=NO_MEM,
                        evaluator=faulty(tmp_path / "script", sleep_s=0.05),
@@ -243,7 +244,7 @@ def test_disk_full_or_read_only_mid_run_then_resume(tmp_path, monkeypatch, recor
 def test_run_outputs_are_written_atomically(tmp_path, monkeypatch, record):
     """Every file of a run dir (plots and report included) comes from the atomic writer, except
     the two append-only logs (one fsync'd record per write) and the lock; modes follow umask."""
-    from experiments import fsio
+    from common import fsio
 
     written: set[str] = set()
     real = fsio.atomic_write
@@ -266,7 +267,7 @@ def test_run_outputs_are_written_atomically(tmp_path, monkeypatch, record):
     modes = {oct(p.stat().st_mode & 0o777) for p in run.rglob("*") if p.is_file() and p.name != ".lock"}
     assert modes == {oct(0o666 & ~umask)}, modes
     record("safety", "a whole search writes every output atomically",
-           "spy on experiments.fsio.atomic_write during a search with plots and report",
+           "spy on common.fsio.atomic_write during a search with plots and report",
            f"{len(files - appended)} output files, all via temp file + rename; file modes "
            f"{sorted(modes)} (umask {oct(umask)})",
            "study.journal and evaluations.jsonl are append-only logs (one fsync'd record per "
@@ -432,9 +433,10 @@ def test_lost_evaluation_cache_only_costs_reevaluation(finished_run, tmp_path, r
            "evaluated")
 
 
-def test_plugin_missing_on_workers_fails_trials_with_the_import_error(tmp_path, record):
-    """A `module:Class` evaluator importable in the driver but not on the Ray workers (a module
-    next to the user's script, not installed): every trial FAILs with the import error."""
+@pytest.fixture
+def driver_only_plugin(tmp_path):
+    """A `module:Class` evaluator importable in the driver but not by the Ray workers (a module
+    next to the user's script, on the driver's sys.path only, not installed)."""
     import sys
 
     mod = tmp_path / "driver_only"
@@ -442,26 +444,39 @@ def test_plugin_missing_on_workers_fails_trials_with_the_import_error(tmp_path, 
     (mod / "rel_driver_only_eval.py").write_text(
         "from rel_evaluators import Faulty\n\nclass Local(Faulty):\n    name = 'local'\n")
     sys.path.insert(0, str(mod))
-    try:
-        cfg = write_config(tmp_path / "cfg.yaml", constraints=NO_MEM,
-                           evaluator={"name": "rel_driver_only_eval:Local", "options": {}},
-                           search={"n_trials": 3})
-        rc, out, err = _search(cfg, tmp_path / "run")
-    finally:
-        sys.path.remove(str(mod))
-        sys.modules.pop("rel_driver_only_eval", None)
+    yield "rel_driver_only_eval:Local"
+    sys.path.remove(str(mod))
+    sys.modules.pop("rel_driver_only_eval", None)
+
+
+def test_plugin_on_the_driver_path_only_reaches_the_workers(tmp_path, driver_only_plugin, record):
+    cfg = write_config(tmp_path / "cfg.yaml", constraints=NO_MEM,
+                       evaluator={"name": driver_only_plugin, "options": {}},
+                       search={"n_trials": 3})
+    rc, out, err = _search(cfg, tmp_path / "run")
     assert rc == 0, err
-    study = load_study(tmp_path / "run")
-    st = states(study)
-    assert st["FAIL"] == 3, st
-    reasons = {t.user_attrs["failure_reason"] for t in study.trials}
-    assert len(reasons) == 1
-    reason = reasons.pop()
-    assert "rel_driver_only_eval" in reason and "cannot import" in reason, reason
-    assert reason.split(":", 1)[0] in (tmp_path / "run" / "report.md").read_text()
+    _assert_finished(tmp_path / "run", 3)
     record("fault", "evaluator plug-in importable on the driver but not on the Ray workers",
-           "`module:Class` from a directory on the driver's sys.path only",
-           f"each trial FAIL with \"{reason}\"; report.md counts them under that reason; "
-           f"\"{_summary(out)}\"",
-           "the study and its failure reasons; fixing PYTHONPATH (or installing the module) and "
-           "re-running a new study works")
+           "`module:Class` from a directory on the driver's sys.path only (not on the "
+           "workers' PYTHONPATH)",
+           f"nothing: a probe task finds the workers cannot import it, so its directory joins "
+           f"their PYTHONPATH (runtime_env.ship_plugins); \"{_summary(out)}\"",
+           "3/3 COMPLETE")
+
+
+def test_plugin_not_shipped_stops_the_search_in_one_line(tmp_path, driver_only_plugin, record):
+    cfg = write_config(tmp_path / "cfg.yaml", constraints=NO_MEM,
+                       evaluator={"name": driver_only_plugin, "options": {}},
+                       search={"n_trials": 3}, runtime_env={"ship_plugins": False})
+    t0 = time.monotonic()
+    rc, out, err = _search(cfg, tmp_path / "run")
+    wall = time.monotonic() - t0
+    msg = one_line_error(rc, err)
+    assert "cannot import module 'rel_driver_only_eval'" in msg and "Ray node" in msg, msg
+    assert wall < 60, wall  # the evaluation timeout (smoke: 60 s) plays no part
+    assert not (tmp_path / "run").exists()  # a new run that never completed a trial: removed
+    record("fault", "evaluator plug-in missing on the Ray workers (not shipped)",
+           "`module:Class` on the driver's sys.path only, `runtime_env: {ship_plugins: false}`",
+           f"exit 2 after {wall:.0f} s, one line: \"{msg.replace(str(tmp_path), '<tmp>')}\" "
+           f"(the first evaluation's failure stops the search instead of failing every trial)",
+           "nothing: the new run directory is removed (no trial had completed)")
