@@ -4,10 +4,12 @@ Every temporal slot of the space (stage, unit below the stage's largest count) h
 module per temporal kind allowed there; kernel sizes share the largest kernel by centre crop
 (Once-for-All) and head counts share the attention projections, or each variant gets its own
 module (``kernel_sharing`` / ``head_sharing: separate``). The spatial layers are short
-training's pretrained image backbone, frozen. The temporal modules train once per (backbone,
-scale, data, space, training options): each step draws candidate(s) from the space, builds
-them with ``build_model`` and runs them on the shared tensors (``functional_call``). Cached as
-``<cache>/supernet/<key>.safetensors`` + ``.json`` under a file lock; resumable from a
+training's (pretrained image backbone or the backbone's own weights), frozen. The temporal
+modules train once per (backbone, scale, data, space, training options), in :meth:`setup`
+before a search's first trial, on the evaluator's device and precision: each step draws
+candidate(s) from the space, builds them with ``build_model`` and runs them on the shared
+tensors (``functional_call``). Cached as ``<cache>/supernet/<key>.safetensors`` + ``.json``
+under a file lock (key: ``scoring_dict`` with the space resolved); resumable from a
 checkpoint every ``checkpoint_every`` steps (randomness is drawn per step from ``(seed,
 step)``). Score = image-only held-out loss minus the candidate's held-out loss with inherited
 weights (optionally after ``finetune_steps``), on short training's validation batches.

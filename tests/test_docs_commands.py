@@ -94,7 +94,7 @@ _BENCH = ("a benchmark: its smallest mode (--quick) runs for minutes and --json 
 
 SUBSTITUTED: dict[str, Case] = {
     L_MAKE_SEARCH: Case(
-        why="default.yaml in the workspace scores with `params` (naswot pretrains its denoiser for "
+        why="default.yaml in the workspace scores with `params` (supernet pretrains its denoiser for "
             "~2 min) over 4 trials; the recipe runs twice (the second resumes) and joins the "
             "test's Ray (--ray-address) instead of starting its own",
         make_subs=(("$(test", "--ray-address {ray} --no-progress $(test"),), repeat=2,
