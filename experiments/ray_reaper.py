@@ -2,13 +2,15 @@
 :func:`experiments.ray_access.private_temp_dir`, ``python ray_reaper.py MARKER DIR DRIVER_PID``.
 
 It waits for end-of-file on its stdin, a pipe whose only writer is the driver: the kernel
-closes it when the driver exits, however it exits (``kill -9`` included). Meanwhile it notes
-the driver's descendants every :data:`SNAPSHOT_S` seconds (Ray's agents rename themselves,
-which overwrites their environment and command line, and are re-parented when the raylet
-dies). Then it stops those processes (matched by pid AND start time, so a reused pid is spared)
-and every process of this user whose initial environment carries
-``TEMPONAS_RAY_SESSION=MARKER`` (workers Ray started since the last note), SIGTERM first, then
-SIGKILL after a short grace, and removes the Ray's private temporary ``DIR``. Without it Ray's
+closes it when the driver exits, however it exits (``kill -9`` included). Meanwhile it notes,
+every :data:`SNAPSHOT_S` seconds, the driver's children whose command line names ``MARKER``
+(the session folder: GCS, raylet, monitors) and all their descendants (Ray's agents rename
+themselves, which overwrites their environment and command line, and are re-parented when the
+raylet dies); other children of the driver are not touched. Then it stops those processes
+(matched by pid AND start time, so a reused pid is spared) and every process of this user whose
+initial environment carries ``TEMPONAS_RAY_SESSION=MARKER`` (workers Ray started since the last
+note), SIGTERM first, then SIGKILL after a short grace, and removes the Ray's private temporary
+``DIR``. Without it Ray's
 agents outlive a killed driver by about a minute.
 """
 
@@ -53,6 +55,25 @@ def descendants(roots: set[int]) -> dict[int, int]:
             if c not in out and c != os.getpid():
                 out[c] = starts[c]
                 todo.append(c)
+    return out
+
+
+def session_pids(marker: str, parents: set[int]) -> set[int]:
+    """Children of ``parents`` whose command line names the session folder ``marker`` (the
+    GCS, raylet and monitors of this Ray; not any other child of the driver)."""
+    out = set()
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == os.getpid():
+            continue
+        st = _stat(int(name))
+        if st is None or st[0] not in parents:
+            continue
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                if marker.encode() in f.read():
+                    out.add(int(name))
+        except OSError:
+            continue
     return out
 
 
@@ -109,7 +130,9 @@ def main(argv: list[str]) -> int:
         ready, _, _ = select.select([fd], [], [], SNAPSHOT_S)
         if ready and not os.read(fd, 65536):
             break
-        known.update(descendants({driver}))
+        roots = session_pids(marker, {driver})
+        known.update({p: t for p, t in descendants({driver}).items() if p in roots})
+        known.update(descendants(roots))
     stop(marker, known)
     shutil.rmtree(tmp, ignore_errors=True)
     return 0

@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 from netcheck import descendants
 from rel_helpers import (
-    TEMPONAS,
     cli,
     evaluation_counts,
     faulty,
@@ -80,6 +79,12 @@ def _environ(pid: int) -> dict[str, str]:
 
 # ---- one search with its own local Ray, started with --workers 64 ------------------------------
 
+#: `temponas search` with one more child process of its own (not Ray's): a killed driver's
+#: Ray is cleaned up, that child is not
+WITH_CHILD = ("import subprocess, sys; subprocess.Popen(['sleep', '300']); "
+              "from experiments.cli import main; sys.exit(main(sys.argv[1:]))")
+
+
 @pytest.fixture(scope="module")
 def own_ray_search(tmp_path_factory):
     """A `temponas search --workers 64` process that starts its own local Ray (1 s
@@ -88,8 +93,8 @@ def own_ray_search(tmp_path_factory):
     cfg = write_config(tmp / "cfg.yaml", constraints=NO_MEM,
                        evaluator=faulty(tmp / "script", sleep_s=1.0),
                        search={"n_trials": 400})
-    proc = _start(TEMPONAS + ["search", str(cfg), "--out", str(tmp / "run"), "--no-progress",
-                              "--workers", "64"], tmp / "driver.log")
+    proc = _start([sys.executable, "-c", WITH_CHILD, "search", str(cfg), "--out", str(tmp / "run"),
+                   "--no-progress", "--workers", "64"], tmp / "driver.log")
     try:
         _wait_for(lambda: len(evaluation_counts(tmp / "run")) >= 1, 120, proc)
         procs = descendants(proc.pid)
@@ -192,6 +197,8 @@ def test_killed_driver_leaves_no_ray_processes_or_temp_dir(own_ray_search, recor
                 out.append(p)
         return out
 
+    (sleeper,) = [p for p in procs if _cmdline(p).startswith("sleep 300")]
+    starts.pop(sleeper)
     t0 = time.monotonic()
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -202,11 +209,14 @@ def test_killed_driver_leaves_no_ray_processes_or_temp_dir(own_ray_search, recor
     assert not left, left
     assert not any(d.exists() for d in temp), temp
     assert gone_s < 10, gone_s
+    assert Path(f"/proc/{sleeper}").exists(), "the reaper killed a child that is not Ray's"
+    os.kill(sleeper, signal.SIGKILL)
     record("fault", "driver with its own local Ray SIGKILLed: Ray processes and session folder",
-           f"`kill -9` of a running `temponas search` (own local Ray: {len(procs)} processes)",
-           f"nothing: all {len(procs)} Ray processes (raylet, GCS, agents, workers) gone "
+           f"`kill -9` of a running `temponas search` (own local Ray: {len(procs) - 1} processes)",
+           f"nothing: all {len(starts)} Ray processes (raylet, GCS, agents, workers) gone "
            f"{gone_s:.1f} s later, its private temp dir removed (Ray alone left the agents "
-           f"running ~60 s and the session folder in /tmp/ray)",
+           f"running ~60 s and the session folder in /tmp/ray); the driver's other child "
+           f"process (not Ray's) is left alone",
            "the run folder (resume as after any kill -9)")
 
 
