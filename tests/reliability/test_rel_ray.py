@@ -320,17 +320,22 @@ sys.exit(main(sys.argv[1:]))
 
 
 def test_suspended_driver_does_not_time_out_finished_evaluations(tmp_path, rel_ray, record):
+    """Attempt 2 hangs where the worker's alarm cannot reach it (``stuck``): it is in flight,
+    with attempt 3, when the driver is suspended. Attempt 3 finishes during the suspension and
+    is collected; the stuck one is cancelled by the backstop after the driver resumed and,
+    the suspension having overlapped it, re-queued (and then evaluated) instead of failed."""
     n = 8
-    cfg = write_config(tmp_path / "cfg.yaml", constraints=NO_MEM,
-                       evaluator={**faulty(tmp_path / "script", sleep_s=1.0), "timeout_s": 3.0},
+    ev = {**faulty(tmp_path / "script", ["ok", "ok", "stuck"], sleep_s=1.0, hang_s=120),
+          "timeout_s": 3.0}
+    cfg = write_config(tmp_path / "cfg.yaml", constraints=NO_MEM, evaluator=ev,
                        search={"n_trials": n, "workers": 2})
     run = tmp_path / "run"
+    attempts = tmp_path / "script" / "attempts.log"
     proc = _start([sys.executable, "-c", DRIVER, "search", str(cfg), "--out", str(run),
                    "--no-progress", "--ray-address", rel_ray], tmp_path / "driver.log")
     try:
-        _wait_for(lambda: len(evaluation_counts(run)) >= 2, 90, proc)
-        attempts = tmp_path / "script" / "attempts.log"
-        started = len(attempts.read_text().splitlines()) if attempts.exists() else 0
+        _wait_for(lambda: len(evaluation_counts(run)) >= 2 and attempts.exists()
+                  and len(attempts.read_text().splitlines()) >= 4, 120, proc)
         os.kill(proc.pid, signal.SIGSTOP)
         time.sleep(SUSPEND_S)  # longer than the backstop
         os.kill(proc.pid, signal.SIGCONT)
@@ -343,14 +348,14 @@ def test_suspended_driver_does_not_time_out_finished_evaluations(tmp_path, rel_r
     st = states(study)
     reasons = [t.user_attrs.get("failure_reason", "") for t in study.trials if t.state.name == "FAIL"]
     assert st["COMPLETE"] == n and st["WAITING"] == 0 and st["RUNNING"] == 0, (st, reasons)
-    assert not any("timeout" in r for r in reasons), reasons
+    assert len(reasons) == 1 and reasons[0].startswith("interrupted: timeout") \
+        and "suspended" in reasons[0], reasons  # the stuck one: re-queued, not failed
     assert max(evaluation_counts(run).values()) == 1
     record("fault", "driver suspended (SIGSTOP, Ctrl-Z, laptop lid) while evaluations run",
-           f"SIGSTOP to `temponas search` for {SUSPEND_S:g} s ({started} evaluations started, "
-           f"1 s each), longer than the driver's {BACKSTOP_S:g} s backstop (no result that long "
-           f"after submission: cancelled), "
-           "then SIGCONT",
-           f"nothing: the finished evaluations are collected, the suspension does not count "
-           f"towards the backstop; exit 0, {st['COMPLETE']} complete, {len(reasons)} failed",
-           f"{n}/{n} COMPLETE, no evaluation repeated (an evaluation the backstop cancels after a "
-           f"suspension is re-queued, not failed)")
+           f"SIGSTOP to `temponas search` for {SUSPEND_S:g} s, longer than the driver's "
+           f"{BACKSTOP_S:g} s backstop (no result that long after submission: cancelled), then "
+           f"SIGCONT; in flight: one 1 s evaluation and one stuck in native code",
+           f"nothing: the evaluation that finished meanwhile is collected (the suspension does not "
+           f"count towards the backstop); the stuck one is cancelled after the backstop and, the "
+           f"driver having been suspended meanwhile, re-queued: \"{reasons[0]}\"; exit 0",
+           f"{n}/{n} COMPLETE (the re-queued trial evaluated again), no evaluation repeated")
