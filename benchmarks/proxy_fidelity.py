@@ -14,8 +14,9 @@ baselines. Prints one JSON object:
 
 Full: 24 architectures, budgets 15,30 (30 = short_train's default budget). Quick: 8
 architectures, budgets 8,15. With --json the summary goes to
-benchmarks/results/proxy_fidelity[_quick].json and the full audit (markdown, CSV, plot) to
-benchmarks/results/proxy_fidelity[_quick]/. Timings are wall-clock on this (shared) machine,
+benchmarks/results/proxy_fidelity.json and the full audit (markdown, CSV, plot) to
+benchmarks/results/proxy_fidelity/ (--quick: benchmarks/results/quick/proxy_fidelity_quick*,
+untracked; --out DIR: there). Timings are wall-clock on this (shared) machine,
 one torch thread per process.
 """
 
@@ -29,6 +30,8 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
+
+from bench_results import add_out_argument, results_dir
 
 from common.fsio import atomic_write_text, json_safe
 from evaluators.audit import AuditSpec, run_audit, write_report
@@ -64,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="8 archs, budgets 8,15 (< 10 min)")
     ap.add_argument("--json", action="store_true", help="write results under benchmarks/results/")
+    add_out_argument(ap)
     ap.add_argument("--workers", type=int, default=2, help="short-training processes")
     ap.add_argument("--n-archs", type=int, default=None)
     ap.add_argument("--timing", type=int, default=None,
@@ -117,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     text = json.dumps(summary, indent=1, sort_keys=True)
     if args.json:
         name = "proxy_fidelity_quick" if args.quick else "proxy_fidelity"
-        out = os.path.join(HERE, "results")
+        out = str(results_dir(args.quick, args.out))  # quick: results/quick/ (untracked)
         write_report(res, os.path.join(out, name))
         atomic_write_text(os.path.join(out, f"{name}.json"), text + "\n")
     print(text)

@@ -402,3 +402,43 @@ def test_storage_password_is_masked_everywhere(tmp_path, monkeypatch, record):
            f"\"{_short(no_pw, tmp_path)}\"",
            "config.yaml, run.json and report.md hold `user:***@`, mode 0600; the password comes "
            "back from TEMPONAS_STORAGE_PASSWORD (or a `${NAME}` in the URL) and is never printed")
+
+
+# ---- benchmarks: a --quick run never rewrites a committed result ----------------------------------
+
+def test_quick_benchmark_runs_write_untracked_files_only(record):
+    """Every benchmark with a --quick mode takes its output directory from
+    ``bench_results.results_dir(quick, --out)``; the quick directory is gitignored and holds no
+    tracked file, so `--quick --json` leaves the checkout clean."""
+    import ast
+
+    root = Path(__file__).resolve().parents[2]
+    bench = root / "benchmarks"
+    quick_mode, routed = [], []
+    for p in sorted(bench.glob("*.py")):
+        src = p.read_text()
+        if '"--quick"' not in src:
+            continue
+        quick_mode.append(p.name)
+        calls = {n.func.id for n in ast.walk(ast.parse(src))
+                 if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+        writes = any(w in src for w in ("atomic_write", "write_report(", "savefig"))
+        if "results_dir" in calls or not writes or p.name == "latency_accuracy.py":
+            routed.append(p.name)
+    # latency_accuracy writes its JSON only for full runs; its quick data dir is gitignored
+    assert "if not quick:" in (bench / "latency_accuracy.py").read_text()
+    assert routed == quick_mode, sorted(set(quick_mode) - set(routed))
+
+    def ignored(rel: str) -> bool:
+        return subprocess.run(["git", "check-ignore", "-q", rel], cwd=root).returncode == 0
+
+    tracked = subprocess.run(["git", "ls-files", "benchmarks/results/quick"], cwd=root,
+                             capture_output=True, text=True, check=True).stdout.split()
+    assert ignored("benchmarks/results/quick/proxy_fidelity_quick.json") and not tracked
+    assert ignored("benchmarks/results/latency_data_quick/device1.csv")
+    record("safety", "`benchmarks/*.py --quick --json` never overwrites committed results",
+           f"source check of the {len(quick_mode)} benchmarks with a --quick mode "
+           f"({', '.join(quick_mode)}) and `git check-ignore`",
+           "quick runs write to benchmarks/results/quick/ (gitignored; --out DIR elsewhere); "
+           "full runs to benchmarks/results/",
+           "the committed results (e.g. proxy_fidelity_quick.json) stay as committed")
