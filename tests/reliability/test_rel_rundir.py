@@ -373,6 +373,10 @@ def test_storage_password_is_masked_everywhere(tmp_path, monkeypatch, record):
     rc, out, err = _search(cfg_path, tmp_path / "run")
     msg = one_line_error(rc, err)
     assert SECRET not in out + err and "temponas:***@127.0.0.1:1/studies" in msg, msg
+    import importlib.util
+
+    if importlib.util.find_spec("psycopg") is not None:  # the dev extra: a real connection
+        assert "connection failed" in msg, msg
     assert not (tmp_path / "run").exists()
     # what a run with this storage writes (the files of a real run, its study on a journal)
     cfg = load_config(cfg_path)
