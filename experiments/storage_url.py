@@ -68,7 +68,8 @@ def has_credentials(url: str | None) -> bool:
 def mask_text(text: str, url: str | None = None) -> str:
     """``text`` with every ``scheme://user:password@`` password masked, and the literal (and
     expanded) password of ``url`` removed wherever else it appears."""
-    text = _USERINFO.sub(lambda m: m.group(1) + MASK + "@", text)
+    text = _USERINFO.sub(lambda m: m.group(0) if m.group(2) == MASK or _ENV_REF.fullmatch(
+        m.group(2)) else m.group(1) + MASK + "@", text)
     if url is not None:
         for secret in {_split_password(url)[0], _split_password(_expand(url, strict=False))[0]}:
             if secret and secret != MASK and len(secret) >= 3:

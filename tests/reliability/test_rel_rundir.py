@@ -409,7 +409,7 @@ def test_storage_password_is_masked_everywhere(tmp_path, monkeypatch, record):
     monkeypatch.delenv("TEMPONAS_STORAGE_PASSWORD", raising=False)
     rc, out, err = cli("pareto", str(run))
     no_pw = one_line_error(rc, err)
-    assert "TEMPONAS_STORAGE_PASSWORD" in no_pw, no_pw
+    assert "TEMPONAS_STORAGE_PASSWORD" in no_pw and "temponas:${PGPASSWORD}@" in no_pw, no_pw
     monkeypatch.setenv("TEMPONAS_STORAGE_PASSWORD", SECRET)
     rc, out, err = cli("pareto", str(run))
     reopened = one_line_error(rc, err)
