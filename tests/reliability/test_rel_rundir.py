@@ -414,6 +414,15 @@ def test_storage_password_is_masked_everywhere(tmp_path, monkeypatch, record):
     rc, out, err = cli("pareto", str(run))
     reopened = one_line_error(rc, err)
     assert SECRET not in out + err and "cannot open the study storage" in reopened, reopened
+    # the password named by an environment variable in the URL: expanded only to connect
+    monkeypatch.setenv("TEMPONAS_TEST_PW", SECRET)
+    ref = write_config(tmp_path / "ref.yaml",
+                       search={"storage": url.replace(SECRET, "${TEMPONAS_TEST_PW}")})
+    rc, out, err = _search(ref, tmp_path / "run")
+    by_ref = one_line_error(rc, err)
+    assert SECRET not in out + err and "temponas:${TEMPONAS_TEST_PW}@" in by_ref, by_ref
+    assert "cannot open the study storage" in by_ref, by_ref  # expanded, then refused
+    assert dump_config(load_config(ref)).count("${TEMPONAS_TEST_PW}") == 1
     record("safety", "storage URL with a password (`postgresql://user:password@host/db`)",
            "a config whose search.storage holds a password; the database is unreachable",
            f"exit 2, one line: \"{msg}\"; reopening the run without the password: "
