@@ -1,0 +1,173 @@
+"""The study storage: one search per study when two run folders share it (a file storage and a
+database server), and storage credentials that are never printed or written."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+
+import pytest
+from rel_helpers import (
+    TEMPONAS,
+    cli,
+    faulty,
+    one_line_error,
+    states,
+    subprocess_env,
+    write_config,
+)
+
+pytestmark = [pytest.mark.fault, pytest.mark.timeout(120)]
+
+NO_MEM = {"memory_budget_mb": None}
+
+
+def _search(cfg, run, *extra: str) -> tuple[int, str, str]:
+    return cli("search", str(cfg), "--out", str(run), "--no-progress", *extra)
+
+
+def _short(text: str, tmp) -> str:
+    return text.replace(str(tmp), "<tmp>")
+
+
+# ---- defect 9: one search per study when run folders share a storage ----------------------------
+
+def test_second_run_folder_on_a_shared_storage_is_refused(tmp_path, rel_ray, record):
+    db = tmp_path / "shared.db"
+    cfg = write_config(tmp_path / "cfg.yaml", constraints=NO_MEM,
+                       evaluator=faulty(tmp_path / "script", sleep_s=0.3),
+                       search={"n_trials": 6, "workers": 1, "storage": f"sqlite:///{db}"})
+    err_path = tmp_path / "first.err"
+    with open(err_path, "w") as ef:
+        proc = subprocess.Popen(TEMPONAS + ["search", str(cfg), "--out", str(tmp_path / "a"),
+                                            "--no-progress", "--ray-address", rel_ray],
+                                env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=ef,
+                                start_new_session=True)
+    try:
+        t0 = time.monotonic()
+        while not (tmp_path / "a" / "evaluations.jsonl").exists():
+            assert proc.poll() is None, err_path.read_text()[-2000:]
+            assert time.monotonic() - t0 < 60, "the first search made no progress"
+            time.sleep(0.1)
+        rc, out, err = _search(cfg, tmp_path / "b")
+        msg = one_line_error(rc, err)
+        assert "is in use by another temponas search" in msg and f"pid {proc.pid}" in msg, msg
+        assert not (tmp_path / "b").exists()
+        assert proc.wait(timeout=90) == 0, err_path.read_text()[-2000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    import optuna
+
+    study = optuna.load_study(study_name="smoke", storage=f"sqlite:///{db}")
+    st = states(study)
+    assert st["COMPLETE"] == 6 and len(study.trials) == 6, st
+    record("concurrency", "two run folders share one `search.storage` (SQLite file)",
+           "a second `temponas search` with the same config (storage sqlite:///shared.db) and "
+           "another --out while the first runs",
+           f"exit 2: \"{_short(msg, tmp_path)}\"",
+           "the first search finishes alone: 6 trials for a target of 6, none of its running "
+           "trials touched; the second run folder is not created")
+
+
+def test_study_lock_on_a_database_server_is_a_record_in_the_study(tmp_path, record):
+    """For `postgresql://` and other servers the lock is a user attr of the study; exercised on
+    a real Optuna RDBStorage (SQLite): held -> refused, holder dead -> taken over, released."""
+    import optuna
+
+    from experiments.storage_lock import ATTR, AttrStudyLock, StorageLockedError
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    url = f"sqlite:///{tmp_path / 'server.db'}"
+    study = optuna.create_study(study_name="s", storage=url, directions=["maximize", "minimize"])
+    first = AttrStudyLock(study, tmp_path / "a", url).acquire()
+    other = optuna.load_study(study_name="s", storage=url)  # another driver's handle
+    with pytest.raises(StorageLockedError) as e:
+        AttrStudyLock(other, tmp_path / "b", url).acquire()
+    msg = str(e.value)
+    assert f"pid {os.getpid()}" in msg and str(tmp_path / "a") in msg, msg
+    first.release()
+    assert other.user_attrs[ATTR] is None
+    second = AttrStudyLock(other, tmp_path / "b", url).acquire()
+    second.release()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    rec = {**json.loads(json.dumps(first.study.user_attrs.get(ATTR) or {})), "pid": dead.pid,
+           "host": os.uname().nodename, "token": "dead", "heartbeat": time.time()}
+    study.set_user_attr(ATTR, rec)  # what a SIGKILLed driver leaves behind
+    third = AttrStudyLock(other, tmp_path / "c", url).acquire()
+    assert other.user_attrs[ATTR]["run_dir"] == str(tmp_path / "c")
+    third.release()
+    record("concurrency", "study lock on a database server (`postgresql://...`)",
+           "two drivers lock one study through its user attrs (real Optuna RDBStorage); then "
+           "a lock record naming a dead pid on this host",
+           f"the second is refused: \"{_short(msg, tmp_path)}\"",
+           "after release the next driver takes it; a dead holder's record is taken over at "
+           "once (another host's after 120 s without heartbeat)")
+
+
+# ---- defect 14: storage credentials are never printed or written --------------------------------
+
+SECRET = "s3cr3t-pw"
+
+
+def test_storage_password_is_masked_everywhere(tmp_path, monkeypatch, record):
+    """A `postgresql://user:password@host/db` storage (no server here; port 1 refuses): the
+    error line, config.yaml, run.json and report.md hold the URL with `***`; the files holding
+    it are 0600; a masked URL is opened again with TEMPONAS_STORAGE_PASSWORD."""
+    import optuna
+
+    from experiments.config import dump_config, load_config
+    from experiments.report import write_report
+    from experiments.rundir import RunMeta, private_perm
+
+    url = f"postgresql://temponas:{SECRET}@127.0.0.1:1/studies"
+    cfg_path = write_config(tmp_path / "pg.yaml", search={"storage": url})
+    rc, out, err = _search(cfg_path, tmp_path / "run")
+    msg = one_line_error(rc, err)
+    assert SECRET not in out + err and "temponas:***@127.0.0.1:1/studies" in msg, msg
+    import importlib.util
+
+    if importlib.util.find_spec("psycopg") is not None:  # the dev extra: a real connection
+        assert "connection failed" in msg, msg
+    assert not (tmp_path / "run").exists()
+    # what a run with this storage writes (the files of a real run, its study on a journal)
+    cfg = load_config(cfg_path)
+    run = tmp_path / "written"
+    run.mkdir()
+    (run / "config.yaml").write_text(dump_config(cfg))
+    os.chmod(run / "config.yaml", private_perm(url))
+    RunMeta(study_name="smoke", storage=url).write(run)
+    study = optuna.create_study(study_name="smoke", directions=["maximize", "minimize"])
+    write_report(run, study=study, cfg=cfg)
+    for f in ("config.yaml", "run.json", "report.md"):
+        text = (run / f).read_text()
+        assert SECRET not in text and "temponas:***@127.0.0.1:1/studies" in text, f
+        assert (run / f).stat().st_mode & 0o777 == 0o600, f
+    assert "TEMPONAS_STORAGE_PASSWORD" in (run / "report.md").read_text()
+    monkeypatch.delenv("TEMPONAS_STORAGE_PASSWORD", raising=False)
+    rc, out, err = cli("pareto", str(run))
+    no_pw = one_line_error(rc, err)
+    assert "TEMPONAS_STORAGE_PASSWORD" in no_pw and "temponas:${PGPASSWORD}@" in no_pw, no_pw
+    monkeypatch.setenv("TEMPONAS_STORAGE_PASSWORD", SECRET)
+    rc, out, err = cli("pareto", str(run))
+    reopened = one_line_error(rc, err)
+    assert SECRET not in out + err and "cannot open the study storage" in reopened, reopened
+    # the password named by an environment variable in the URL: expanded only to connect
+    monkeypatch.setenv("TEMPONAS_TEST_PW", SECRET)
+    ref = write_config(tmp_path / "ref.yaml",
+                       search={"storage": url.replace(SECRET, "${TEMPONAS_TEST_PW}")})
+    rc, out, err = _search(ref, tmp_path / "run")
+    by_ref = one_line_error(rc, err)
+    assert SECRET not in out + err and "temponas:${TEMPONAS_TEST_PW}@" in by_ref, by_ref
+    assert "cannot open the study storage" in by_ref, by_ref  # expanded, then refused
+    assert dump_config(load_config(ref)).count("${TEMPONAS_TEST_PW}") == 1
+    record("safety", "storage URL with a password (`postgresql://user:password@host/db`)",
+           "a config whose search.storage holds a password; the database is unreachable",
+           f"exit 2, one line: \"{msg}\"; reopening the run without the password: "
+           f"\"{_short(no_pw, tmp_path)}\"",
+           "config.yaml, run.json and report.md hold `user:***@`, mode 0600; the password comes "
+           "back from TEMPONAS_STORAGE_PASSWORD (or a `${NAME}` in the URL) and is never printed")
