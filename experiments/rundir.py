@@ -204,7 +204,8 @@ def open_search_study(run_dir: Path, cfg: ExperimentConfig, *, directions: list[
         with warnings.catch_warnings():  # "experimental" since Optuna 3.2
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(list(cfg.objectives))
-    atomic_write_text(run_dir / CONFIG_FILE, dump_config(cfg), perm=private_perm(url))
+    secret_env = 0o600 if cfg.runtime_env.env_vars else None  # env vars often hold tokens
+    atomic_write_text(run_dir / CONFIG_FILE, dump_config(cfg), perm=private_perm(url) or secret_env)
     RunMeta(study_name=cfg.name, storage=url, objectives=tuple(cfg.objectives),
             directions=tuple(directions), evaluator=cfg.evaluator.name, config_key=config_key,
             latency_model=cfg.latency_model).write(run_dir)

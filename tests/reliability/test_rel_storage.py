@@ -171,3 +171,27 @@ def test_storage_password_is_masked_everywhere(tmp_path, monkeypatch, record):
            f"\"{_short(no_pw, tmp_path)}\"",
            "config.yaml, run.json and report.md hold `user:***@`, mode 0600; the password comes "
            "back from TEMPONAS_STORAGE_PASSWORD (or a `${NAME}` in the URL) and is never printed")
+
+
+def test_run_files_naming_secrets_are_owner_only(tmp_path, record):
+    """config.yaml of a run whose Ray workers get environment variables (tokens, as often as
+    not) is 0600; a run without them keeps the usual mode."""
+    from common.fsio import _umask
+    from experiments.config import load_config
+    from experiments.rundir import RunLock, open_search_study
+
+    modes = {}
+    for case, over in (("env_vars", {"runtime_env": {"env_vars": {"HF_TOKEN": "hf_abc"}}}),
+                       ("plain", {})):
+        cfg = load_config(write_config(tmp_path / f"{case}.yaml", **over))
+        run = tmp_path / case
+        with RunLock(run):
+            open_search_study(run, cfg, directions=["maximize", "minimize"], sampler=None,
+                              config_key="k", resume=False)
+        modes[case] = (run / "config.yaml").stat().st_mode & 0o777
+    assert modes == {"env_vars": 0o600, "plain": 0o666 & ~_umask()}, modes
+    record("safety", "run files that may hold secrets are owner-only",
+           "a run whose config has runtime_env.env_vars (e.g. HF_TOKEN), and one without",
+           f"config.yaml mode {oct(modes['env_vars'])} vs {oct(modes['plain'])}",
+           "a storage URL with credentials makes config.yaml, run.json and report.md 0600 too "
+           "(password masked in all three)")
