@@ -289,10 +289,17 @@ def test_pareto_prints_the_front_of_a_read_only_run(finished_run, tmp_path, monk
 
 # ---- benchmarks: a --quick run never rewrites a committed result ----------------------------------
 
+#: benchmarks with a rule of their own: latency_accuracy writes its JSON only for full runs (its
+#: quick data dir is gitignored); proxy_fidelity writes a quick run only where --out says
+OWN_QUICK_RULE = {"latency_accuracy.py": "if not quick:",
+                  "proxy_fidelity.py": '"" if args.quick else'}
+
+
 def test_quick_benchmark_runs_write_untracked_files_only(record):
     """Every benchmark with a --quick mode takes its output directory from
-    ``bench_results.results_dir(quick, --out)``; the quick directory is gitignored and holds no
-    tracked file, so `--quick --json` leaves the checkout clean."""
+    ``bench_results.results_dir(quick, --out)`` (or has a rule of its own, checked below); the
+    quick directory is gitignored and holds no tracked file, so `--quick --json` leaves the
+    checkout clean."""
     import ast
 
     root = Path(__file__).resolve().parents[2]
@@ -306,10 +313,10 @@ def test_quick_benchmark_runs_write_untracked_files_only(record):
         calls = {n.func.id for n in ast.walk(ast.parse(src))
                  if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
         writes = any(w in src for w in ("atomic_write", "write_report(", "savefig"))
-        if "results_dir" in calls or not writes or p.name == "latency_accuracy.py":
+        if "results_dir" in calls or not writes or p.name in OWN_QUICK_RULE:
             routed.append(p.name)
-    # latency_accuracy writes its JSON only for full runs; its quick data dir is gitignored
-    assert "if not quick:" in (bench / "latency_accuracy.py").read_text()
+    for name, rule in OWN_QUICK_RULE.items():  # benchmarks that keep a quick run elsewhere
+        assert rule in (bench / name).read_text(), (name, rule)
     assert routed == quick_mode, sorted(set(quick_mode) - set(routed))
 
     def ignored(rel: str) -> bool:
@@ -317,11 +324,12 @@ def test_quick_benchmark_runs_write_untracked_files_only(record):
 
     tracked = subprocess.run(["git", "ls-files", "benchmarks/results/quick"], cwd=root,
                              capture_output=True, text=True, check=True).stdout.split()
-    assert ignored("benchmarks/results/quick/proxy_fidelity_quick.json") and not tracked
+    assert ignored("benchmarks/results/quick/overhead_quick.json") and not tracked
     assert ignored("benchmarks/results/latency_data_quick/device1.csv")
     record("safety", "`benchmarks/*.py --quick --json` never overwrites committed results",
            f"source check of the {len(quick_mode)} benchmarks with a --quick mode "
            f"({', '.join(quick_mode)}) and `git check-ignore`",
-           "quick runs write to benchmarks/results/quick/ (gitignored; --out DIR elsewhere); "
-           "full runs to benchmarks/results/",
+           "quick runs write to benchmarks/results/quick/ (gitignored; --out DIR elsewhere), "
+           "proxy_fidelity's only with --out, latency_accuracy's JSON never; full runs to "
+           "benchmarks/results/",
            "the committed results (e.g. proxy_fidelity_quick.json) stay as committed")
