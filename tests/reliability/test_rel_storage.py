@@ -5,17 +5,17 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import time
 
 import pytest
 from rel_helpers import (
-    TEMPONAS,
     cli,
+    evaluation_counts,
     faulty,
     one_line_error,
     states,
-    subprocess_env,
     write_config,
 )
 
@@ -35,42 +35,57 @@ def _short(text: str, tmp) -> str:
 # ---- defect 9: one search per study when run folders share a storage ----------------------------
 
 def test_second_run_folder_on_a_shared_storage_is_refused(tmp_path, rel_ray, record):
+    """Run folder a (storage sqlite:///shared.db) copied to b, then both resumed at once: b is
+    refused. The first resume runs in a thread of this process (its own driver, storage handle
+    and flock; a process of its own only adds start-up time), the second through the CLI."""
+    import threading
+
+    from experiments.config import load_config
+    from experiments.runner import SearchOptions, run_search
+
     db = tmp_path / "shared.db"
     cfg = write_config(tmp_path / "cfg.yaml", constraints=NO_MEM,
                        evaluator=faulty(tmp_path / "script", sleep_s=0.3),
-                       search={"n_trials": 6, "workers": 1, "storage": f"sqlite:///{db}"})
-    err_path = tmp_path / "first.err"
-    with open(err_path, "w") as ef:
-        proc = subprocess.Popen(TEMPONAS + ["search", str(cfg), "--out", str(tmp_path / "a"),
-                                            "--no-progress", "--ray-address", rel_ray],
-                                env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=ef,
-                                start_new_session=True)
-    try:
-        t0 = time.monotonic()
-        while not (tmp_path / "a" / "evaluations.jsonl").exists():
-            assert proc.poll() is None, err_path.read_text()[-2000:]
-            assert time.monotonic() - t0 < 60, "the first search made no progress"
-            time.sleep(0.1)
-        rc, out, err = _search(cfg, tmp_path / "b")
-        msg = one_line_error(rc, err)
-        assert "is in use by another temponas search" in msg and f"pid {proc.pid}" in msg, msg
-        assert not (tmp_path / "b").exists()
-        assert proc.wait(timeout=90) == 0, err_path.read_text()[-2000:]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+                       search={"n_trials": 3, "workers": 1, "storage": f"sqlite:///{db}"})
+    a, b = tmp_path / "a", tmp_path / "b"
+    rc, out, err = _search(cfg, a)
+    assert rc == 0, err
+    shutil.copytree(a, b)  # e.g. a run folder copied to another disk, storage URL unchanged
+    first: dict = {}
+
+    def resume_a() -> None:
+        try:
+            first["summary"] = run_search(load_config(cfg), SearchOptions(
+                n_trials=8, out=str(a), resume=True, progress=False, write_plots=False))
+        except BaseException as e:  # noqa: BLE001 - reported by the assertion below
+            first["error"] = e
+
+    n0 = len(evaluation_counts(a))
+    thread = threading.Thread(target=resume_a, daemon=True)
+    thread.start()
+    t0 = time.monotonic()
+    while len(evaluation_counts(a)) <= n0:
+        assert thread.is_alive(), first
+        assert time.monotonic() - t0 < 60, "the first search made no progress"
+        time.sleep(0.05)
+    rc, out, err = _search(cfg, b, "--resume", "--n-trials", "8")
+    running = thread.is_alive()
+    thread.join(timeout=90)
+    assert running and "error" not in first and first["summary"].complete == 5, first
+    msg = one_line_error(rc, err)
+    assert "is in use by another temponas search" in msg and str(a) in msg, msg
+    assert f"pid {os.getpid()}" in msg
     import optuna
 
     study = optuna.load_study(study_name="smoke", storage=f"sqlite:///{db}")
     st = states(study)
-    assert st["COMPLETE"] == 6 and len(study.trials) == 6, st
-    record("concurrency", "two run folders share one `search.storage` (SQLite file)",
-           "a second `temponas search` with the same config (storage sqlite:///shared.db) and "
-           "another --out while the first runs",
+    assert st["COMPLETE"] == 8 and len(study.trials) == 8, st  # no FAIL: nothing "recovered"
+    record("concurrency", "two run folders on one `search.storage` (SQLite file) resumed at once",
+           "run folder a (storage sqlite:///shared.db) copied to b; `--resume --n-trials 8` of a, "
+           "and while it runs the same for b",
            f"exit 2: \"{_short(msg, tmp_path)}\"",
-           "the first search finishes alone: 6 trials for a target of 6, none of its running "
-           "trials touched; the second run folder is not created")
+           "a finishes alone: 8 trials for a target of 8, none FAIL (without the lock b failed "
+           "a's running trial as stale and a died with Optuna's UpdateFinishedTrialError)")
 
 
 def test_study_lock_on_a_database_server_is_a_record_in_the_study(tmp_path, record):
