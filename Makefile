@@ -8,7 +8,6 @@ RELIABILITY_RECORDS := .pytest_cache/temponas_reliability.json
 # pytest-xdist: two worker processes, each test file whole on one worker (its module-scoped Ray,
 # run folder or converted model is built once). PYTEST_XDIST= runs everything in one process.
 PYTEST_XDIST ?= -n 2 --dist loadfile
-export RAY_AUTH_MODE ?= disabled
 export RAY_USAGE_STATS_ENABLED ?= 0
 export PYTHONDONTWRITEBYTECODE ?= 1
 

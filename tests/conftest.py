@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # a pytest-xdist worker (set before this file is imported, torch and numpy are not yet):

@@ -17,7 +17,6 @@ import os
 import pytest
 from reliability_records import record_row
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
