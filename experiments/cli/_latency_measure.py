@@ -12,6 +12,7 @@ from experiments.cli._args import (
     add_config_or_preset,
     add_task_args,
     at_least,
+    in_range,
     resolve_target,
 )
 from experiments.cli._base import Command
@@ -60,6 +61,7 @@ class LatencyMeasure(Command):
 
         space = resolve_target(args).space
         at_least("--threads", args.threads)
+        in_range("--threads", args.threads, "threads")
         at_least("--repeats", args.repeats)
         k = args.calibration_repeats
         if k is not None and not 1 <= k <= args.repeats:
