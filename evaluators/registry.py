@@ -99,10 +99,11 @@ def check_evaluator_class(target: Any, spec: str, where: str) -> type:
 
     Checked BEFORE anything is called: ``os:system``, ``subprocess:Popen`` or a module's string
     are refused without running them (importing the module already ran its top-level code)."""
+    imported = f"module {spec.partition(':')[0]!r} was imported, its top-level code ran"
     if not inspect.isclass(target):
         raise ConfigError(f"{where}: {spec!r} is a {type(target).__name__}, not an evaluator "
-                          f"class (a 'module:Class' evaluator names a class with name, "
-                          f"direction, config_key, resources and evaluate)")
+                          f"class (a class with name, direction, config_key, resources and "
+                          f"evaluate); nothing was called ({imported})")
     annotated = set()
     for klass in inspect.getmro(target):
         annotated |= set(getattr(klass, "__annotations__", {}))
@@ -111,7 +112,7 @@ def check_evaluator_class(target: Any, spec: str, where: str) -> type:
         missing = [m for m in missing if m != "evaluate"] + ["evaluate (a method)"]
     if missing:
         raise ConfigError(f"{where}: {spec!r} is a class but not an evaluator (missing: "
-                          f"{', '.join(missing)}); nothing was called")
+                          f"{', '.join(missing)}); nothing was called ({imported})")
     if getattr(target, "_is_protocol", False) or inspect.isabstract(target):
         raise ConfigError(f"{where}: {spec!r} is an abstract class or protocol; name a class "
                           f"that implements it")
@@ -136,7 +137,7 @@ def resolve(name: str, where: str = "evaluator") -> type:
         except Exception as e:  # noqa: BLE001 - any plugin failure is a config error
             raise ConfigError(f"{where}: entry point {name!r} of group {ENTRY_POINT_GROUP} "
                               f"failed to load ({type(e).__name__}: {e})") from None
-        return check_evaluator_class(target, f"{name} = {eps[name].value}", where)
+        return check_evaluator_class(target, eps[name].value, f"{where}: entry point {name!r}")
     if ":" in name:
         return check_evaluator_class(_load_target(name, where), name, where)
     raise ConfigError(f"{where}: unknown evaluator {name!r} (available: {', '.join(available())}; "
