@@ -421,6 +421,12 @@ def _bounds_cases():
         "task_frames_huge": ("config", "`task: {num_frames: 100000}`",
                              lambda t, r: S(t, task={"num_frames": 100000}),
                              ["cfg.yaml", "task.num_frames", "<= 1,024"]),
+        "scale_height_indivisible": ("config", "`evaluator.options.scale.latent_height: 7` "
+                                     "(naswot's proxy geometry)",
+                                     lambda t, r: S(t, evaluator={"name": "naswot", "options": {
+                                         "scale": {"latent_height": 7}}}),
+                                     ["cfg.yaml", "evaluator.options.scale.latent_height",
+                                      "divisible by 2"]),
         # module:Class evaluators: checked to be evaluator classes before anything calls them
         "plugin_os_system": ("config", "`evaluator.name: os:system` (a function)",
                              lambda t, r: S(t, evaluator={"name": "os:system"}),
