@@ -55,6 +55,13 @@ SIGNATURE_RANGES: dict[str, tuple[int, int]] = {
     "norm_groups": (0, 1024),
 }
 
+#: BackboneSpec (inline backbone of a config, diffusers config.json) field -> (min, max)
+BACKBONE_RANGES: dict[str, tuple[int, int]] = {
+    "levels": (1, 8), "channels": (1, 65536), "resnets": (1, 64), "transformers": (0, 64),
+    "transformer_depth": (1, 64), "heads": (1, 1024), "norm_groups": (1, 1024),
+    "cross_attention_dim": (1, 16384), "time_embed_dim": (1, 65536), "latent_channels": (0, 64),
+}
+
 # ---- measurements ---------------------------------------------------------------------------
 #: measurement CSV value column -> (min, max): latencies are ms per call (1e6 ms = 17 min)
 MEASUREMENT_RANGES: dict[str, tuple[float, float]] = {

@@ -370,6 +370,17 @@ def _smoke_text(**over) -> str:
     return yaml.safe_dump({**smoke_dict(), **over}, sort_keys=False)
 
 
+def _inline_tiny(channels: int | None = None, **top) -> dict:
+    """The tiny preset as an inline backbone mapping, with ``top`` keys and every stage's
+    channels replaced."""
+    from search_space.presets import get_backbone
+
+    d = {**get_backbone("tiny").to_dict(), "name": "inline_tiny", **top}
+    for st in d["stages"] if channels is not None else ():
+        st["channels"] = channels
+    return d
+
+
 def _deep_arch(tmp: Path, depth: int = 20000) -> Path:
     p = _valid_arch(tmp)
     d = json.loads(p.read_text())
@@ -427,6 +438,14 @@ def _bounds_cases():
                                          "scale": {"latent_height": 7}}}),
                                      ["cfg.yaml", "evaluator.options.scale.latent_height",
                                       "divisible by 2"]),
+        "backbone_norm_groups_zero": ("config", "inline backbone with `norm_groups: 0`",
+                                      lambda t, r: S(t, backbone=_inline_tiny(norm_groups=0),
+                                                     task={"text_dim": 32}),
+                                      ["cfg.yaml", "backbone", "norm_groups", ">= 1"]),
+        "backbone_channels_huge": ("config", "inline backbone whose stages have 2**20 channels",
+                                   lambda t, r: S(t, backbone=_inline_tiny(channels=2**20),
+                                                  task={"text_dim": 32}),
+                                   ["cfg.yaml", "backbone", "stage down0: channels", "<= 65,536"]),
         # module:Class evaluators: checked to be evaluator classes before anything calls them
         "plugin_os_system": ("config", "`evaluator.name: os:system` (a function)",
                              lambda t, r: S(t, evaluator={"name": "os:system"}),
