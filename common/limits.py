@@ -88,6 +88,14 @@ OPTION_RANGES: dict[str, tuple[float, float]] = {
     "n_trials": (1, 10**7),
     "workers": (1, 4096),
     "config_version": (0, 1000),
+    # search.sampler_options (Optuna's sampler arguments)
+    "population_size": (2, 10**5),
+    "mutation_prob": (0, 1.0),
+    "crossover_prob": (0, 1.0),
+    "swapping_prob": (0, 1.0),
+    "n_startup_trials": (0, 10**6),
+    "n_ei_candidates": (1, 10**5),
+    "prior_weight": (0, 10**6),
     # evaluator options
     "batch": (1, 4096),
     "steps": (0, 10**6),
