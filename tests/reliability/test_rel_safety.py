@@ -4,6 +4,7 @@ weights only with weights_only=True, every file write atomic (temp file + rename
 from __future__ import annotations
 
 import ast
+import math
 import re
 from pathlib import Path
 
@@ -152,9 +153,9 @@ def test_one_bounded_yaml_loader(record):
     assert not bad, bad
 
 
-def _numeric_keys(cls: type, prefix: str = "") -> list[str]:
-    """Dotted paths of the int/float fields (also inside tuples and Optionals) of a dataclass,
-    recursing into nested dataclasses."""
+def _numeric_keys(cls: type, prefix: str = "") -> list[tuple[str, object]]:
+    """(dotted path, default) of the int/float fields (also inside tuples and Optionals) of a
+    dataclass, recursing into nested dataclasses."""
     import dataclasses
     import typing
 
@@ -168,7 +169,7 @@ def _numeric_keys(cls: type, prefix: str = "") -> list[str]:
         if dataclasses.is_dataclass(t):
             out += _numeric_keys(t, f"{prefix}{f.name}.")
         elif any(a in (int, float) or typing.get_args(a)[:1] in ((int,), (float,)) for a in args):
-            out.append(f"{prefix}{f.name}")
+            out.append((f"{prefix}{f.name}", f.default))
     return out
 
 
@@ -183,9 +184,14 @@ def test_every_numeric_option_has_a_declared_range(record):
     for name in available():
         opts = getattr(resolve(name), "Options", None)
         if opts is not None:
-            keys += [f"evaluator.options[{name}].{k}" for k in _numeric_keys(opts)]
+            keys += [(f"evaluator.options[{name}].{k}", d) for k, d in _numeric_keys(opts)]
     assert len(keys) > 30, keys
-    missing = sorted({k for k in keys if k.rsplit(".", 1)[-1] not in OPTION_RANGES})
+    missing = sorted({k for k, _ in keys if k.rsplit(".", 1)[-1] not in OPTION_RANGES})
+    for k, default in keys:  # every default lies in its own range
+        lo, hi = OPTION_RANGES.get(k.rsplit(".", 1)[-1], (-math.inf, math.inf))
+        for d in default if isinstance(default, tuple) else (default,):
+            if isinstance(d, (int, float)) and not isinstance(d, bool):
+                assert lo <= d <= hi, (k, d, (lo, hi))
     record("safety", "every numeric option has a declared range",
            f"{len(keys)} numeric keys of the experiment config and of {len(available())} "
            "registered evaluators' options", f"{len(missing)} without a range"
