@@ -96,6 +96,16 @@ OPTION_RANGES: dict[str, tuple[float, float]] = {
     "n_startup_trials": (0, 10**6),
     "n_ei_candidates": (1, 10**5),
     "prior_weight": (0, 10**6),
+    # command-line flags without a config key (``--calibration`` ...)
+    "calibration": (0, 10**5),
+    "repeats": (1, 1000),
+    "networks": (0, 10**5),
+    "limit": (0, 10**7),
+    "runs": (1, 10**6),
+    "time_limit_s": (0, 86400.0),
+    "videos": (1, 1000),
+    "n_archs": (1, 10**5),
+    "bootstrap": (0, 10**6),
     # evaluator options
     "batch": (1, 4096),
     "steps": (0, 10**6),

@@ -63,6 +63,13 @@ class LatencyMeasure(Command):
         at_least("--threads", args.threads)
         in_range("--threads", args.threads, "threads")
         at_least("--repeats", args.repeats)
+        for flag, value, key in (("--repeats", args.repeats, "repeats"),
+                                 ("--networks", args.networks, "networks"),
+                                 ("--warmup", args.warmup, "warmup"),
+                                 ("--min-runs", args.min_runs, "runs"),
+                                 ("--max-runs", args.max_runs, "runs"),
+                                 ("--time-limit", args.time_limit, "time_limit_s")):
+            in_range(flag, value, key)
         k = args.calibration_repeats
         if k is not None and not 1 <= k <= args.repeats:
             raise ConfigError(f"--calibration-repeats: must be between 1 and --repeats "
