@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from common.errors import ConfigError, TemponasError
-from common.limits import option_range
 
 JOURNAL_FILE = "study.journal"
 INTERRUPTED = "interrupted"  # failure_reason prefix of trials a stopped driver left behind
@@ -109,6 +108,8 @@ def make_sampler(name: str, options: Mapping[str, Any], seed: int) -> Any:
         if k not in allowed:
             raise ConfigError(f"search.sampler_options.{k}: not an option of the {name} sampler "
                               f"(options: {', '.join(sorted(allowed)) or 'none'})")
+    from common.limits import option_range
+
     for k, v in options.items():  # numbers within common.limits.OPTION_RANGES
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             option_range(f"search.sampler_options.{k}", v)
