@@ -88,6 +88,15 @@ OPTION_RANGES: dict[str, tuple[float, float]] = {
     "n_trials": (1, 10**7),
     "workers": (1, 4096),
     "config_version": (0, 1000),
+    # multi-fidelity rungs and the weight-sharing supernet
+    "min_budget": (1, 10**6),
+    "reduction_factor": (2, 100),
+    "latency_buckets": (1, 1000),
+    "rung_val_fraction": (0, 1.0),
+    "checkpoint_every": (0, 10**6),
+    "eval_batch": (1, 4096),
+    "finetune_steps": (0, 10**6),
+    "finetune_lr": (0, 10.0),
     # search.sampler_options (Optuna's sampler arguments)
     "population_size": (2, 10**5),
     "mutation_prob": (0, 1.0),
