@@ -20,7 +20,7 @@ MAX_YAML_BYTES = 1 << 20
 #: ``run.json``, JSON columns of a measurement CSV), bytes
 MAX_JSON_BYTES = 16 << 20
 #: largest measurement CSV, bytes
-MAX_CSV_BYTES = 256 << 20
+MAX_CSV_BYTES = 64 << 20
 #: deepest nesting of a YAML or JSON document (mappings and lists; a config needs about 6)
 MAX_NESTING = 64
 #: most values (scalars, lists, mappings) a YAML document may hold after its aliases
