@@ -381,6 +381,13 @@ def _inline_tiny(channels: int | None = None, **top) -> dict:
     return d
 
 
+def _grown(p: Path, size: int) -> Path:
+    """``p`` extended to ``size`` bytes (a sparse tail: nothing is written to disk)."""
+    with open(p, "r+b") as f:
+        f.truncate(size)
+    return p
+
+
 def _deep_arch(tmp: Path, depth: int = 20000) -> Path:
     p = _valid_arch(tmp)
     d = json.loads(p.read_text())
@@ -512,6 +519,9 @@ def _bounds_cases():
         "csv_latency_1e308": ("measurement CSV", "latency_ms = 1e308 on line 4",
                               lambda t, r: _fit(t, _csv_edit(t, _set_col("latency_ms", "1e308", 4))),
                               ["meas.csv", "line 4", "column latency_ms", "outside"]),
+        "csv_too_big": ("measurement CSV", "a 65 MiB measurement file (sparse, past the 64 MiB bound)",
+                        lambda t, r: _fit(t, _grown(valid_measurement_csv(t), 65 << 20)),
+                        ["meas.csv", "bytes, more than the 67,108,864"]),
         "csv_extra_fields": ("measurement CSV", "two fields beyond the header on line 5",
                              lambda t, r: _fit(t, _csv_edit(t, lambda rows: rows[:4] + [rows[4] + ["1", "2"]] + rows[5:])),
                              ["meas.csv", "line 5", "2 field(s) beyond the header"]),
