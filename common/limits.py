@@ -16,8 +16,8 @@ from common.errors import ConfigError
 # ---- files ----------------------------------------------------------------------------------
 #: largest YAML file read (experiment configs, ``--options`` files, space files), bytes
 MAX_YAML_BYTES = 1 << 20
-#: largest JSON file or JSON text read (arch JSON, diffusers ``config.json``, latency models,
-#: ``run.json``, JSON columns of a measurement CSV), bytes
+#: largest JSON file or JSON text read (arch JSON, diffusers ``config.json`` and weight index,
+#: latency model directories, JSON columns of a measurement CSV, clip manifests), bytes
 MAX_JSON_BYTES = 16 << 20
 #: largest measurement CSV, bytes
 MAX_CSV_BYTES = 64 << 20
