@@ -29,6 +29,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench_results import add_out_argument, results_dir
+
 from experiments.config import parse_config
 from experiments.hypervolume import hypervolume, pareto_mask
 from experiments.study import make_sampler
@@ -86,6 +88,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="2 seeds, up to 300 trials")
     ap.add_argument("--json", action="store_true", help="write benchmarks/results/search_efficiency.json")
+    add_out_argument(ap)
     ap.add_argument("--seeds", type=int, default=None)
     args = ap.parse_args(argv)
     seeds = list(range(args.seeds or (2 if args.quick else 5)))
@@ -142,8 +145,8 @@ def main(argv=None) -> int:
     }
     print(json.dumps({"hv_ratio": med, "best_at_300": best300, "pass": result["pass"]}, indent=2))
     if args.json:
-        out = ROOT / "benchmarks" / "results" / ("search_efficiency_quick.json" if args.quick
-                                                 else "search_efficiency.json")
+        out = results_dir(args.quick, args.out) / ("search_efficiency_quick.json" if args.quick
+                                                   else "search_efficiency.json")
         from common.fsio import atomic_write_json
 
         atomic_write_json(out, result)

@@ -44,13 +44,17 @@ def trial_attrs(t: Any) -> dict[str, Any]:
 
 def result_attr(evaluations: Sequence[Any], wall_time_s: float) -> dict[str, Any]:
     """The ``result`` user attr of a completed trial from its evaluations (one per seed, each
-    with ``value``, ``extras``, ``wall_time_s``, ``node_id``): ``quality`` is their mean
-    (``quality_std`` with several seeds); ``extras`` are the first seed's."""
+    with ``value``, ``extras``, ``wall_time_s``, ``node_id`` and the ``key`` it answers):
+    ``quality`` is their mean (``quality_std`` with several seeds); ``extras`` are the first
+    seed's; ``seed_values`` each seed's value (what rebuilds a lost evaluation log)."""
     vals = [e.value for e in evaluations]
     result: dict[str, Any] = {
         "quality": float(np.mean(vals)), "wall_time_s": wall_time_s,
         "node_ids": sorted({e.node_id for e in evaluations if e.node_id}),
         "eval_wall_time_s": float(sum(e.wall_time_s for e in evaluations))}
+    seeds = [getattr(getattr(e, "key", None), "seed", None) for e in evaluations]
+    if None not in seeds:
+        result["seed_values"] = {str(s): float(v) for s, v in zip(seeds, vals)}
     if len(vals) > 1:
         result["quality_std"] = float(np.std(vals))
     if evaluations[0].extras:
