@@ -28,7 +28,6 @@ sys.path[:0] = [str(ROOT), str(BENCH)]
 # Ray workers import the benchmark evaluators from here
 os.environ["PYTHONPATH"] = os.pathsep.join(
     [str(BENCH), str(ROOT)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 from bench_results import add_out_argument, results_dir

@@ -31,6 +31,7 @@ from experiments.config import ExperimentConfig
 from experiments.distributed import SearchAborted, shutdown_ray
 from experiments.hypervolume import pareto_mask
 from experiments.outputs import write_outputs
+from experiments.resources import capacity_note, check_workers
 from experiments.rundir import RunLock, open_search_study, prepare_run_dir, weights_path
 from experiments.scheduler import EvaluationScheduler, Outcome, start_scheduler
 from experiments.study import INTERRUPTED, make_sampler, storage_location, trial_done
@@ -113,8 +114,9 @@ class Driver:
     def _setup(self) -> None:
         """Evaluator, latency model and sampler: a bad one fails before anything is written."""
         cfg = self.cfg
-        self.backbone, self.task, self.space = cfg.backbone_spec, cfg.video_task, cfg.search_space
         src = cfg.source or "config"
+        check_workers(self.workers, "--workers" if self.opts.workers else f"{src}: search.workers")
+        self.backbone, self.task, self.space = cfg.backbone_spec, cfg.video_task, cfg.search_space
         self.evaluator = create_evaluator(cfg.evaluator.name, self.backbone, cfg.evaluator_options(),
                                           where=f"{src}: evaluator")
         try:
@@ -153,6 +155,12 @@ class Driver:
         self.scheduler, self._started_ray = start_scheduler(
             self.cfg, self.evaluator, self.eval_spec, ray_address=self.opts.ray_address,
             workers=self.workers)
+        cap = self.scheduler.capacity
+        if cap and self.workers > cap:
+            where = "--workers" if self.opts.workers else f"{self.cfg.source or 'config'}: search.workers"
+            print(f"note: {capacity_note(where, self.workers, cap, self.scheduler.request)}",
+                  file=sys.stderr)
+            self.workers = cap
 
     # ---- the run ----------------------------------------------------------------------------
     def run(self) -> SearchSummary:
@@ -343,9 +351,11 @@ class Driver:
     def _on_outcome(self, outcome: Outcome) -> None:
         """A finished evaluation: cache it and finish the trials it completes (or fail them)."""
         if outcome.result is None:
+            failure = (f"{INTERRUPTED}: {outcome.failure}" if outcome.requeue
+                       else outcome.failure)
             for num in outcome.waiters:
                 if num in self.active:
-                    self._finish(self.active[num], outcome.failure)
+                    self._finish(self.active[num], failure)
             return
         if outcome.weights is not None:  # before the cache line: a cached eval has its weights
             atomic_write_bytes(weights_path(self.run_dir, outcome.key.arch_id, outcome.key.seed),

@@ -393,13 +393,15 @@ def walk(tmp_path_factory):
     pythonpath = [str(ROOT), *(p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(pythonpath),
            "PATH": os.pathsep.join([str(BIN), os.environ["PATH"]]),
-           "TEMPONAS_CACHE": str(ws / "cache"), "RAY_AUTH_MODE": "disabled",
+           "TEMPONAS_CACHE": str(ws / "cache"),
            "RAY_USAGE_STATS_ENABLED": "0", "PYTHONDONTWRITEBYTECODE": "1"}
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TEMPONAS_CACHE", env["TEMPONAS_CACHE"])  # for the lines run in this process
         if ray.is_initialized():
             ray.shutdown()
         ensure_ray(None, 2)
+        # the lines that join this Ray (--ray-address) need its per-run token
+        env.update({k: os.environ[k] for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")})
         try:
             yield Walk(ws, ray.get_runtime_context().gcs_address, env, case_of, SMOKE)
         finally:

@@ -69,7 +69,6 @@ def subprocess_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(HERE), str(ROOT)] +
                                         [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-    env.setdefault("RAY_AUTH_MODE", "disabled")
     env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     return env
 

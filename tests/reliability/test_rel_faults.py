@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from netcheck import descendants, listening
 from rel_evaluators import attempts
 from rel_helpers import (
     FakeDisk,
@@ -306,56 +307,6 @@ def test_stale_journal_lock_of_a_killed_driver_does_not_stall_resume(finished_ru
 
 # ---- Ray binds to loopback, dashboard off (runtime check of the runner's ray.init) -----------
 
-def _descendants(pid: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for p in Path("/proc").iterdir():
-        if p.name.isdigit():
-            try:
-                ppid = int((p / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(p.name))
-    out, todo = set(), [pid]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            if c not in out:
-                out.add(c)
-                todo.append(c)
-    return out
-
-
-def _listening(pids: set[int]) -> list[tuple[str, int]]:
-    inodes = set()
-    for pid in pids:
-        try:
-            for fd in os.listdir(f"/proc/{pid}/fd"):
-                try:
-                    link = os.readlink(f"/proc/{pid}/fd/{fd}")
-                except OSError:
-                    continue
-                if link.startswith("socket:["):
-                    inodes.add(link[8:-1])
-        except OSError:
-            continue
-    out = []
-    for table, v6 in (("/proc/net/tcp", False), ("/proc/net/tcp6", True)):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for ln in lines:
-            f = ln.split()
-            if f[3] != "0A" or f[9] not in inodes:  # LISTEN
-                continue
-            hexip, port = f[1].split(":")
-            raw = b"".join(bytes.fromhex(hexip[i:i + 8])[::-1] for i in range(0, len(hexip), 8))
-            ip = ipaddress.ip_address(raw)
-            if v6 and ip.ipv4_mapped is not None:
-                ip = ip.ipv4_mapped
-            out.append((str(ip), int(port, 16)))
-    return out
-
-
 def test_local_ray_binds_loopback_with_dashboard_off(record):
     import ray
 
@@ -364,7 +315,7 @@ def test_local_ray_binds_loopback_with_dashboard_off(record):
     ips = sorted({node.node_ip_address} | {n["NodeManagerAddress"] for n in ray.nodes()})
     assert not node.address_info.get("webui_url")
     assert ctx.get_node_id()
-    socks = _listening(_descendants(os.getpid()))
+    socks = listening(descendants(os.getpid()))
     assert socks, "found none of Ray's listening sockets"
     exposed = sorted({(ip, port) for ip, port in socks if not ipaddress.ip_address(ip).is_loopback})
     record("safety", "local Ray listens on loopback only, dashboard off",
