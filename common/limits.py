@@ -86,7 +86,7 @@ OPTION_RANGES: dict[str, tuple[float, float]] = {
     "latency_budget_ms": (0, 1e7),
     "memory_budget_mb": (0, 1e8),
     "n_trials": (1, 10**7),
-    "workers": (1, 1024),  # = experiments.resources.MAX_WORKERS (issue 15, --workers)
+    "workers": (1, 1024),  # also --workers (experiments.resources.MAX_WORKERS)
     "config_version": (0, 1000),
     # multi-fidelity rungs and the weight-sharing supernet
     "min_budget": (1, 10**6),
