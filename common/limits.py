@@ -93,6 +93,7 @@ OPTION_RANGES: dict[str, tuple[float, float]] = {
     "reduction_factor": (2, 100),
     "latency_buckets": (1, 1000),
     "rung_val_fraction": (0, 1.0),
+    "bootstrap_count": (0, 10**6),
     "checkpoint_every": (0, 10**6),
     "eval_batch": (1, 4096),
     "finetune_steps": (0, 10**6),
