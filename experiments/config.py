@@ -77,7 +77,6 @@ class EvaluatorConfig:
     timeout_s: float = field(default=600.0, metadata=_meta(min=0.001))
     retries: int = field(default=1, metadata=_meta(min=0))
     threads: int = field(default=1, metadata=_meta(min=1))
-    num_cpus: float = field(default=1.0, metadata=_meta(min=0.0))
     keep_weights: bool = False
 
 
@@ -226,7 +225,7 @@ class ExperimentConfig:
             d.pop(k, None)
         for k in ("n_trials", "workers", "storage"):
             d["search"].pop(k, None)
-        for k in ("timeout_s", "retries", "threads", "num_cpus", "keep_weights"):
+        for k in ("timeout_s", "retries", "threads", "keep_weights"):
             d["evaluator"].pop(k, None)
         return d
 
@@ -335,6 +334,10 @@ def _parse(t: Any, value: Any, where: str, meta: Mapping[str, Any]) -> Any:
     return v
 
 
+# keys that once existed and now live elsewhere: named in the error instead of "unknown key"
+_MOVED = {"evaluator.num_cpus": "evaluator.options.resources.num_cpus (Ray CPUs per evaluation)"}
+
+
 def _parse_dataclass(cls: type, data: Any, where: str) -> Any:
     prefix = f"{where}." if where else ""
     if data is None:
@@ -345,6 +348,8 @@ def _parse_dataclass(cls: type, data: Any, where: str) -> Any:
     public = [f for f in fields(cls) if not f.metadata.get("internal")]
     known = {f.name for f in public}
     for k in data:
+        if f"{prefix}{k}" in _MOVED:
+            raise ConfigError(f"{prefix}{k}: no longer read; use {_MOVED[f'{prefix}{k}']}")
         if k not in known:
             raise ConfigError(f"{prefix}{k}: unknown key (known: {', '.join(sorted(known))})")
     kw: dict[str, Any] = {}

@@ -33,6 +33,7 @@ def test_shipped_configs_load_and_roundtrip(path, tmp_path):
     ({**BASE, "evaluator": {"seeds": []}}, "evaluator.seeds: must list at least one"),
     ({**BASE, "evaluator": {"seeds": [0, 0]}}, "evaluator.seeds: duplicate"),
     ({**BASE, "evaluator": {"timeout_s": 0}}, "evaluator.timeout_s: must be >="),
+    ({**BASE, "evaluator": {"num_cpus": 4}}, "evaluator.num_cpus: no longer read; use evaluator.options.resources"),
     ({**BASE, "evaluator": {"budget": True}}, "evaluator.budget: expected an integer"),
     ({**BASE, "evaluator": {"options": [1]}}, "evaluator.options: expected a mapping"),
     ({**BASE, "constraints": {"latency_budget_ms": -1}}, "constraints.latency_budget_ms: must be >="),
