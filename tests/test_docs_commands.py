@@ -111,8 +111,8 @@ SUBSTITUTED: dict[str, Case] = {
             "page rendered (--partial) into the workspace instead of docs/reliability.md",
         cwd="root",
         make_subs=((".pytest_cache/temponas_reliability.json", "{ws}/reliability.json"),
-                   ("pytest tests/reliability", "pytest -p no:cacheprovider "
-                    "tests/reliability/test_rel_safety.py -k unsafe_deserialization"),
+                   (" tests/reliability;", " -p no:cacheprovider "
+                    "tests/reliability/test_rel_safety.py -k unsafe_deserialization;"),
                    ("tools/reliability_table.py", "tools/reliability_table.py --partial"),
                    ("docs/reliability.md", "{ws}/reliability.md")),
         files=("reliability.md",), expect=("reliability.md",)),

@@ -18,14 +18,7 @@ def smoke_cfg():
 
 
 @pytest.fixture(scope="module")
-def local_ray():
-    """One local Ray (2 CPUs, loopback, no dashboard) for a test module; runs reuse it."""
-    import ray
-
-    from experiments.distributed import ensure_ray
-
-    if ray.is_initialized():
-        ray.shutdown()
-    ensure_ray(None, 2)
-    yield
-    ray.shutdown()
+def local_ray(shared_ray):
+    """A local Ray (2 CPUs, loopback, no dashboard) for a test module; runs reuse it. It is the
+    one Ray of this test process (tests/conftest.py ``shared_ray``), kept for the next module."""
+    return shared_ray

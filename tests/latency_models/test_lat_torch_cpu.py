@@ -12,7 +12,7 @@ from latency_models.backends.torch_cpu import TimingPolicy, TorchCpuBackend, clo
 from latency_models.measurements import read_csv
 from latency_models.probes import probes, random_archs
 
-FAST = TimingPolicy(warmup=1, warmup_s=0.0, min_runs=3, max_runs=5, time_limit_s=0.5)
+FAST = TimingPolicy(warmup=1, warmup_s=0.0, min_runs=3, max_runs=5, time_limit_s=0.3)
 
 
 def test_interleaved_order_with_counts_spreads_fewer_repeats():
@@ -32,7 +32,7 @@ def test_interleaved_order_visits_everything_each_repeat():
 
 def test_time_callable_stops_on_time_limit_and_counts_runs():
     pol = TimingPolicy(warmup=2, warmup_s=0.0, min_runs=3, max_runs=1000, rel_precision=0.0,
-                       time_limit_s=0.05)
+                       time_limit_s=0.3)
     t = time_callable(lambda: time.sleep(0.004), pol)
     assert t.warmup >= 2 and 3 <= t.runs < 1000
     assert 3.5 <= t.median_ms <= 60 and t.p10_ms <= t.median_ms <= t.p90_ms
