@@ -148,9 +148,14 @@ def parse_yaml(text: str, source: str) -> Any:
     if len(text) > MAX_YAML_BYTES:
         raise ConfigError(f"{source}: {len(text):,} characters, more than the "
                           f"{MAX_YAML_BYTES:,} a YAML file may have (see docs/limits.md)")
-    loader = _BoundedLoader(text, source)
+    loader = None
     try:
+        loader = _BoundedLoader(text, source)  # its reader refuses control characters here
         return loader.get_single_data()
+    except yaml.reader.ReaderError as e:
+        char = f"U+{e.character:04X}" if isinstance(e.character, int) else repr(e.character)
+        raise ConfigError(f"{source}: not YAML text (character {char} at position "
+                          f"{e.position}: {e.reason})") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         pos = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
@@ -159,7 +164,8 @@ def parse_yaml(text: str, source: str) -> Any:
     except RecursionError:  # belt and braces: the nesting bound comes first
         raise ConfigError(f"{source}: nested too deeply") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def load_yaml(path: str | Path, what: str = "YAML file") -> Any:

@@ -417,6 +417,9 @@ def _bounds_cases():
                                lambda t, r: _search(_raw(t, _smoke_text().replace(
                                    "  n_trials: 16\n", "  n_trials: 16\n  n_trials: 4\n")), t),
                                ["cfg.yaml", "duplicate key 'n_trials'", "(first on line"]),
+        "yaml_control_character": ("config", "a config holding a control character (U+001F)",
+                                   lambda t, r: _search(_raw(t, "name: smoke\nbackbone: tiny\x1f\n"), t),
+                                   ["cfg.yaml", "not YAML text", "U+001F"]),
         "yaml_too_big": ("config", "a 2 MB config (a comment pads it)",
                          lambda t, r: _search(_raw(t, _smoke_text() + "#" * (2 << 20) + "\n"), t),
                          ["cfg.yaml", "bytes, more than the 1,048,576"]),
