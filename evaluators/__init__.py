@@ -23,7 +23,7 @@ from evaluators.audit import (
     sample_archs,
     write_report,
 )
-from evaluators.base import Direction, EvalResult, Evaluator
+from evaluators.base import Direction, EvalResult, Evaluator, ResumableEvaluator
 from evaluators.options import parse_options, parse_resources
 from evaluators.registry import (
     BUILTIN,
@@ -51,7 +51,8 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "BASELINES", "BUILTIN", "DEFAULT_FAST_PROXY", "ENTRY_POINT_GROUP", "REFERENCE", "ZERO_COST",
-    "AuditSpec", "Direction", "EvalResult", "Evaluator", "ProxyScale", "available",
+    "AuditSpec", "Direction", "EvalResult", "Evaluator", "ProxyScale", "ResumableEvaluator",
+    "available",
     "bundled_videos", "create_evaluator", "evaluator_resources", "markdown", "parse_options",
     "parse_resources", "ray_remote_options", "resolve", "run_audit", "sample_archs",
     "write_report",

@@ -37,6 +37,7 @@ from evaluators._torch_setup import (
     torch_session,
     validation_batches,
 )
+from evaluators._train_state import TrainState
 from evaluators.base import EvalResult
 from search_space.arch import ArchConfig
 from search_space.errors import ConfigError
@@ -162,11 +163,36 @@ class ShortTrainEvaluator(BuiltinEvaluator):
         self.check_arch(arch)
         return self._run(arch, int(seed), [int(budget) or self.options.default_budget])[1]
 
+    def evaluate_resumable(self, arch: ArchConfig, *, seed: int, budget: int,
+                           checkpoint: bytes | None = None) -> tuple[EvalResult, bytes]:
+        """Score at ``budget`` by training on from ``checkpoint`` (the bytes an earlier call
+        returned for the same arch and seed at a lower budget; None = from the start); returns
+        the result and the checkpoint at ``budget`` (a safetensors blob, see
+        :mod:`evaluators._train_state`). Training on from a checkpoint gives the result of
+        training straight to ``budget`` (same weights, optimizer, data and noise draws)."""
+        self.check_arch(arch)
+        b = int(budget) or self.options.default_budget
+        start = None
+        if checkpoint is not None:
+            start = TrainState.from_bytes(checkpoint)
+            want = {"arch_id": arch.arch_id, "seed": str(int(seed)), "config_key": self.config_key}
+            for k, v in want.items():
+                if start.meta.get(k) != v:
+                    raise ConfigError(f"checkpoint: {k} {start.meta.get(k)!r} does not match "
+                                      f"this evaluation ({v!r})")
+            if start.step > b:
+                raise ConfigError(f"checkpoint: at step {start.step}, beyond budget {b}")
+        results, _, state = self._run(arch, int(seed), [b], start=start)
+        self._store(arch, b, int(seed), results[b])
+        return results[b], state.to_bytes()
+
     def _train(self, arch: ArchConfig, seed: int, budgets: list[int]) -> dict[int, EvalResult]:
         return self._run(arch, seed, budgets)[0]
 
-    def _run(self, arch: ArchConfig, seed: int, budgets: list[int]
-             ) -> tuple[dict[int, EvalResult], torch.nn.Module]:
+    def _run(self, arch: ArchConfig, seed: int, budgets: list[int], start: TrainState | None = None
+             ) -> tuple[dict[int, EvalResult], torch.nn.Module, TrainState]:
+        """Train to each of ``budgets`` (ascending) from ``start`` (or the beginning); the
+        results, the model and the training state at the last budget."""
         from search_space.modules import build_model
 
         o = self.options
@@ -177,55 +203,36 @@ class ShortTrainEvaluator(BuiltinEvaluator):
         train, val = data_splits(self.backbone, o, C)
         vbatches = validation_batches(val, o.batch, o.val_timesteps)
         bb, sarch = scaled_arch(self.backbone, o, arch)
-        state = pretrained_spatial(self.backbone, o, C)[0] if o.spatial == "pretrained" else None
+        spatial = pretrained_spatial(self.backbone, o, C)[0] if o.spatial == "pretrained" else None
         t_setup = time.perf_counter() - t0
         out: dict[int, EvalResult] = {}
+        meta = {"arch_id": arch.arch_id, "seed": str(seed), "config_key": self.config_key}
         with torch_session(seed, o.threads):
             model = build_model(bb, sarch.task, sarch)
-            if state is not None:
-                model.load_spatial_state_dict(state)
+            if spatial is not None:
+                model.load_spatial_state_dict(spatial)
             model.freeze_spatial()
-            params = list(model.temporal_parameters())
-            n_temporal = sum(p.numel() for p in params)
+            temporal = {id(p) for p in model.temporal_parameters()}
+            named = [(n, p) for n, p in model.named_parameters() if id(p) in temporal]
+            names, params = [n for n, _ in named], [p for _, p in named]
+            gen = torch.Generator().manual_seed(seed)
             if not params:  # the image model itself: nothing to train
                 for b in budgets:
                     out[b] = EvalResult(0.0, {"val_loss": base, "val_loss_image": base,
                                               "rel_improvement": 0.0, "temporal_params": 0.0,
                                               "budget": float(b)}, time.perf_counter() - t0)
-                return out, model
-            opt = torch.optim.AdamW(params, lr=o.lr, weight_decay=0.0)
-            warm = max(1, o.warmup)
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
-            gen = torch.Generator().manual_seed(seed)
-            avg = [p.detach().clone() for p in params]
-            ema = None
-            step = 0
+                return out, model, TrainState(max(budgets), {}, {}, {}, gen.get_state(), None, meta)
+            run = _Run(model, names, params, gen, o, start)
             for b in budgets:
-                while step < b:
-                    idx = torch.randint(0, len(train), (o.batch,), generator=gen)
-                    x0 = train.latents[idx]
-                    t = torch.randint(0, NUM_TRAIN_TIMESTEPS, (o.batch,), generator=gen)
-                    noise = torch.randn(x0.shape, generator=gen)
-                    loss = denoise_loss(model, x0, train.text[idx], t, noise)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    torch.nn.utils.clip_grad_norm_(params, 1.0)
-                    opt.step()
-                    sched.step()
-                    with torch.no_grad():
-                        for a, p in zip(avg, params):
-                            a.mul_(o.ema).add_(p.detach(), alpha=1 - o.ema)
-                    lv = float(loss.detach())
-                    ema = lv if ema is None else 0.9 * ema + 0.1 * lv
-                    step += 1
-                vl = self._eval_averaged(model, params, avg, vbatches)
+                run.train_to(b, train)
+                vl = self._eval_averaged(model, params, run.avg, vbatches)
                 out[b] = EvalResult(base - vl, {
                     "val_loss": vl, "val_loss_image": base, "rel_improvement": (base - vl) / base,
-                    "train_loss_ema": float(ema) if ema is not None else float("nan"),
-                    "temporal_params": float(n_temporal), "budget": float(b),
+                    "train_loss_ema": float(run.loss_ema) if run.loss_ema is not None else float("nan"),
+                    "temporal_params": float(sum(p.numel() for p in params)), "budget": float(b),
                     "setup_s": t_setup, "cpu_s": time.process_time() - c0},
                     time.perf_counter() - t0)
-        return out, model
+            return out, model, run.state(meta)
 
     @staticmethod
     def _eval_averaged(model, params, avg, vbatches) -> float:
@@ -244,3 +251,46 @@ class ShortTrainEvaluator(BuiltinEvaluator):
     def _score(self, arch, seed, budget):  # pragma: no cover - evaluate() is overridden
         r = self.evaluate(arch, seed=seed, budget=budget)
         return r.value, r.extras
+
+
+class _Run:
+    """One training run of the temporal parameters: AdamW with a linear warm-up to a constant
+    learning rate, gradient clipping at 1, an exponential moving average of the weights (the
+    scored ones) and of the training loss; resumable from a :class:`TrainState`."""
+
+    def __init__(self, model: torch.nn.Module, names: list[str], params: list[torch.nn.Parameter],
+                 gen: torch.Generator, o: ShortTrainOptions, start: TrainState | None) -> None:
+        self.model, self.names, self.params, self.gen, self.o = model, names, params, gen, o
+        self.opt = torch.optim.AdamW(params, lr=o.lr, weight_decay=0.0)
+        self.avg = [p.detach().clone() for p in params]
+        self.step = 0
+        self.loss_ema: float | None = None
+        if start is not None:
+            start.restore(names, params, self.avg, self.opt, gen)
+            self.step, self.loss_ema = start.step, start.loss_ema
+
+    def train_to(self, budget: int, train) -> None:
+        o, gen, params = self.o, self.gen, self.params
+        warm = max(1, o.warmup)
+        while self.step < budget:
+            idx = torch.randint(0, len(train), (o.batch,), generator=gen)
+            x0 = train.latents[idx]
+            t = torch.randint(0, NUM_TRAIN_TIMESTEPS, (o.batch,), generator=gen)
+            noise = torch.randn(x0.shape, generator=gen)
+            loss = denoise_loss(self.model, x0, train.text[idx], t, noise)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            for g in self.opt.param_groups:  # = LambdaLR(min(1, (step + 1) / warm)), step by step
+                g["lr"] = o.lr * min(1.0, (self.step + 1) / warm)
+            self.opt.step()
+            with torch.no_grad():
+                for a, p in zip(self.avg, params):
+                    a.mul_(o.ema).add_(p.detach(), alpha=1 - o.ema)
+            lv = float(loss.detach())
+            self.loss_ema = lv if self.loss_ema is None else 0.9 * self.loss_ema + 0.1 * lv
+            self.step += 1
+
+    def state(self, meta: dict[str, str]) -> TrainState:
+        return TrainState.capture(self.step, self.names, self.params, self.avg, self.opt,
+                                  self.gen, self.loss_ema, meta)
