@@ -36,6 +36,7 @@ from evaluators._torch_setup import (
     scaled_arch,
     torch_session,
     validation_batches,
+    validation_subset,
 )
 from evaluators._train_state import TrainState
 from evaluators.base import EvalResult
@@ -138,9 +139,10 @@ class ShortTrainEvaluator(BuiltinEvaluator):
                 out[b] = r
         return out
 
-    def image_only_loss(self, latent_channels: int) -> float:
-        """Held-out video denoising loss of the (pretrained) image model, frame by frame."""
-        key = f"{latent_channels}"
+    def image_only_loss(self, latent_channels: int, val_fraction: float = 1.0) -> float:
+        """Held-out video denoising loss of the (pretrained) image model, frame by frame (on
+        the ``val_fraction`` subset of the validation batches, see :func:`validation_subset`)."""
+        key = f"{latent_channels}/{val_fraction:g}"
         if key not in self._image_loss:
             from search_space.modules import build_image_model
             bb = self.options.scale.backbone(self.backbone)
@@ -154,8 +156,9 @@ class ShortTrainEvaluator(BuiltinEvaluator):
                 if self.options.spatial == "pretrained":
                     state, _ = pretrained_spatial(self.backbone, self.options, latent_channels)
                     model.load_spatial_state_dict(state)
-                self._image_loss[key] = mean_loss(
-                    model, validation_batches(val, self.options.batch, self.options.val_timesteps))
+                self._image_loss[key] = mean_loss(model, validation_subset(
+                    validation_batches(val, self.options.batch, self.options.val_timesteps),
+                    val_fraction))
         return self._image_loss[key]
 
     def trained_model(self, arch: ArchConfig, *, seed: int, budget: int) -> torch.nn.Module:
@@ -164,12 +167,21 @@ class ShortTrainEvaluator(BuiltinEvaluator):
         return self._run(arch, int(seed), [int(budget) or self.options.default_budget])[1]
 
     def evaluate_resumable(self, arch: ArchConfig, *, seed: int, budget: int,
-                           checkpoint: bytes | None = None) -> tuple[EvalResult, bytes]:
+                           checkpoint: bytes | None = None, val_fraction: float = 1.0
+                           ) -> tuple[EvalResult, bytes]:
         """Score at ``budget`` by training on from ``checkpoint`` (the bytes an earlier call
         returned for the same arch and seed at a lower budget; None = from the start); returns
         the result and the checkpoint at ``budget`` (a safetensors blob, see
         :mod:`evaluators._train_state`). Training on from a checkpoint gives the result of
-        training straight to ``budget`` (same weights, optimizer, data and noise draws)."""
+        training straight to ``budget`` (same weights, optimizer, data and noise draws); the
+        result's extras then say ``start_step`` (the checkpoint's step).
+
+        ``val_fraction < 1``: score on that fraction of the validation batches (evenly spaced
+        over videos and noise levels; the image-only loss on the same subset): a cheaper,
+        noisier estimate for a lower rung's prune/continue decision. It is not this
+        evaluator's score at ``budget`` and is not written to the result cache."""
+        if not 0 < val_fraction <= 1:
+            raise ConfigError(f"val_fraction: must be in (0, 1], got {val_fraction}")
         self.check_arch(arch)
         b = int(budget) or self.options.default_budget
         start = None
@@ -182,15 +194,16 @@ class ShortTrainEvaluator(BuiltinEvaluator):
                                       f"this evaluation ({v!r})")
             if start.step > b:
                 raise ConfigError(f"checkpoint: at step {start.step}, beyond budget {b}")
-        results, _, state = self._run(arch, int(seed), [b], start=start)
-        self._store(arch, b, int(seed), results[b])
+        results, _, state = self._run(arch, int(seed), [b], start=start, val_fraction=val_fraction)
+        if val_fraction >= 1:
+            self._store(arch, b, int(seed), results[b])
         return results[b], state.to_bytes()
 
     def _train(self, arch: ArchConfig, seed: int, budgets: list[int]) -> dict[int, EvalResult]:
         return self._run(arch, seed, budgets)[0]
 
-    def _run(self, arch: ArchConfig, seed: int, budgets: list[int], start: TrainState | None = None
-             ) -> tuple[dict[int, EvalResult], torch.nn.Module, TrainState]:
+    def _run(self, arch: ArchConfig, seed: int, budgets: list[int], start: TrainState | None = None,
+             val_fraction: float = 1.0) -> tuple[dict[int, EvalResult], torch.nn.Module, TrainState]:
         """Train to each of ``budgets`` (ascending) from ``start`` (or the beginning); the
         results, the model and the training state at the last budget."""
         from search_space.modules import build_model
@@ -199,9 +212,9 @@ class ShortTrainEvaluator(BuiltinEvaluator):
         C = arch.task.latent_channels
         t0 = time.perf_counter()
         c0 = time.process_time()
-        base = self.image_only_loss(C)
+        base = self.image_only_loss(C, val_fraction)
         train, val = data_splits(self.backbone, o, C)
-        vbatches = validation_batches(val, o.batch, o.val_timesteps)
+        vbatches = validation_subset(validation_batches(val, o.batch, o.val_timesteps), val_fraction)
         bb, sarch = scaled_arch(self.backbone, o, arch)
         spatial = pretrained_spatial(self.backbone, o, C)[0] if o.spatial == "pretrained" else None
         t_setup = time.perf_counter() - t0
@@ -223,6 +236,9 @@ class ShortTrainEvaluator(BuiltinEvaluator):
                                               "budget": float(b)}, time.perf_counter() - t0)
                 return out, model, TrainState(max(budgets), {}, {}, {}, gen.get_state(), None, meta)
             run = _Run(model, names, params, gen, o, start)
+            resumed = {"start_step": float(start.step)} if start is not None else {}
+            if val_fraction < 1:
+                resumed["val_fraction"] = float(val_fraction)
             for b in budgets:
                 run.train_to(b, train)
                 vl = self._eval_averaged(model, params, run.avg, vbatches)
@@ -230,7 +246,7 @@ class ShortTrainEvaluator(BuiltinEvaluator):
                     "val_loss": vl, "val_loss_image": base, "rel_improvement": (base - vl) / base,
                     "train_loss_ema": float(run.loss_ema) if run.loss_ema is not None else float("nan"),
                     "temporal_params": float(sum(p.numel() for p in params)), "budget": float(b),
-                    "setup_s": t_setup, "cpu_s": time.process_time() - c0},
+                    "setup_s": t_setup, "cpu_s": time.process_time() - c0, **resumed},
                     time.perf_counter() - t0)
             return out, model, run.state(meta)
 

@@ -55,7 +55,10 @@ class ResumableEvaluator(Evaluator, Protocol):
     ``budget`` and returns ``(result, checkpoint at budget)``; the result must equal
     ``evaluate(arch, seed=seed, budget=budget)``. The checkpoint is opaque bytes (a safetensors
     blob for the built-ins), so it can travel back from a Ray task on any node.
+    ``val_fraction < 1`` asks for a cheaper score on part of the held-out data (a lower rung's
+    prune/continue decision; not the evaluator's score, never cached as one).
     """
 
     def evaluate_resumable(self, arch: ArchConfig, *, seed: int, budget: int,
-                           checkpoint: bytes | None = None) -> tuple[EvalResult, bytes]: ...
+                           checkpoint: bytes | None = None, val_fraction: float = 1.0
+                           ) -> tuple[EvalResult, bytes]: ...

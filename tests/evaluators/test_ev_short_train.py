@@ -96,3 +96,24 @@ def test_a_checkpoint_of_another_run_is_refused(st, temporal_arch):
         st.evaluate_resumable(temporal_arch, seed=3, budget=1, checkpoint=blob)
     with pytest.raises(ConfigError, match="not a readable safetensors blob"):
         st.evaluate_resumable(temporal_arch, seed=3, budget=5, checkpoint=b"garbage!" * 4)
+
+
+def test_a_partial_validation_score_is_not_cached_as_the_score(tiny, cache_dir, temporal_arch):
+    """val_fraction < 1 (a lower rung's decision): scored on evenly spaced validation batches,
+    marked in its extras, never written to the result cache; training is unaffected."""
+    from evaluators._torch_setup import validation_subset
+    from evaluators._train_state import TrainState
+
+    assert validation_subset(list(range(16)), 0.25) == [0, 5, 10, 15]
+    assert validation_subset(list(range(16)), 1.0) == list(range(16))
+    assert validation_subset(list(range(3)), 0.1) == [0]
+    ev = create_evaluator("short_train", tiny, {**tiny_options("short_train", cache_dir),
+                                                "val_timesteps": 2})
+    part, blob = ev.evaluate_resumable(temporal_arch, seed=6, budget=2, val_fraction=0.5)
+    assert part.extras["val_fraction"] == 0.5
+    assert not glob.glob(os.path.join(cache_dir, "results", "short_train", ev.config_key,
+                                      f"{temporal_arch.arch_id}.b2.s6.json"))
+    full, blob_full = ev.evaluate_resumable(temporal_arch, seed=6, budget=2)
+    assert "val_fraction" not in full.extras and full.value != part.value
+    a, b = TrainState.from_bytes(blob), TrainState.from_bytes(blob_full)  # the same training
+    assert a.step == b.step and all(torch.equal(a.live[k], b.live[k]) for k in a.live)
