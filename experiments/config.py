@@ -16,7 +16,8 @@ A config looks like (every key but ``name`` and ``backbone`` has a default)::
     objectives: [quality, latency_ms]
     constraints: {latency_budget_ms: 120, memory_budget_mb: 2048}
     search: {sampler: nsga2, sampler_options: {population_size: 24}, n_trials: 100,
-             workers: 2, seed: 0, storage: null}
+             workers: 2, seed: 0, storage: null,
+             pruner: {name: none, min_budget: 4, reduction_factor: 3, latency_buckets: 3}}
     out: runs                      # the run goes to <out>/<name>/
 """
 
@@ -40,6 +41,7 @@ from search_space.space import SearchSpace
 from search_space.task import VideoTask
 
 SAMPLERS = ("nsga2", "tpe", "random", "gp", "exhaustive")
+PRUNERS = ("none", "successive_halving", "hyperband")
 OBJECTIVES = ("quality", "latency_ms", "memory_mb")
 CONFIG_VERSION = 1
 
@@ -81,15 +83,40 @@ class ConstraintsConfig:
 
 
 @dataclass(frozen=True)
-class SearchConfig:
-    """The Optuna study: sampler, trial count, parallelism, storage."""
+class PrunerConfig:
+    """Multi-fidelity evaluation: a budget ladder run as successive halving or Hyperband.
 
-    sampler: str = field(default="nsga2", metadata=_meta(choices=SAMPLERS))
+    Rungs are ``min_budget * reduction_factor**k`` below ``evaluator.budget`` (the top rung);
+    each rung continues from the previous rung's checkpoint. Candidates compete only with
+    candidates of the same predicted-latency bucket (``latency_buckets`` quantile buckets of
+    the feasible space), so a fast candidate of mediocre quality is not pruned by slow ones
+    of higher quality (see :mod:`experiments.ladder`). ``rung_val_fraction``: the lower rungs
+    are scored on this fraction of the evaluator's held-out data (cheaper; the top rung always
+    on all of it). ``none``: every candidate gets the full budget at once.
+    """
+
+    name: str = field(default="none", metadata=_meta(choices=PRUNERS))
+    min_budget: int = field(default=4, metadata=_meta(min=1))
+    reduction_factor: int = field(default=3, metadata=_meta(min=2))
+    latency_buckets: int = field(default=3, metadata=_meta(min=1))
+    rung_val_fraction: float = field(default=1.0, metadata=_meta(min=0.0))
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """The Optuna study: sampler, trial count, parallelism, storage, pruner.
+
+    ``n_trials`` counts distinct architectures: a repeated proposal of the sampler is told the
+    first trial's outcome and not counted (:mod:`experiments.ledger`). The default sampler is
+    TPE (``benchmarks/search_efficiency.py``)."""
+
+    sampler: str = field(default="tpe", metadata=_meta(choices=SAMPLERS))
     sampler_options: Mapping[str, Any] = field(default_factory=dict)
     n_trials: int = field(default=100, metadata=_meta(min=1))
     workers: int = field(default=2, metadata=_meta(min=1))
     seed: int = field(default=0, metadata=_meta(min=0))
     storage: str | None = None
+    pruner: PrunerConfig = field(default_factory=PrunerConfig)
 
 
 @dataclass(frozen=True)
@@ -298,6 +325,7 @@ def parse_config(data: Any, source: str = "<config>") -> ExperimentConfig:
         if len(cfg.objectives) < 2:
             raise ConfigError("objectives: need at least two (e.g. [quality, latency_ms])")
         space = cfg.search_space  # resolves backbone, task and space restrictions
+        _check_pruner(cfg)
         if cfg.search.sampler == "exhaustive" and space.size() > 1_000_000:
             raise ConfigError(f"search.sampler: exhaustive needs a space of at most 1,000,000 "
                               f"architectures, this one has {space.size():,}")
@@ -306,6 +334,26 @@ def parse_config(data: Any, source: str = "<config>") -> ExperimentConfig:
     from dataclasses import replace
 
     return replace(cfg, source=str(source))
+
+
+def _check_pruner(cfg: ExperimentConfig) -> None:
+    """A ladder needs a top rung above its lowest one (``evaluator.budget`` is the top)."""
+    p = cfg.search.pruner
+    if not 0 < p.rung_val_fraction <= 1:
+        raise ConfigError(f"search.pruner.rung_val_fraction: must be in (0, 1], got "
+                          f"{p.rung_val_fraction}")
+    if p.name == "none":
+        return
+    top = cfg.evaluator.budget
+    if top < 1:
+        raise ConfigError(f"search.pruner: {p.name} needs evaluator.budget > 0 (the top rung of "
+                          f"the budget ladder), got {top}")
+    if p.min_budget >= top:
+        raise ConfigError(f"search.pruner.min_budget: must be below evaluator.budget ({top}), "
+                          f"got {p.min_budget}")
+    if cfg.search.sampler == "exhaustive":
+        raise ConfigError("search.pruner: the exhaustive sampler evaluates every architecture "
+                          "in full; use pruner 'none' with it")
 
 
 def load_config(path: str | Path) -> ExperimentConfig:

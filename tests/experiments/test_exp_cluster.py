@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-from exp_helpers import load_study, states
+from exp_helpers import counted_states, load_study
 
 from experiments.cache import read_records
 from experiments.runner import SearchOptions, run_search
@@ -37,13 +37,14 @@ def test_search_on_two_nodes_uses_both(tmp_path, smoke_cfg, two_node_cluster):
                                       ray_address=two_node_cluster.address))
     assert not ray.is_initialized()  # the driver disconnects from a cluster it joined
     study = load_study(tmp_path / "run", cfg.name)
-    st = states(study)
+    st = counted_states(study)
     assert st["COMPLETE"] + st["PRUNED"] == 12 and st["FAIL"] == 0
     nodes = {r["node_id"] for r in read_records(tmp_path / "run")}
     cluster_nodes = {n.node_id for n in two_node_cluster.list_all_nodes()}
     assert len(nodes) == 2 and nodes <= cluster_nodes
     # every complete trial records where its evaluation ran
     for t in study.trials:
-        if t.state.name == "COMPLETE":
+        if t.state.name == "COMPLETE" and "duplicate_of" not in t.user_attrs \
+                and not t.user_attrs.get("not_evaluated"):
             assert set(trial_attrs(t)["node_ids"]) <= nodes
     assert s.evaluations_run == len(read_records(tmp_path / "run"))
