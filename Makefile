@@ -42,6 +42,7 @@ bench: setup
 	$(BIN)/python benchmarks/latency_accuracy.py --json
 	$(BIN)/python benchmarks/proxy_fidelity.py --json
 	$(BIN)/python benchmarks/search_efficiency.py --json
+	$(BIN)/python benchmarks/multifidelity.py --json
 	$(BIN)/python benchmarks/overhead.py --json
 	$(BIN)/python benchmarks/memory_model.py --json
 
