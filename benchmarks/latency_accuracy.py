@@ -215,48 +215,26 @@ def predict_speed(model, space, n: int = 20000) -> dict:
     return out
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="fewer probes/networks/repeats (< 5 min)")
-    ap.add_argument("--json", action="store_true", help="print one JSON object")
-    ap.add_argument("--data", type=Path, help="where the measurement CSVs go (default: "
-                    "benchmarks/results/latency_data[_quick])")
-    ap.add_argument("--reuse", action="store_true", help="reuse the CSVs in --data instead of measuring")
-    ap.add_argument("--networks", type=int, help="random whole networks (default 40, quick 12)")
-    a = ap.parse_args(argv)
-    quick = a.quick
-    data = a.data or RESULTS / ("latency_data_quick" if quick else "latency_data")
-    data.mkdir(parents=True, exist_ok=True)
-    space = make_space(quick)
-    n_nets = a.networks or (10 if quick else 40)
-    archs = random_archs(space, n_nets, seed=ARCH_SEED)
-    t_start = time.time()
+def load_or_measure(data: Path, space, archs, n_nets: int, quick: bool, reuse: bool):
+    """``(device 1, device 2)`` measurements: read from ``data`` or measured now (and saved)."""
     p1, p2 = data / "device1_t1.csv", data / "device2_t2.csv"
-    if a.reuse:
-        dev1, dev2 = read_csv(p1), read_csv(p2)
-    else:
-        import yaml
+    if reuse:
+        return read_csv(p1), read_csv(p2)
+    import yaml
 
-        space_yaml = data / "space.yaml"
-        space_yaml.write_text(yaml.safe_dump({"space": {"defaults": space_dims(quick)}}), encoding="utf-8")
-        dev1 = measure_device1(space, archs, 3 if quick else 5, p1, quick)
-        dev2 = measure_device2(space_yaml, n_nets, p2, quick)
-        if [r.arch.arch_id for r in dev2.network_latencies()[0]] and \
-                {r.arch.arch_id for r in dev2.networks} != {a.arch_id for a in archs}:
-            raise SystemExit("device 2 measured different architectures than device 1")
-    measure_s = time.time() - t_start
-    measure_load = None if a.reuse else os.getloadavg()[0]
+    space_yaml = data / "space.yaml"
+    atomic_write_text(space_yaml, yaml.safe_dump({"space": {"defaults": space_dims(quick)}}))
+    dev1 = measure_device1(space, archs, 3 if quick else 5, p1, quick)
+    dev2 = measure_device2(space_yaml, n_nets, p2, quick)
+    if [r.arch.arch_id for r in dev2.network_latencies()[0]] and \
+            {r.arch.arch_id for r in dev2.networks} != {a.arch_id for a in archs}:
+        raise SystemExit("device 2 measured different architectures than device 1")
+    return dev1, dev2
 
-    res: dict = {"benchmark": "latency_accuracy", "quick": quick,
-                 "space": {"preset": "small", "task": space.task.to_dict(),
-                           "probes": len(probes(space)),
-                           "calibration_blocks": len(dev1.block_latencies()[0]) - len(probes(space)),
-                           "networks_device1": len(dev1.network_latencies()[0]),
-                           "networks_device2": len(dev2.network_latencies()[0])},
-                 "device1": dev1.info.device, "device2": dev2.info.device,
-                 "clock": "cpu (thread CPU time for 1 thread, process CPU time for 2 threads)",
-                 "measure_wall_s": round(measure_s, 1),
-                 "reused_measurements": bool(a.reuse)}
+
+def analyse(dev1: Measurements, dev2: Measurements, space, quick: bool) -> dict:
+    """Every accuracy and speed number of the benchmark, from the two devices' measurements."""
+    res: dict = {}
     blk = {n: block_accuracy(dev1, space, n) for n in ("roofline", "regression")}
     blk_space_only = {n: block_accuracy(dev1, space, n, calibration=False)
                       for n in ("roofline", "regression")}
@@ -274,7 +252,6 @@ def main(argv=None) -> int:
     res["predict_us_single"], res["predict_per_s_batched"] = speed["cpu"]
     res["predict_wall"] = {"us_single": speed["wall"][0], "per_s_batched": speed["wall"][1]}
     res["predict_clock"] = "thread CPU time (wall-clock numbers under predict_wall)"
-    res["measure_load_average_at_end"] = measure_load
     res["detail"] = {"block": blk, "block_without_calibration": blk_space_only, "network": net,
                      "block_within_10pct_by_fold_seed": {
                          "0": blk["regression"]["within_10pct"],
@@ -284,6 +261,40 @@ def main(argv=None) -> int:
                      "network_noise_floor_pct": dev1.subset(blocks=[]).noise_floor_pct(),
                      "noise_ceiling_block": repeat_ceiling(dev1, "block"),
                      "noise_ceiling_network": repeat_ceiling(dev1, "network")}
+    return res
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer probes/networks/repeats (< 5 min)")
+    ap.add_argument("--json", action="store_true", help="print one JSON object")
+    ap.add_argument("--data", type=Path, help="where the measurement CSVs go (default: "
+                    "benchmarks/results/latency_data[_quick])")
+    ap.add_argument("--reuse", action="store_true", help="reuse the CSVs in --data instead of measuring")
+    ap.add_argument("--networks", type=int, help="random whole networks (default 40, quick 12)")
+    a = ap.parse_args(argv)
+    quick = a.quick
+    data = a.data or RESULTS / ("latency_data_quick" if quick else "latency_data")
+    data.mkdir(parents=True, exist_ok=True)
+    space = make_space(quick)
+    n_nets = a.networks or (10 if quick else 40)
+    archs = random_archs(space, n_nets, seed=ARCH_SEED)
+    t_start = time.time()
+    dev1, dev2 = load_or_measure(data, space, archs, n_nets, quick, a.reuse)
+    measure_s = time.time() - t_start
+    measure_load = None if a.reuse else os.getloadavg()[0]
+    res: dict = {"benchmark": "latency_accuracy", "quick": quick,
+                 "space": {"preset": "small", "task": space.task.to_dict(),
+                           "probes": len(probes(space)),
+                           "calibration_blocks": len(dev1.block_latencies()[0]) - len(probes(space)),
+                           "networks_device1": len(dev1.network_latencies()[0]),
+                           "networks_device2": len(dev2.network_latencies()[0])},
+                 "device1": dev1.info.device, "device2": dev2.info.device,
+                 "clock": "cpu (thread CPU time for 1 thread, process CPU time for 2 threads)",
+                 "measure_wall_s": round(measure_s, 1),
+                 "reused_measurements": bool(a.reuse),
+                 **analyse(dev1, dev2, space, quick),
+                 "measure_load_average_at_end": measure_load}
     res["targets"] = {"block_within_10pct": ">= 0.95", "network_within_10pct": ">= 0.90",
                       "network_spearman": ">= 0.95", "fewshot.10.spearman": ">= 0.90",
                       "predict_us_single": "<= 100", "predict_per_s_batched": ">= 100000"}

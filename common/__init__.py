@@ -2,7 +2,8 @@
 
 - :mod:`common.errors`: the user-facing error types (one line, exit code 2 from the CLI);
 - :mod:`common.fsio`: atomic file writes (temp file + fsync + rename), JSON lines, JSON helpers;
-- :mod:`common.stats`: rank statistics with bootstrap intervals.
+- :mod:`common.stats`: rank statistics with bootstrap intervals;
+- :mod:`common.hashing`: content hashes of (large) files, computed once per file version.
 """
 
 from common.errors import ConfigError, ExportError, OutputError, TemponasError
@@ -14,14 +15,17 @@ from common.fsio import (
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
+    file_lock,
     io_error,
     json_safe,
     jsonable,
     read_jsonl,
 )
+from common.hashing import file_sha256, files_sha256
 from common.stats import bootstrap_ci, correlation, kendall, spearman
 
 __all__ = ["ConfigError", "ExportError", "OutputError", "TemponasError", "append_jsonl",
            "atomic_dir", "atomic_path", "atomic_write", "atomic_write_bytes", "atomic_write_json",
-           "atomic_write_text", "bootstrap_ci", "correlation", "io_error", "json_safe", "jsonable",
+           "atomic_write_text", "bootstrap_ci", "correlation", "file_lock", "file_sha256",
+           "files_sha256", "io_error", "json_safe", "jsonable",
            "kendall", "read_jsonl", "spearman"]

@@ -143,6 +143,29 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         shutil.rmtree(holder, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def file_lock(path: str | Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``path`` (an empty lock file, created if missing) for the
+    ``with`` block: concurrent processes (Ray workers on one node) wait for each other, and the
+    kernel releases the lock if the holder dies. Per host: not a lock across NFS clients."""
+    import fcntl
+
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+    except OSError as e:
+        raise io_error(path, e) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+
 def append_jsonl(path: str | Path, record: dict[str, Any], durable: bool = True) -> None:
     """Append one JSON line (a crash leaves at most one truncated last line); ``durable``
     fsyncs it (without, the line survives a process crash but not a power loss)."""

@@ -23,7 +23,7 @@ class MecoEvaluator(ZeroCostEvaluator):
     name = "meco"
 
     @torch.no_grad()
-    def _proxy(self, model, batches) -> tuple[float, Mapping[str, float]]:
+    def _proxy(self, model, batches, rt) -> tuple[float, Mapping[str, float]]:
         x0, text, t, noise = batches[0]
         b, frames = x0.shape[0], x0.shape[2]
         feats: list[torch.Tensor] = []
@@ -40,7 +40,8 @@ class MecoEvaluator(ZeroCostEvaluator):
                     len(parts) == 3 and parts[0] == "stages" and parts[2] == "resample"):
                 handles.append(m.register_forward_hook(hook))
         try:
-            model(noisy(x0, noise, t), t, text)
+            with rt.autocast():
+                model(noisy(x0, noise, t), t, text)
         finally:
             for h in handles:
                 h.remove()

@@ -25,7 +25,7 @@ class NaswotEvaluator(ZeroCostEvaluator):
     name = "naswot"
 
     @torch.no_grad()
-    def _proxy(self, model, batches) -> tuple[float, Mapping[str, float]]:
+    def _proxy(self, model, batches, rt) -> tuple[float, Mapping[str, float]]:
         x0, text, t, noise = batches[0]
         frames = x0.shape[0] * x0.shape[2]
         codes: list[torch.Tensor] = []
@@ -37,7 +37,8 @@ class NaswotEvaluator(ZeroCostEvaluator):
         handles = [m.register_forward_hook(hook) for m in model.modules()
                    if isinstance(m, nn.GroupNorm)]
         try:
-            model(noisy(x0, noise, t), t, text)
+            with rt.autocast():
+                model(noisy(x0, noise, t), t, text)
         finally:
             for h in handles:
                 h.remove()

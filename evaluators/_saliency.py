@@ -12,18 +12,20 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from evaluators._device import Runtime
 from evaluators._torch_setup import denoise_loss
 from evaluators._zero_cost import ZeroCostEvaluator, temporal_named_parameters
 
 
-def _temporal_grads(model: nn.Module, batches: list) -> list[tuple[str, nn.Parameter, torch.Tensor]]:
+def _temporal_grads(model: nn.Module, batches: list, rt: Runtime
+                    ) -> list[tuple[str, nn.Parameter, torch.Tensor]]:
     params = temporal_named_parameters(model)
     if not params:
         return []
     model.zero_grad(set_to_none=True)
     for x0, text, t, noise in batches:
-        (denoise_loss(model, x0, text, t, noise) / len(batches)).backward()
-    return [(n, p, p.grad if p.grad is not None else torch.zeros_like(p)) for n, p in params]
+        rt.backward(denoise_loss(model, x0, text, t, noise, rt=rt) / len(batches))
+    return [(n, p, rt.grad(p)) for n, p in params]
 
 
 class GradNormEvaluator(ZeroCostEvaluator):
@@ -31,8 +33,8 @@ class GradNormEvaluator(ZeroCostEvaluator):
 
     name = "grad_norm"
 
-    def _proxy(self, model, batches) -> tuple[float, Mapping[str, float]]:
-        g = _temporal_grads(model, batches)
+    def _proxy(self, model, batches, rt) -> tuple[float, Mapping[str, float]]:
+        g = _temporal_grads(model, batches, rt)
         return float(sum(float(gr.norm()) for _, _, gr in g)), {"tensors": float(len(g))}
 
 
@@ -41,6 +43,6 @@ class SnipEvaluator(ZeroCostEvaluator):
 
     name = "snip"
 
-    def _proxy(self, model, batches) -> tuple[float, Mapping[str, float]]:
-        g = _temporal_grads(model, batches)
+    def _proxy(self, model, batches, rt) -> tuple[float, Mapping[str, float]]:
+        g = _temporal_grads(model, batches, rt)
         return float(sum(float((p.detach() * gr).abs().sum()) for _, p, gr in g)), {}

@@ -7,7 +7,8 @@ BatchNorm nets in eval mode; a GroupNorm/LayerNorm of a constant input would out
 and without any normalization the GEGLU products overflow float64 (measured: inf on every
 snapgen_v candidate), so each normalization layer is replaced by a division by its input's
 mean magnitude (detached: a fixed rescaling, like BatchNorm's running statistics).
-``extras["log10"]`` is ``log10`` of the score.
+``extras["log10"]`` is ``log10`` of the score. It runs on the evaluator's device in float64
+whatever ``precision`` says: its products overflow every lower precision.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ class SynflowEvaluator(ZeroCostEvaluator):
 
     name = "synflow"
 
-    def _proxy(self, model, batches) -> tuple[float, Mapping[str, float]]:
+    def _proxy(self, model, batches, rt) -> tuple[float, Mapping[str, float]]:
         if not temporal_named_parameters(model):
             return 0.0, {"log10": float("-inf")}
         m = copy.deepcopy(model).double()
@@ -56,7 +57,7 @@ class SynflowEvaluator(ZeroCostEvaluator):
             p.requires_grad_(n in temporal)
         x0, text, _, _ = batches[0]
         x = torch.ones_like(x0, dtype=torch.float64).requires_grad_(True)
-        t = torch.full((x0.shape[0],), SYNFLOW_TIMESTEP, dtype=torch.long)
+        t = torch.full((x0.shape[0],), SYNFLOW_TIMESTEP, dtype=torch.long, device=x0.device)
         out = m(x, t, torch.ones_like(text, dtype=torch.float64))
         out.sum().backward()
         total = 0.0

@@ -3,7 +3,8 @@
 Every proxy sees the same setup: the scaled candidate (``ProxyScale``) with the pretrained
 (or seeded random) spatial backbone, frozen; temporal blocks drawn from the seeded default
 init; and ``num_batches`` fixed denoising batches of training videos (epsilon prediction,
-SD noise schedule) drawn from the seed. Temporal blocks are built zero-initialized (an
+SD noise schedule) drawn from the seed; model and batches on the evaluator's device, forward
+passes under its precision (``Runtime``). Temporal blocks are built zero-initialized (an
 identity at start); a proxy that differentiated them as built would see zero gradients almost
 everywhere, so their zero-initialized layers are re-drawn with PyTorch's default init
 (``reset_parameters``) before scoring. Gradient-based scores sum over temporal parameters
@@ -14,21 +15,23 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from torch import nn
 
-from evaluators._common import BuiltinEvaluator
+from evaluators._device import Runtime
 from evaluators._pretrain import pretrained_spatial
 from evaluators._torch_setup import (
+    TorchEvaluator,
     TorchOptions,
     data_splits,
     fixed_batches,
+    prepare_data,
     scaled_arch,
-    torch_session,
 )
 from search_space.arch import ArchConfig
 from search_space.errors import ConfigError
+from search_space.task import VideoTask
 
 
 @dataclass(frozen=True)
@@ -58,38 +61,47 @@ def reinit_zero_layers(model: nn.Module) -> int:
     return n
 
 
-class ZeroCostEvaluator(BuiltinEvaluator):
-    """Subclasses implement ``_proxy(model, batches) -> (value, extras)``."""
+class ZeroCostEvaluator(TorchEvaluator):
+    """Subclasses implement ``_proxy(model, batches, rt) -> (value, extras)``: ``model`` and
+    ``batches`` are on ``rt.device``; forward passes go under ``rt.autocast()`` (or through
+    ``denoise_loss(..., rt=rt)``), gradients through ``rt.backward``/``rt.grad``."""
 
     Options: ClassVar[type] = ZeroCostOptions
 
-    def prepare(self, arch: ArchConfig, seed: int) -> tuple[nn.Module, list]:
-        """The scaled candidate (spatial frozen, temporal re-drawn) and the fixed batches.
-        Call inside :func:`torch_session`."""
+    def setup(self, task: VideoTask, progress: bool | None = None) -> dict[str, Any]:
+        return prepare_data(self.backbone, self.options, task.latent_channels, progress)
+
+    def prepare(self, arch: ArchConfig, seed: int, rt: Runtime | None = None
+                ) -> tuple[nn.Module, list]:
+        """The scaled candidate (spatial frozen, temporal re-drawn) and the fixed batches, on
+        ``rt``'s device (the CPU without one). Call inside the options' ``session``."""
         from search_space.modules import build_model
 
         o = self.options
         C = arch.task.latent_channels
         bb, sarch = scaled_arch(self.backbone, o, arch)
         model = build_model(bb, sarch.task, sarch)
-        if o.spatial == "pretrained":
+        if o.spatial != "random":
             model.load_spatial_state_dict(pretrained_spatial(self.backbone, o, C)[0])
         model.freeze_spatial()
         reinit_zero_layers(model)
         train, _ = data_splits(self.backbone, o, C)
-        return model, fixed_batches(train, o.num_batches, o.batch, seed)
+        batches = fixed_batches(train, o.num_batches, o.batch, seed)
+        rt = rt or Runtime()
+        return rt.module(model), rt.batches(batches)
 
     def _score(self, arch: ArchConfig, seed: int, budget: int) -> tuple[float, Mapping[str, float]]:
         o = self.options
-        if o.spatial == "pretrained":  # outside the timed/seeded section: cached artefact
+        if o.spatial != "random":  # outside the timed/seeded section: cached artefact
             pretrained_spatial(self.backbone, o, arch.task.latent_channels)
         data_splits(self.backbone, o, arch.task.latent_channels)
-        with torch_session(seed, o.threads):
-            model, batches = self.prepare(arch, seed)
-            value, extras = self._proxy(model, batches)
+        with o.session(seed) as rt:
+            model, batches = self.prepare(arch, seed, rt)
+            value, extras = self._proxy(model, batches, rt)
         return value, extras
 
-    def _proxy(self, model: nn.Module, batches: list) -> tuple[float, Mapping[str, float]]:
+    def _proxy(self, model: nn.Module, batches: list, rt: Runtime
+               ) -> tuple[float, Mapping[str, float]]:
         raise NotImplementedError
 
 

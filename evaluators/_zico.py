@@ -35,16 +35,16 @@ class ZicoEvaluator(ZeroCostEvaluator):
     name = "zico"
     Options = ZicoOptions
 
-    def _proxy(self, model, batches) -> tuple[float, Mapping[str, float]]:
+    def _proxy(self, model, batches, rt) -> tuple[float, Mapping[str, float]]:
         params = temporal_named_parameters(model)
         if not params:
             return 0.0, {"tensors": 0.0}
         grads: dict[str, list[torch.Tensor]] = {n: [] for n, _ in params}
         for x0, text, t, noise in batches:
             model.zero_grad(set_to_none=True)
-            denoise_loss(model, x0, text, t, noise).backward()
+            rt.backward(denoise_loss(model, x0, text, t, noise, rt=rt))
             for n, p in params:
-                grads[n].append(torch.zeros_like(p) if p.grad is None else p.grad.detach().clone())
+                grads[n].append(rt.grad(p).detach().clone())
         score, used = 0.0, 0
         for gs in grads.values():
             g = torch.stack(gs).double()

@@ -17,11 +17,18 @@ class Direction(str, Enum):
 
 @dataclass(frozen=True)
 class EvalResult:
-    """One evaluation: the score, named side numbers, and how long it took."""
+    """One evaluation: the score, named side numbers, and how long it took.
+
+    ``weights``: safetensors bytes of the weights the evaluation trained, when it was asked to
+    keep them (``short_train``'s ``keep_weights``); the search driver writes them into the run
+    folder (``<run>/weights/<arch_id>/s<seed>.safetensors``), so they travel with the result
+    from a worker on any node.
+    """
 
     value: float
     extras: Mapping[str, float] = field(default_factory=dict)
     wall_time_s: float = 0.0
+    weights: bytes | None = field(default=None, repr=False, compare=False)
 
 
 @runtime_checkable
@@ -31,6 +38,9 @@ class Evaluator(Protocol):
     ``config_key`` identifies everything that changes the score besides (arch, seed, budget)
     (evaluator options, proxy scale, data, code version): it is part of every cache key.
     ``resources`` are Ray resources one evaluation needs (e.g. ``{"num_cpus": 1, "num_gpus": 1}``).
+    Optional: ``setup(task, progress) -> dict``, called once by the search driver before the
+    first evaluation to build what every evaluation shares (the built-in torch evaluators
+    encode and cache the data there), so bad input stops a search before it starts.
     """
 
     name: str

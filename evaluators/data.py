@@ -88,13 +88,14 @@ class VideoSet:
     """A split of encoded videos.
 
     ``latents``: ``(N, C, T, H, W)`` float32; ``text``: ``(N, tokens, dim)``;
-    ``pixels``: ``(N, T, 8H, 8W, 3)`` uint8 (what the latents encode, for previews);
+    ``pixels``: ``(N, T, 8H, 8W, 3)`` uint8 (what the latents encode, for previews), or None
+    for your clips (they are not kept in memory: previews decode the files again);
     ``sources``/``captions``: one per video.
     """
 
     latents: torch.Tensor
     text: torch.Tensor
-    pixels: np.ndarray
+    pixels: np.ndarray | None
     sources: tuple[str, ...]
     captions: tuple[str, ...]
 
@@ -382,9 +383,15 @@ def save_preview(videos: VideoSet, path: str, max_videos: int = 8, decoded: bool
         frames = (decode(videos.latents[:n], channel_std) * 255 + 0.5).astype(np.uint8)
     else:
         frames = videos.pixels[:n]
+    return save_frames(frames, path)
+
+
+def save_frames(frames: np.ndarray, path: str) -> str:
+    """Write ``frames (n, T, h, w, 3)`` uint8 atomically: an animated GIF grid for ``*.gif``,
+    else a PNG strip (one row per video, one column per frame)."""
     with atomic_path(path) as tmp:
-        _write_frames(frames, tmp, gif=path.lower().endswith(".gif"))
-    return path
+        _write_frames(frames, tmp, gif=str(path).lower().endswith(".gif"))
+    return str(path)
 
 
 def _write_frames(frames: np.ndarray, path, gif: bool) -> None:

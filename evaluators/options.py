@@ -8,6 +8,7 @@ Nested dataclass fields (e.g. ``scale``) are parsed recursively.
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from collections.abc import Mapping
 from typing import Any, TypeVar
@@ -38,6 +39,11 @@ def parse_resources(value: Any, where: str) -> dict[str, float]:
 
 def _check(value: Any, typ: Any, where: str) -> Any:
     origin = typing.get_origin(typ)
+    if origin in (typing.Union, types.UnionType):  # Optional[X] (X | None)
+        inner = [a for a in typing.get_args(typ) if a is not type(None)]
+        if value is None and len(inner) < len(typing.get_args(typ)):
+            return None
+        return _check(value, inner[0], where)
     if dataclasses.is_dataclass(typ):
         if isinstance(value, typ):
             return value
@@ -91,13 +97,16 @@ def parse_options(cls: type[T], data: Mapping[str, Any] | None, where: str) -> T
             raise ConfigError(f"{where}.{key}: unknown option (known: {', '.join(sorted(known))})")
     kw = {}
     for key, value in data.items():
-        if key == "resources":
-            kw[key] = parse_resources(value, f"{where}.resources")
+        if key == "resources":  # null = unset: the evaluator's default resources
+            kw[key] = None if value is None else parse_resources(value, f"{where}.resources")
         else:
             kw[key] = _check(value, hints[key], f"{where}.{key}")
     try:
         return cls(**kw)
-    except ConfigError:
+    except ConfigError as e:  # a range check naming one of cls's fields: name the full key
+        msg = str(e)
+        if msg.split(":", 1)[0] in known:
+            raise ConfigError(f"{where}.{msg}") from None
         raise
     except (TypeError, ValueError) as e:  # __post_init__ range checks
         raise ConfigError(f"{where}: {e}") from None

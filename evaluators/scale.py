@@ -16,36 +16,46 @@ from search_space.errors import ConfigError
 from search_space.geometry import validate_arch
 from search_space.task import VideoTask
 
+#: ``width_mult`` of the proxy when the options leave it open and no backbone weights are used
+DEFAULT_WIDTH_MULT = 0.0625
+
 
 @dataclass(frozen=True)
 class ProxyScale:
     """How far to shrink a candidate for proxy evaluation.
 
-    ``width_mult`` multiplies every channel count (rounded to the norm-group multiple);
-    the video task becomes ``(latent_channels, num_frames, latent_height, latent_width)`` with
-    ``text_tokens`` tokens of the scaled cross-attention width.
+    ``width_mult`` multiplies every channel count (rounded to the norm-group multiple); ``None``
+    (unset) = :data:`DEFAULT_WIDTH_MULT`, or the real width (1.0) when the evaluator runs the
+    backbone's own weights (the torch options resolve it). The video task becomes
+    ``(latent_channels, num_frames, latent_height, latent_width)`` with ``text_tokens`` tokens
+    of the scaled cross-attention width.
     """
 
-    width_mult: float = 0.0625
+    width_mult: float | None = None
     num_frames: int = 8
     latent_height: int = 8
     latent_width: int = 8
     text_tokens: int = 8
 
     def __post_init__(self) -> None:
-        if not 0 < self.width_mult <= 1:
+        if self.width_mult is not None and not 0 < self.width_mult <= 1:
             raise ConfigError(f"scale.width_mult: must be in (0, 1], got {self.width_mult}")
         for k in ("num_frames", "latent_height", "latent_width", "text_tokens"):
             v = getattr(self, k)
             if v < 1:
                 raise ConfigError(f"scale.{k}: must be >= 1, got {v}")
 
+    @property
+    def width(self) -> float:
+        """The width multiplier in effect."""
+        return DEFAULT_WIDTH_MULT if self.width_mult is None else self.width_mult
+
     def to_dict(self) -> dict:
         return asdict(self)
 
     def backbone(self, full: BackboneSpec) -> BackboneSpec:
         """The width-scaled backbone (same stages, units, transformers)."""
-        return full.scaled(self.width_mult)
+        return full.scaled(self.width)
 
     def task(self, full_task: VideoTask, scaled_backbone: BackboneSpec) -> VideoTask:
         return VideoTask(latent_channels=full_task.latent_channels, num_frames=self.num_frames,

@@ -8,7 +8,9 @@ that their errors surface before a search starts.
 A config looks like (every key but ``name`` and ``backbone`` has a default)::
 
     name: smoke
-    backbone: tiny                 # a preset name, or an inline BackboneSpec mapping
+    backbone: tiny                 # a preset name, an inline BackboneSpec mapping, or
+                                   # {diffusers: DIR_OR_CONFIG_JSON, weights: true, name: NAME}
+    backbone_weights: null         # safetensors file / diffusers folder for the backbone
     task: {num_frames: 4}          # overrides of the preset's default VideoTask
     space: {defaults: {kinds: [none, conv1d, attn1d]}}   # SearchSpace.from_dict restrictions
     latency_model: iphone16pm      # device profile name or a directory written by model.save()
@@ -18,6 +20,8 @@ A config looks like (every key but ``name`` and ``backbone`` has a default)::
     search: {sampler: nsga2, sampler_options: {population_size: 24}, n_trials: 100,
              workers: 2, seed: 0, storage: null,
              pruner: {name: none, min_budget: 4, reduction_factor: 3, latency_buckets: 3}}
+    runtime_env: {working_dir: null, py_modules: [], excludes: [], env_vars: {},
+                  ship_project: true, ship_plugins: true}   # what Ray workers get
     out: runs                      # the run goes to <out>/<name>/
 """
 
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import collections.abc
 import math
+import os
 import types
 import typing
 from collections.abc import Mapping
@@ -35,7 +40,9 @@ from typing import Any
 import yaml
 
 from common.errors import ConfigError
+from experiments.backbone_entry import DIFFUSERS_KEY, option_field, parse_backbone, read_unet
 from search_space.backbone import BackboneSpec
+from search_space.diffusers_config import DiffusersUNet, weight_files_at
 from search_space.presets import default_task, get_backbone, preset_names
 from search_space.space import SearchSpace
 from search_space.task import VideoTask
@@ -57,7 +64,10 @@ class EvaluatorConfig:
     ``options`` go to ``create_evaluator`` unchanged (e.g. ``scale``); ``seeds``: every
     candidate is evaluated once per seed and scored by the mean; ``timeout_s``: one evaluation
     taking longer is cancelled and its trial FAILs; ``retries``: Ray re-runs an evaluation whose
-    worker process died up to this many times; ``threads``: torch threads per evaluation.
+    worker process died up to this many times; ``threads``: torch threads per evaluation;
+    ``keep_weights``: save the weights each evaluation trained in the run folder
+    (``<run>/weights/<arch_id>/s<seed>.safetensors``; evaluators whose options have
+    ``keep_weights``, e.g. ``short_train``), for ``temponas export --format torch``.
     """
 
     name: str = "params"
@@ -68,6 +78,7 @@ class EvaluatorConfig:
     retries: int = field(default=1, metadata=_meta(min=0))
     threads: int = field(default=1, metadata=_meta(min=1))
     num_cpus: float = field(default=1.0, metadata=_meta(min=0.0))
+    keep_weights: bool = False
 
 
 @dataclass(frozen=True)
@@ -120,9 +131,32 @@ class SearchConfig:
 
 
 @dataclass(frozen=True)
+class RuntimeEnvConfig:
+    """What the search ships to its Ray workers (docs/clusters.md); never changes results.
+
+    ``working_dir``: a directory shipped as the evaluations' working directory (relative data
+    paths in the evaluator options resolve there); ``py_modules``: more local packages,
+    ``.py`` or ``.whl`` files; ``excludes``: gitignore-style patterns left out of what is
+    shipped; ``env_vars``: environment variables of every evaluation (e.g. ``TEMPONAS_CACHE``);
+    ``ship_project``: temponas's own packages go along when joining a cluster;
+    ``ship_plugins``: so does the module of a ``module:Class`` evaluator (on a local Ray:
+    its directory joins the workers' PYTHONPATH if they cannot import it). Paths are relative
+    to the working directory of the search.
+    """
+
+    working_dir: str | None = None
+    py_modules: tuple[str, ...] = ()
+    excludes: tuple[str, ...] = ()
+    env_vars: Mapping[str, Any] = field(default_factory=dict)
+    ship_project: bool = True
+    ship_plugins: bool = True
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     name: str = field(metadata=_meta(pattern="name"))
-    backbone: Any = field(metadata=_meta(custom=True))  # preset name or inline mapping
+    backbone: Any = field(metadata=_meta(custom=True))  # preset name, inline or diffusers mapping
+    backbone_weights: str | None = None
     task: Mapping[str, Any] = field(default_factory=dict)
     space: Mapping[str, Any] = field(default_factory=dict)
     latency_model: str = "iphone16pm"
@@ -131,23 +165,66 @@ class ExperimentConfig:
                                         metadata=_meta(nonempty=True, each_choices=OBJECTIVES))
     constraints: ConstraintsConfig = field(default_factory=ConstraintsConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
+    runtime_env: RuntimeEnvConfig = field(default_factory=RuntimeEnvConfig)
     out: str = "runs"
     config_version: int = CONFIG_VERSION
     source: str = field(default="", compare=False, metadata=_meta(internal=True))
 
     # ---- resolved objects -------------------------------------------------------------------
     @property
+    def diffusers_unet(self) -> DiffusersUNet | None:
+        """The diffusers UNet folder the backbone comes from (None for presets/inline)."""
+        if isinstance(self.backbone, Mapping) and DIFFUSERS_KEY in self.backbone:
+            return read_unet(self.backbone[DIFFUSERS_KEY], self.backbone.get("name"))
+        return None
+
+    @property
     def backbone_spec(self) -> BackboneSpec:
         if isinstance(self.backbone, str):
             return get_backbone(self.backbone)
+        unet = self.diffusers_unet
+        if unet is not None:
+            return unet.backbone
         return BackboneSpec.from_dict(_thaw(self.backbone), "backbone")
+
+    @property
+    def weights_path(self) -> str | None:
+        """The backbone's weights (a safetensors file or a diffusers folder), if it has any."""
+        if self.backbone_weights:
+            return self.backbone_weights
+        if self.diffusers_unet is not None and self.backbone.get("weights"):
+            return str(self.diffusers_unet.config_path.parent)
+        return None
 
     @property
     def video_task(self) -> VideoTask:
         bb = self.backbone_spec
-        base = (default_task(self.backbone) if isinstance(self.backbone, str) and
-                self.backbone in preset_names() else VideoTask(text_dim=bb.cross_attention_dim))
+        unet = self.diffusers_unet
+        if isinstance(self.backbone, str) and self.backbone in preset_names():
+            base = default_task(self.backbone)
+        elif unet is not None:
+            base = unet.default_task()
+        else:
+            base = VideoTask(text_dim=bb.cross_attention_dim,
+                             latent_channels=bb.latent_channels or VideoTask.latent_channels)
         return VideoTask.from_dict({**base.to_dict(), **_thaw(self.task)}, "task")
+
+    def evaluator_options(self) -> dict[str, Any]:
+        """``evaluator.options`` as the evaluator gets them: when the backbone comes with
+        weights and the evaluator's options have a ``weights`` field (every built-in torch
+        evaluator), ``weights`` is the backbone's and ``spatial`` defaults to ``backbone``;
+        ``evaluator.keep_weights`` sets the option ``keep_weights``."""
+        opts = _thaw(self.evaluator.options)
+        path = self.weights_path
+        if path is not None and option_field(self.evaluator.name, "weights"):
+            opts.setdefault("weights", path)
+            opts.setdefault("spatial", "backbone")
+        if self.evaluator.keep_weights:
+            if not option_field(self.evaluator.name, "keep_weights"):
+                raise ConfigError(f"evaluator.keep_weights: evaluator {self.evaluator.name!r} "
+                                  f"trains no weights to keep (short_train does)")
+            opts["keep_weights"] = True
+        return opts
 
     @property
     def search_space(self) -> SearchSpace:
@@ -160,6 +237,8 @@ class ExperimentConfig:
     def to_dict(self) -> dict[str, Any]:
         d = _to_plain(self)
         d.pop("source", None)
+        if d.get("backbone_weights") is None:
+            d.pop("backbone_weights", None)
         return d
 
     def identity(self) -> dict[str, Any]:
@@ -168,11 +247,11 @@ class ExperimentConfig:
         A ``--resume`` is refused when this differs from the run's stored config."""
         d = self.to_dict()
         d["task"] = self.video_task.to_dict()
-        for k in ("out", "name"):
+        for k in ("out", "name", "runtime_env"):
             d.pop(k, None)
         for k in ("n_trials", "workers", "storage"):
             d["search"].pop(k, None)
-        for k in ("timeout_s", "retries", "threads", "num_cpus"):
+        for k in ("timeout_s", "retries", "threads", "num_cpus", "keep_weights"):
             d["evaluator"].pop(k, None)
         return d
 
@@ -296,30 +375,38 @@ def _parse_dataclass(cls: type, data: Any, where: str) -> Any:
                 raise ConfigError(f"{key}: missing (required)")
             continue
         if f.metadata.get("custom"):
-            kw[f.name] = _parse_backbone(data[f.name], key)
+            kw[f.name] = _freeze(parse_backbone(data[f.name], key))
         else:
             kw[f.name] = _parse(hints[f.name], data[f.name], key, f.metadata)
     return cls(**kw)
 
 
-def _parse_backbone(value: Any, where: str) -> Any:
-    if isinstance(value, str):
-        if value not in preset_names():
-            raise ConfigError(f"{where}: unknown preset {value!r} (presets: {', '.join(preset_names())})")
-        return value
-    if isinstance(value, Mapping):
-        BackboneSpec.from_dict(value, where)  # validate now
-        return _freeze(value)
-    raise ConfigError(f"{where}: expected a preset name or a backbone mapping, got {value!r}")
+def _resolve_weights(cfg: ExperimentConfig) -> ExperimentConfig:
+    """``backbone_weights`` as an absolute path whose files exist; not with a diffusers backbone
+    that brings its own."""
+    from dataclasses import replace
+
+    if cfg.backbone_weights is None:
+        return cfg
+    unet = cfg.diffusers_unet
+    if unet is not None and cfg.backbone.get("weights"):
+        raise ConfigError("backbone_weights: the diffusers backbone brings its own weights "
+                          "(set backbone.weights: false to use these instead)")
+    path = os.path.abspath(os.path.expanduser(cfg.backbone_weights))
+    weight_files_at(path, where="backbone_weights")
+    return replace(cfg, backbone_weights=path)
 
 
 def parse_config(data: Any, source: str = "<config>") -> ExperimentConfig:
     """Validate a parsed YAML document; errors are ``ConfigError("<source>: key.path: ...")``."""
     try:
-        cfg = _parse_dataclass(ExperimentConfig, data, "")
+        cfg = _resolve_weights(_parse_dataclass(ExperimentConfig, data, ""))
         if cfg.config_version != CONFIG_VERSION:
             raise ConfigError(f"config_version: {cfg.config_version} is not supported "
                               f"(this temponas reads version {CONFIG_VERSION})")
+        for k, v in cfg.runtime_env.env_vars.items():
+            if isinstance(v, bool) or not isinstance(v, (str, int, float)):
+                raise ConfigError(f"runtime_env.env_vars.{k}: expected a string, got {v!r}")
         if "quality" not in cfg.objectives:
             raise ConfigError("objectives: must include 'quality'")
         if len(cfg.objectives) < 2:

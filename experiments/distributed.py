@@ -1,7 +1,12 @@
 """Ray side of a search: starting/joining Ray and the evaluation task.
 
 Ray is imported lazily (only a search needs it). A local Ray binds to loopback with its
-dashboard off and token auth disabled; ``address`` joins an existing cluster instead.
+dashboard off and token auth disabled; ``address`` joins an existing cluster instead, with the
+job's runtime environment (:mod:`experiments.runtime_env`).
+
+Errors that every further evaluation would hit too (the evaluator cannot be built on a worker,
+its runtime environment cannot be set up, no node can grant its resources) stop the search
+as :class:`SearchAborted` instead of failing trial after trial.
 """
 
 from __future__ import annotations
@@ -27,9 +32,19 @@ class RayError(TemponasError):
     """Ray could not be started or joined."""
 
 
-def ensure_ray(address: str | None, num_cpus: int) -> bool:
-    """Start a local Ray (``num_cpus``) or join ``address``. True if this call started/joined
-    it (so the caller shuts it down); False if Ray was already initialized in this process."""
+class SearchAborted(TemponasError):
+    """A running search cannot go on: every further evaluation would fail the same way."""
+
+
+class EvaluatorUnavailable(SearchAborted):
+    """The evaluator cannot be built on a Ray worker (e.g. its plug-in module is missing there)."""
+
+
+def ensure_ray(address: str | None, num_cpus: int,
+               runtime_env: Mapping[str, Any] | None = None) -> bool:
+    """Start a local Ray (``num_cpus``) or join ``address``, with the job-level
+    ``runtime_env``. True if this call started/joined it (so the caller shuts it down); False
+    if Ray was already initialized in this process (then ``runtime_env`` is not applied)."""
     for k, v in _LOCAL_ENV.items():
         os.environ.setdefault(k, v)
     if address:
@@ -40,6 +55,8 @@ def ensure_ray(address: str | None, num_cpus: int) -> bool:
         return False
     kw: dict[str, Any] = dict(include_dashboard=False, log_to_driver=True, logging_level="warning",
                               configure_logging=True)
+    if runtime_env:
+        kw["runtime_env"] = dict(runtime_env)
     try:
         if address:
             host = address.split("://")[-1].rsplit(":", 1)[0]
@@ -155,16 +172,25 @@ def evaluate_task(spec: Mapping[str, Any], arch_json: str, seed: int, budget: in
     ``budget`` (bytes, so it comes back to the driver from any node). Other evaluators
     evaluate ``budget`` from scratch and return no checkpoint. ``val_fraction < 1``: a lower
     rung scored on part of the held-out data (resumable evaluators only).
+    (and ``weights``, safetensors bytes, when the evaluator kept them).
     """
-    import torch
-
-    torch.set_num_threads(max(1, int(threads)))
     key = json.dumps(spec, sort_keys=True)
     ev = _EVALUATORS.get(key)
     if ev is None:
-        ev = create_evaluator(spec["name"], BackboneSpec.from_dict(spec["backbone"]),
-                              spec.get("options") or {})
+        try:
+            ev = create_evaluator(spec["name"], BackboneSpec.from_dict(spec["backbone"]),
+                                  spec.get("options") or {})
+        except Exception as e:  # noqa: BLE001 - ImportError of a plug-in, a missing extra, ...
+            node, host = _where()
+            msg = _one_line(str(e) if isinstance(e, TemponasError) else f"{type(e).__name__}: {e}")
+            raise EvaluatorUnavailable(
+                f"{msg}, on Ray node {node[:12]} ({host}): the evaluator cannot be built on the "
+                f"workers; ship its module (runtime_env, docs/clusters.md) or install it on "
+                f"every node") from None
         _EVALUATORS[key] = ev
+    import torch  # after the evaluator: a plug-in that cannot be built fails without it
+
+    torch.set_num_threads(max(1, int(threads)))
     arch = ArchConfig.from_json(arch_json)
     resume = getattr(ev, "evaluate_resumable", None) if resumable else None
     t0, c0 = time.perf_counter(), time.process_time()
@@ -177,13 +203,7 @@ def evaluate_task(spec: Mapping[str, Any], arch_json: str, seed: int, budget: in
         else:
             res = ev.evaluate(arch, seed=int(seed), budget=int(budget))
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    node_id = ""
-    try:
-        import ray
-
-        node_id = ray.get_runtime_context().get_node_id()
-    except Exception:
-        pass
+    node_id, host = _where()
     extras = {}
     for k, v in dict(res.extras or {}).items():
         try:
@@ -194,23 +214,66 @@ def evaluate_task(spec: Mapping[str, Any], arch_json: str, seed: int, budget: in
             extras[str(k)] = fv
     out = {"value": float(res.value), "extras": extras,
            "wall_time_s": float(res.wall_time_s or wall), "cpu_s": cpu, "node_id": node_id,
-           "host": socket.gethostname(), "pid": os.getpid()}
+           "host": host, "pid": os.getpid()}
     if new_checkpoint is not None:
         out["checkpoint"] = bytes(new_checkpoint)
+    weights = getattr(res, "weights", None)
+    if isinstance(weights, bytes):  # kept weights travel with the result (any node)
+        out["weights"] = weights
     return out
 
 
-_REMOTE: Any = None
-
-
-def remote_evaluate() -> Any:
-    """``evaluate_task`` as a Ray remote function (created once per driver process)."""
-    global _REMOTE
-    if _REMOTE is None:
+def _where() -> tuple[str, str]:
+    """``(Ray node id, host name)`` of this process."""
+    node_id = ""
+    try:
         import ray
 
-        _REMOTE = ray.remote(evaluate_task)
-    return _REMOTE
+        node_id = ray.get_runtime_context().get_node_id() or ""
+    except Exception:  # noqa: BLE001 - outside Ray
+        pass
+    return node_id, socket.gethostname()
+
+
+def evaluate_task_gpu(spec: Mapping[str, Any], arch_json: str, seed: int, budget: int,
+                      threads: int, timeout_s: float | None = None) -> dict[str, Any]:
+    """:func:`evaluate_task` for evaluations that hold a GPU (its own Ray function: those run
+    in a fresh worker process each, see :func:`remote_evaluate`)."""
+    return evaluate_task(spec, arch_json, seed, budget, threads, timeout_s)
+
+
+_REMOTE: dict[bool, Any] = {}
+
+
+def remote_evaluate(gpu: bool = False) -> Any:
+    """``evaluate_task`` as a Ray remote function (created once per driver process).
+
+    ``gpu``: for tasks that reserve GPUs. Ray points ``CUDA_VISIBLE_DEVICES`` at the GPUs of
+    each task, but a worker process keeps the CUDA context of its first task; such tasks
+    therefore get a fresh worker each (``max_calls=1``, what Ray does for ``@ray.remote(
+    num_gpus=...)``), which also returns every byte of GPU memory after the evaluation."""
+    if gpu not in _REMOTE:
+        import ray
+
+        _REMOTE[gpu] = (ray.remote(max_calls=1)(evaluate_task_gpu) if gpu
+                        else ray.remote(evaluate_task))
+    return _REMOTE[gpu]
+
+
+def fatal_cause(exc: BaseException) -> SearchAborted | None:
+    """The :class:`SearchAborted` an evaluation's failure means for the whole search, if any:
+    the evaluator could not be built on the worker, or Ray could not set up the runtime
+    environment there."""
+    import ray.exceptions as rex
+
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, SearchAborted):
+        return cause
+    if isinstance(exc, rex.RuntimeEnvSetupError):  # its last line says why (pip's error, ...)
+        last = ([ln for ln in str(exc).splitlines() if ln.strip()] or [""])[-1]
+        return SearchAborted(f"runtime_env: Ray could not set up the evaluations' runtime "
+                             f"environment on a node: {_one_line(last, 300)}")
+    return None
 
 
 def failure_reason(exc: BaseException) -> str:

@@ -1,44 +1,103 @@
 """Export one architecture of a run: ``json`` (arch + metrics), ``torch`` (safetensors state
-dict + arch + loader note), ``coreml`` (an ``.mlpackage`` of the whole denoiser).
+dict + arch + backbone + loading recipe), ``coreml`` (an ``.mlpackage`` of the whole denoiser).
 
-Weights are those of a freshly built network (seed 0): the search scores architectures; it does
-not train the final model. The export gives the network to train, measure or ship.
+The weights (:func:`network_weights`): spatial = the run's backbone weights (``backbone:
+{diffusers: DIR}`` or ``backbone_weights``) when it has them, else the fresh network (torch seed
+0); temporal = the weights a ``short_train`` evaluation of this architecture trained, when the
+run kept them (``evaluator.keep_weights``: ``<run>/weights/<arch_id>/s<seed>.safetensors``) and
+the evaluation ran at the real width, else zero (temporal blocks start as identities). If the
+kept weights are of a proxy-width evaluation they do not fit the full network: the evaluated
+(scaled) network is written to ``proxy/`` as well. The Core ML package holds the same weights
+at the precision the run's latency model priced (its metadata ``precision``: ``lut6`` =
+6-bit palettized weights with fp16 activations, via coremltools' own ``palettize_weights``).
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.errors import ExportError
+from common.errors import ConfigError, ExportError
 from common.fsio import atomic_dir, atomic_write_bytes, atomic_write_json, atomic_write_text
-from experiments.rundir import open_run
+from experiments.rundir import open_run, weights_path
 from experiments.trials import trial_attrs
 from search_space.arch import ArchConfig
+from search_space.backbone import BackboneSpec
 
 FORMATS = ("json", "torch", "coreml")
+STATE_FORMAT = "temponas-state-dict"
 
 LOADER_NOTE = """\
 # Loading `{aid}`
 
-```python
-from safetensors.torch import load_file
-from search_space.arch import ArchConfig
-from search_space.modules import build_model
-from search_space.presets import get_backbone   # or BackboneSpec.from_dict(json.load(open("backbone.json")))
+`model.safetensors` holds the whole video UNet: {spatial}; {temporal}.
+`backbone.json` is the backbone it is built on (preset, inline or diffusers: the same recipe).
 
+```python
+import json
+
+from safetensors.torch import load_file
+from search_space import ArchConfig, BackboneSpec
+from search_space.modules import build_model
+
+backbone = BackboneSpec.from_dict(json.load(open("backbone.json")))
 arch = ArchConfig.load("{aid}.json")
-model = build_model(get_backbone(arch.backbone), arch.task, arch)
+model = build_model(backbone, arch.task, arch).eval()  # any batch size runs
 model.load_state_dict(load_file("model.safetensors"))
 # forward(latents (B,C,T,H,W), timesteps (B,), text (B,tokens,dim)) -> (B,C,T,H,W)
 ```
 
-The weights are the freshly initialised network (torch seed 0); train it before use.
-Spatial parameter names do not depend on the temporal choices, so pretrained image-UNet weights
-load with `model.load_spatial_state_dict(...)`; temporal ones live under
+Frames and latent size are the task's (`arch.task`); build with another `VideoTask` for other
+sizes: the weights do not depend on them. Spatial parameter names do not depend on the
+temporal choices (other image-UNet weights load with `model.load_spatial_state_dict(...)` or
+`search_space.modules.load_spatial_weights(model, files)`); temporal ones live under
 `stages.<stage>.temporal.<i>`.
+{reproduce}"""
+
+REPRODUCE_NOTE = """
+## Reproducing the evaluation
+
+The temporal weights are those `short_train` scored (seed {seed}, {budget} steps). Rebuilt for
+the task it ran (`eval_task`), the model gives its validation loss exactly:
+
+```python
+from safetensors import safe_open
+from evaluators import validation_loss
+from search_space import VideoTask
+
+meta = safe_open("model.safetensors", "pt").metadata()
+model = build_model(backbone, VideoTask.from_dict(json.loads(meta["eval_task"])), arch).eval()
+model.load_state_dict(load_file("model.safetensors"))
+evaluator_backbone = BackboneSpec.from_dict(json.loads(meta["evaluator_backbone"]))
+loss = validation_loss(model, evaluator_backbone, json.loads(meta["evaluator_options"]))
+assert loss == float.fromhex(meta["val_loss"])
+```
 """
+
+
+@dataclass
+class NetworkWeights:
+    """The weights of an export: ``state`` (the full network's state dict), what its spatial
+    and temporal parts are, the safetensors ``metadata``, and ``proxy`` = ``(scaled backbone,
+    scaled arch, state)`` of a proxy-width evaluation when that is what was kept."""
+
+    state: dict[str, Any]
+    spatial: str
+    temporal: str
+    metadata: dict[str, str] = field(default_factory=dict)
+    proxy: tuple[BackboneSpec, ArchConfig, dict[str, Any]] | None = None
+
+    def summary(self) -> dict[str, Any]:
+        out = {"spatial": self.spatial, "temporal": self.temporal}
+        for k in ("seed", "budget", "val_loss"):
+            if k in self.metadata:
+                out[k] = (float.fromhex(self.metadata[k]) if k == "val_loss"
+                          else int(self.metadata[k]))
+        if self.proxy is not None:
+            out["proxy"] = "proxy/ holds the network the evaluation ran (proxy width)"
+        return out
 
 
 def _find_trial(run: Any, arch_id: str) -> Any:
@@ -74,54 +133,177 @@ def load_run_arch(run_dir: Path, arch_id: str) -> tuple[Any, ArchConfig, dict[st
     return run, arch, metrics
 
 
-def export_arch(run_dir: Path, arch_id: str, fmt: str, out: Path) -> list[Path]:
+def _kept_file(run: Any, arch_id: str, seed: int | None) -> Path | None:
+    """The kept-weights file of ``arch_id`` (``seed``, else the first of the run's seeds that
+    has one); an error when ``seed`` is asked for and missing."""
+    seeds = [seed] if seed is not None else list(run.cfg.evaluator.seeds)
+    for s in seeds:
+        p = weights_path(run.run_dir, arch_id, s)
+        if p.is_file():
+            return p
+    if seed is not None:
+        raise ExportError(f"--seed: {run.run_dir} kept no weights for {arch_id} seed {seed} "
+                          f"(run the search with evaluator.keep_weights: true)")
+    return None
+
+
+def network_weights(run: Any, arch: ArchConfig, seed: int | None = None) -> NetworkWeights:
+    """The weights an export of ``arch`` from ``run`` holds (see the module docstring)."""
+    import torch
+
+    from search_space.diffusers_config import weight_files_at
+    from search_space.modules import build_model, load_spatial_weights
+
+    backbone = run.cfg.backbone_spec
+    torch.manual_seed(0)
+    model = build_model(backbone, arch.task, arch)
+    spatial, temporal = "spatial layers freshly initialised (torch seed 0)", "temporal layers zero"
+    wpath = run.cfg.weights_path
+    if wpath is not None:
+        files = weight_files_at(wpath, where="backbone weights")
+        load_spatial_weights(model, files)
+        spatial = f"spatial layers = the backbone's weights ({', '.join(f.name for f in files)})"
+    meta = {"arch_id": arch.arch_id, "format": STATE_FORMAT, "backbone": backbone.name}
+    proxy = None
+    kept = _kept_file(run, arch.arch_id, seed)
+    if kept is not None:
+        from evaluators import evaluated_model
+
+        ev_model, km = evaluated_model(str(kept), weights=wpath)
+        info = (f"seed {km['seed']}, {km['budget']} steps, val_loss {km['val_loss']:.6g}, "
+                f"from {kept.relative_to(run.run_dir)}")
+        meta.update(seed=str(km["seed"]), budget=str(km["budget"]),
+                    val_loss=float(km["val_loss"]).hex(),
+                    eval_task=json.dumps(ev_model.task.to_dict(), sort_keys=True),
+                    evaluator_backbone=json.dumps(km["backbone"], sort_keys=True),
+                    evaluator_options=json.dumps(km["options"], sort_keys=True))
+        if km["eval_backbone"] == backbone.to_dict():
+            model.load_state_dict(ev_model.state_dict())
+            temporal = f"temporal layers trained by short_train ({info})"
+            if wpath is None:
+                spatial = f"spatial layers = those the evaluation ran ({km['spatial']})"
+        else:
+            temporal += f" (the kept ones are of a proxy-width evaluation: see proxy/; {info})"
+            proxy = (BackboneSpec.from_dict(km["eval_backbone"]),
+                     ArchConfig.from_dict(km["eval_arch"]), _state(ev_model))
+    meta.update(spatial=spatial, temporal=temporal)
+    return NetworkWeights(_state(model), spatial, temporal, meta, proxy)
+
+
+def _state(model: Any) -> dict[str, Any]:
+    return {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+
+
+def export_arch(run_dir: Path, arch_id: str, fmt: str, out: Path, *, seed: int | None = None,
+                palettize_mode: str = "kmeans") -> list[Path]:
     if fmt not in FORMATS:
         raise ExportError(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}")
     run, arch, metrics = load_run_arch(run_dir, arch_id)
     out = Path(out)
     backbone = run.cfg.backbone_spec
     written = [out / f"{arch_id}.json", out / f"{arch_id}.metrics.json"]
-    atomic_write_text(written[0], json.dumps({**arch.to_dict(), "arch_id": arch_id}, indent=2,
-                                             sort_keys=True) + "\n")
-    atomic_write_json(written[1], metrics)
     if fmt == "json":
+        _write_arch(written[0], arch)
+        atomic_write_json(written[1], metrics)
         return written
+    try:
+        weights = network_weights(run, arch, seed)
+    except ConfigError as e:  # weights gone/changed since the run: a one-line export error
+        raise ExportError(str(e)) from None
+    metrics["weights"] = weights.summary()
     if fmt == "torch":
-        return written + export_torch(backbone, arch, out)
-    return written + export_coreml(backbone, arch, out)
+        paths = export_torch(backbone, arch, out, weights)
+    else:
+        precision = _priced_precision(run.cfg.latency_model, palettize_mode)
+        paths = export_coreml(backbone, arch, out, weights, precision)
+        metrics["coreml"] = {"precision": precision.name, "compute": precision.compute,
+                             "weight_bits": precision.weight_bits,
+                             "palettize_mode": precision.mode if precision.weights == "lut" else None,
+                             "package_mb": round(_size_mb(paths[0]), 3),
+                             "priced_by": run.cfg.latency_model}
+    _write_arch(written[0], arch)
+    atomic_write_json(written[1], metrics)  # last: the export is complete
+    return written + paths
 
 
-def _model(backbone: Any, arch: ArchConfig) -> Any:
-    import torch
-
-    from search_space.modules import build_model
-
-    torch.manual_seed(0)
-    return build_model(backbone, arch.task, arch).eval()
+def _write_arch(path: Path, arch: ArchConfig) -> None:
+    atomic_write_text(path, json.dumps({**arch.to_dict(), "arch_id": arch.arch_id}, indent=2,
+                                       sort_keys=True) + "\n")
 
 
-def export_torch(backbone: Any, arch: ArchConfig, out: Path) -> list[Path]:
+def _size_mb(path: Path) -> float:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**20
+
+
+def _priced_precision(latency_model: str, mode: str) -> Any:
+    """The Core ML precision the run's latency model priced (its metadata ``precision``)."""
+    import latency_models
+    from latency_models.backends import Precision
+
+    model = latency_models.load_latency_model(latency_model)
+    text = str(dict(model.metadata).get("precision") or "fp16")
+    try:
+        return Precision.parse(text, mode, where=f"latency model {latency_model} precision")
+    except ConfigError as e:
+        raise ExportError(str(e)) from None
+
+
+def export_torch(backbone: BackboneSpec, arch: ArchConfig, out: Path,
+                 weights: NetworkWeights | None = None) -> list[Path]:
+    """``model.safetensors`` + ``backbone.json`` + ``LOADING.md`` (+ ``proxy/``) in ``out``;
+    without ``weights``: the freshly built network (torch seed 0)."""
     from safetensors.torch import save
 
-    model = _model(backbone, arch)
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    if weights is None:
+        import torch
+
+        from search_space.modules import build_model
+
+        torch.manual_seed(0)
+        w = NetworkWeights(_state(build_model(backbone, arch.task, arch)),
+                           "spatial layers freshly initialised (torch seed 0)",
+                           "temporal layers zero", {"arch_id": arch.arch_id, "format": STATE_FORMAT})
+    else:
+        w = weights
     paths = [out / "model.safetensors", out / "backbone.json", out / "LOADING.md"]
-    atomic_write_bytes(paths[0], save(state, metadata={"arch_id": arch.arch_id,
-                                                       "format": "temponas-state-dict"}))
+    if w.proxy is not None:
+        pb, parch, pstate = w.proxy
+        sub = out / "proxy"
+        _write_arch(sub / f"{arch.arch_id}.json", parch)
+        atomic_write_json(sub / "backbone.json", pb.to_dict())
+        atomic_write_bytes(sub / "model.safetensors", save(pstate, metadata={
+            **w.metadata, "spatial": "those the evaluation ran", "temporal": "trained"}))
+        paths += [sub / "model.safetensors", sub / "backbone.json", sub / f"{arch.arch_id}.json"]
+    atomic_write_bytes(paths[0], save(w.state, metadata=w.metadata))
     atomic_write_json(paths[1], backbone.to_dict())
-    atomic_write_text(paths[2], LOADER_NOTE.format(aid=arch.arch_id))
+    reproduce = ""
+    if "val_loss" in w.metadata:
+        where = " (in proxy/: the same recipe, run there)" if w.proxy is not None else ""
+        reproduce = REPRODUCE_NOTE.format(seed=w.metadata["seed"], budget=w.metadata["budget"])
+        reproduce = reproduce.replace("exactly:", f"exactly{where}:")
+    atomic_write_text(paths[2], LOADER_NOTE.format(aid=arch.arch_id, spatial=w.spatial,
+                                                   temporal=w.temporal, reproduce=reproduce))
     return paths
 
 
-def export_coreml(backbone: Any, arch: ArchConfig, out: Path) -> list[Path]:
-    """Convert the whole denoiser to ``<out>/<arch_id>.mlpackage`` (mlprogram, fp16, iOS18):
-    the freshly built network (torch seed 0, as :func:`export_torch`), inputs ``latents``,
-    ``timesteps``, ``text``, output ``noise_pred``, by the probes' converter
-    (``latency_models.backends.coreml_export.convert_network``)."""
-    from latency_models.backends.coreml_export import convert_network
+def export_coreml(backbone: BackboneSpec, arch: ArchConfig, out: Path,
+                  weights: NetworkWeights | None = None, precision: Any = None) -> list[Path]:
+    """Convert the whole denoiser to ``<out>/<arch_id>.mlpackage`` (mlprogram, iOS18) with the
+    export's weights (default: the fresh network, torch seed 0) at ``precision`` (default
+    fp16), by the probes' converter (``latency_models.backends.convert_network``): inputs
+    ``latents``, ``timesteps``, ``text``, output ``noise_pred``. The precision is recorded in
+    the package's description and user metadata."""
+    from latency_models.backends import Precision, convert_network
 
-    mlmodel = convert_network(backbone, arch, target="iOS18")
-    mlmodel.short_description = f"temponas {arch.arch_id} ({arch.backbone})"
+    prec = precision or Precision()
+    mlmodel = convert_network(backbone, arch, target="iOS18",
+                              state_dict=weights.state if weights is not None else None,
+                              precision=prec)
+    what = weights.temporal if weights is not None else "fresh network"
+    mlmodel.short_description = (f"temponas {arch.arch_id} ({arch.backbone}); precision "
+                                 f"{prec.name}; {what}")
+    mlmodel.user_defined_metadata["temponas.arch_id"] = arch.arch_id
+    mlmodel.user_defined_metadata["temponas.precision"] = prec.name
     target = out / f"{arch.arch_id}.mlpackage"
     with atomic_dir(target) as tmp:
         mlmodel.save(str(tmp))

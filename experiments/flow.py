@@ -28,8 +28,10 @@ from typing import Any
 
 import numpy as np
 
+from common.fsio import atomic_write_bytes
 from experiments.cache import CachedEval, EvalKey
 from experiments.ledger import DUPLICATE_OF, NOT_EVALUATED, ArchOutcome
+from experiments.rundir import weights_path
 from experiments.scheduler import Outcome
 from experiments.study import INTERRUPTED
 from experiments.trials import result_attr
@@ -198,6 +200,9 @@ class TrialFlow:
         if outcome.checkpoint is not None and self.ladder is not None \
                 and outcome.key.budget < self.ladder.top:
             self.ckpts.write(outcome.key, outcome.checkpoint)
+        if outcome.weights is not None:  # before the cache line: a cached eval has its weights
+            atomic_write_bytes(weights_path(self.run_dir, outcome.key.arch_id, outcome.key.seed),
+                               outcome.weights)
         self.cache.put(outcome.result)
         self.summary.evaluations_run += 1
         for num in outcome.waiters:

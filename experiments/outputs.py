@@ -10,6 +10,10 @@ can be regenerated at any time (``temponas pareto RUN``, ``temponas plot RUN``):
 - ``pareto.csv``: the same columns for the feasible front, one row per architecture
   (:func:`experiments.trials.pareto_front`: its earliest trial);
 - ``archs/<arch_id>.json``: every architecture seen.
+
+Written as evaluations arrive (not derived from the study): ``evaluations.jsonl``
+(:mod:`experiments.cache`) and, with ``evaluator.keep_weights``,
+``weights/<arch_id>/s<seed>.safetensors`` (:func:`experiments.rundir.weights_path`).
 """
 
 from __future__ import annotations

@@ -80,6 +80,25 @@ def _heldout(model: Any) -> str:
     return "; ".join(parts)
 
 
+def _prior_validation(model: Any) -> str:
+    """How a shipped prior did on published networks it was not fitted on ('' for others)."""
+    try:
+        meta = dict(model.metadata)
+    except Exception:
+        return ""
+    v, fo = meta.get("validation") or {}, meta.get("fitted_on") or {}
+    if not v:
+        return ""
+    where = ("no published row on this chip: borrowed from the neighbouring Neural Engine "
+             "generation" if fo.get("borrowed") else
+             f"{fo.get('rows_on_this_chip', '?')} published rows on this chip")
+    return (f"a prior (cross-family Neural Engine cost model, not calibrated on your device): on "
+            f"public Core ML latencies of network families left out of the fit, median |error| "
+            f"{v['lofo_median_abs_pct']:.1f}% (p90 {v['lofo_p90_abs_pct']:.0f}%), 90% interval "
+            f"coverage {v['interval_coverage_90']:.2f}; SD-2.1-base from a fit without any SD row "
+            f"{v['sd_excluded_median_abs_pct']:.1f}%; {where} (docs/latency.md)")
+
+
 def write_report(run_dir: Path, *, study: Any, cfg: Any, latency_model: Any = None) -> None:
     """Write ``report.md`` of a run from its study (the front: :func:`pareto_front`)."""
     run_dir = Path(run_dir)
@@ -123,7 +142,10 @@ def _setup_section(run_dir: Path, cfg: Any, objs: list[str], dirs: list[str],
                    latency_model: Any) -> list[str]:
     space, ev, t = cfg.search_space, cfg.evaluator, cfg.video_task
     meta, heldout = _latency_meta(latency_model), _heldout(latency_model)
-    if heldout:
+    prior = _prior_validation(latency_model)
+    if prior:
+        accuracy = [f"- latency model accuracy: {prior}"]
+    elif heldout:
         accuracy = [f"- latency model accuracy: {heldout}"]
     elif meta and "prior" in meta:
         accuracy = ["- latency model accuracy: a prior, not calibrated on this device's "

@@ -37,6 +37,13 @@ from experiments.study import (
 RUN_FILE = "run.json"
 RUN_FORMAT_VERSION = 1
 CONFIG_FILE = "config.yaml"
+WEIGHTS_DIR = "weights"
+
+
+def weights_path(run_dir: str | Path, arch_id: str, seed: int) -> Path:
+    """``<run>/weights/<arch_id>/s<seed>.safetensors``: the weights an evaluation kept
+    (``evaluator.keep_weights``), written by the driver from the evaluation's result."""
+    return Path(run_dir) / WEIGHTS_DIR / arch_id / f"s{seed}.safetensors"
 
 
 class RunDirError(TemponasError):

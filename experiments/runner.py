@@ -15,7 +15,6 @@ no outcome yet); a sampler's repeated proposal is told the first trial's outcome
 
 from __future__ import annotations
 
-import math
 import shutil
 import signal
 import sys
@@ -30,18 +29,18 @@ import numpy as np
 import latency_models
 from common.errors import ConfigError, TemponasError
 from common.fsio import io_error
-from evaluators.registry import create_evaluator, ray_remote_options
+from evaluators.registry import create_evaluator
 from experiments.cache import EvalCache
 from experiments.checkpoints import CheckpointStore
 from experiments.config import ExperimentConfig
-from experiments.distributed import ensure_ray, remote_evaluate, shutdown_ray
+from experiments.distributed import SearchAborted, shutdown_ray
 from experiments.flow import Candidate, TrialFlow
 from experiments.hypervolume import pareto_mask
 from experiments.ladder import Ladder, feasible_latencies, latency_edges
 from experiments.ledger import ArchLedger, DuplicateGuard, duplicate_limit
 from experiments.outputs import write_outputs
 from experiments.rundir import RunLock, open_search_study, prepare_run_dir
-from experiments.scheduler import EvaluationScheduler
+from experiments.scheduler import EvaluationScheduler, start_scheduler
 from experiments.study import INTERRUPTED, make_sampler, open_storage, storage_location, trial_done
 from experiments.trials import pareto_front
 
@@ -110,6 +109,7 @@ class Driver(TrialFlow):
         self._last_front = 0.0
         self._last_outputs = time.monotonic()
         self._stop_signal: int | None = None
+        self._started_ray = False
 
     # ---- setup ------------------------------------------------------------------------------
     def _setup(self) -> None:
@@ -117,7 +117,7 @@ class Driver(TrialFlow):
         cfg = self.cfg
         self.backbone, self.task, self.space = cfg.backbone_spec, cfg.video_task, cfg.search_space
         src = cfg.source or "config"
-        self.evaluator = create_evaluator(cfg.evaluator.name, self.backbone, cfg.evaluator.options,
+        self.evaluator = create_evaluator(cfg.evaluator.name, self.backbone, cfg.evaluator_options(),
                                           where=f"{src}: evaluator")
         try:
             self.latency_model = latency_models.load_latency_model(cfg.latency_model)
@@ -129,10 +129,13 @@ class Driver(TrialFlow):
         except ConfigError as e:
             raise ConfigError(f"{src}: {e}") from None
         self.config_key = str(self.evaluator.config_key)
+        setup = getattr(self.evaluator, "setup", None)  # optional: data every evaluation shares
+        if callable(setup):
+            setup(self.task, progress=self.opts.progress)
         self.directions = [self.evaluator.direction.value if o == "quality" else "minimize"
                            for o in cfg.objectives]
         self.eval_spec = {"name": cfg.evaluator.name, "backbone": self.backbone.to_dict(),
-                          "options": cfg.to_dict()["evaluator"]["options"]}
+                          "options": cfg.evaluator_options()}
 
     def _open_study(self) -> None:
         """Open the run's study; count what is done; reseed the sampler of a resumed session."""
@@ -160,18 +163,11 @@ class Driver(TrialFlow):
             self.study.sampler = make_sampler(cfg.search.sampler, cfg.search.sampler_options,
                                               _resume_seed(cfg.search.seed, len(trials)))
 
-    def _start_scheduler(self) -> bool:
-        """Start (or join) Ray and the scheduler. True if this call started Ray."""
-        per_task = float(ray_remote_options(self.evaluator).get("num_cpus", 1.0))
-        started = ensure_ray(self.opts.ray_address,
-                             max(1, math.ceil(self.workers * max(per_task, 1.0))))
-        remote = remote_evaluate().options(max_retries=self.cfg.evaluator.retries,
-                                           retry_exceptions=False,
-                                           **ray_remote_options(self.evaluator))
-        self.scheduler = EvaluationScheduler(remote, self.eval_spec,
-                                             threads=self.cfg.evaluator.threads,
-                                             timeout_s=self.cfg.evaluator.timeout_s)
-        return started
+    def _start_scheduler(self) -> None:
+        """Start (or join) Ray and the scheduler (see :func:`start_scheduler`)."""
+        self.scheduler, self._started_ray = start_scheduler(
+            self.cfg, self.evaluator, self.eval_spec, ray_address=self.opts.ray_address,
+            workers=self.workers)
 
     # ---- the run ----------------------------------------------------------------------------
     def run(self) -> SearchSummary:
@@ -179,7 +175,7 @@ class Driver(TrialFlow):
         fresh = not self.run_dir.exists()
         self._setup()
         lock = RunLock(self.run_dir).acquire()
-        started_ray, old_handlers, fatal = False, {}, False
+        old_handlers, fatal, discard = {}, False, False
         try:
             prepare_run_dir(self.run_dir, self.cfg, resume=self.opts.resume)
             self._open_study()
@@ -191,11 +187,16 @@ class Driver(TrialFlow):
             if self.cfg.search.sampler == "exhaustive":
                 self._arch_iter = self.space.enumerate()
             if self.done < self.target:
-                started_ray = self._start_scheduler()
+                self._start_scheduler()
                 old_handlers = self._install_stop_handlers()
                 self._loop()
             if self.ladder is not None and self.done >= self.target:
                 self.ladder.close_orphans()
+        except SearchAborted as e:  # every further evaluation would fail the same way
+            fatal = True
+            discard = fresh and self.summary.complete == 0
+            self._stop_active(f"{INTERRUPTED}: {e}")
+            raise
         except KeyboardInterrupt:
             self.summary.interrupted = True
             self._stop_active(f"{INTERRUPTED}: the search was stopped (Ctrl-C/SIGTERM)")
@@ -211,24 +212,25 @@ class Driver(TrialFlow):
         finally:
             for signum, handler in old_handlers.items():
                 signal.signal(signum, handler)
-            self._close(fatal=fatal, fresh=fresh, started_ray=started_ray, lock=lock)
+            self._close(fatal=fatal, fresh=fresh, discard=discard, lock=lock)
         self.summary.wall_time_s = time.monotonic() - t_start
         return self.summary
 
-    def _close(self, *, fatal: bool, fresh: bool, started_ray: bool, lock: RunLock) -> None:
-        """Final outputs, Ray shutdown, and (after a fatal error before any trial) removal of
-        the half-made run dir; the lock is released in every case."""
+    def _close(self, *, fatal: bool, fresh: bool, discard: bool, lock: RunLock) -> None:
+        """Final outputs, Ray shutdown, and (after a fatal error before any trial, or a new
+        run aborted before any trial completed: ``discard``) removal of the half-made run
+        dir; the lock is released in every case."""
         try:
-            if hasattr(self, "study"):
+            if hasattr(self, "study") and not discard:
                 self._write_outputs(final=True)
         except (OSError, TemponasError):
             if not fatal:  # else keep the first error: it says what went wrong
                 raise
         finally:
-            if started_ray:
+            if self._started_ray:
                 shutdown_ray()
-            if fatal and fresh and (not hasattr(self, "study")
-                                    or not self.study.get_trials(deepcopy=False)):
+            if discard or fatal and fresh and (not hasattr(self, "study")
+                                               or not self.study.get_trials(deepcopy=False)):
                 # failed before any trial (bad storage, unreachable Ray): leave no half-made
                 # run dir behind
                 shutil.rmtree(self.run_dir, ignore_errors=True)

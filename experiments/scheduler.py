@@ -11,12 +11,29 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from evaluators import ray_remote_options
 from experiments.cache import CachedEval, EvalKey
-from experiments.distributed import failure_reason
+from experiments.distributed import (
+    ensure_ray,
+    failure_reason,
+    fatal_cause,
+    remote_evaluate,
+    shutdown_ray,
+)
+from experiments.resources import (
+    RAY_NAMES,
+    FeasibilityWatch,
+    check_feasible,
+    node_totals,
+    request_of,
+    task_resources,
+)
+from experiments.runtime_env import job_env, task_env
 
 #: the driver cancels an evaluation that has not returned ``timeout_s + max(this, timeout_s)``
 #: after submission (see :attr:`EvaluationScheduler.backstop_s`)
@@ -33,6 +50,8 @@ class Outcome:
     failure: str | None = None
     #: the evaluator's training state at ``key.budget`` (a rung of a budget ladder), if any
     checkpoint: bytes | None = None
+    #: safetensors bytes of the weights the evaluation kept (``evaluator.keep_weights``)
+    weights: bytes | None = None
 
 
 class EvaluationScheduler:
@@ -41,14 +60,20 @@ class EvaluationScheduler:
 
     ``spec`` is the evaluator spec every task gets; ``threads`` and ``timeout_s`` the per-task
     torch threads and time limit (the worker stops an evaluation ``timeout_s`` after it starts;
-    :attr:`backstop_s` is the driver's own limit from submission).
+    :attr:`backstop_s` is the driver's own limit from submission). ``watch`` (e.g. a
+    :class:`~experiments.resources.FeasibilityWatch`) is checked on every poll while
+    evaluations are in flight. :meth:`poll` raises
+    :class:`~experiments.distributed.SearchAborted` when a failure means every further
+    evaluation would fail too (``watch`` raised, the evaluator cannot be built on a worker).
     """
 
-    def __init__(self, remote: Any, spec: Mapping[str, Any], *, threads: int, timeout_s: float):
+    def __init__(self, remote: Any, spec: Mapping[str, Any], *, threads: int, timeout_s: float,
+                 watch: Any = None):
         self._remote = remote
         self._spec = spec
         self._threads = threads
         self.timeout_s = timeout_s
+        self._watch = watch
         self._inflight: dict[Any, tuple[EvalKey, float]] = {}  # ref -> (key, submitted at)
         self._pending: dict[EvalKey, Any] = {}  # key -> ref
         self._waiters: dict[EvalKey, list[int]] = {}  # key -> trial numbers
@@ -95,6 +120,8 @@ class EvaluationScheduler:
             return []
         import ray
 
+        if self._watch is not None:
+            self._watch.check()
         deadline = min(t + self.backstop_s for _, t in self._inflight.values())
         wait_s = max(0.0, min(max_wait_s, deadline - time.monotonic()))
         ready, _ = ray.wait(list(self._inflight), num_returns=1, timeout=wait_s)
@@ -105,9 +132,18 @@ class EvaluationScheduler:
         if self._inflight:
             import ray
 
-            for ref in list(self._inflight):
+            refs = list(self._inflight)
+            for ref in refs:
                 try:
                     ray.cancel(ref, force=True)
+                except Exception:
+                    pass
+            # collect what already ended: an error nobody retrieves is printed by Ray
+            # ("Unhandled error ...") when its reference is dropped
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0.5)
+            for ref in ready:
+                try:
+                    ray.get(ref, timeout=0)
                 except Exception:
                     pass
         self._inflight.clear()
@@ -127,6 +163,9 @@ class EvaluationScheduler:
         try:
             out = ray.get(ref)
         except Exception as e:  # RayTaskError, WorkerCrashedError, ...
+            fatal = fatal_cause(e)
+            if fatal is not None:
+                raise fatal from None
             return Outcome(key, waiters, failure=failure_reason(e))
         value = out.get("value")
         if not isinstance(value, float) or not math.isfinite(value):
@@ -134,7 +173,9 @@ class EvaluationScheduler:
         item = CachedEval(key, value, out.get("extras", {}), float(out.get("wall_time_s", 0.0)),
                           str(out.get("node_id", "")), str(out.get("host", "")),
                           int(out.get("pid", 0)), float(out.get("cpu_s", 0.0)))
-        return Outcome(key, waiters, result=item, checkpoint=out.get("checkpoint"))
+        weights = out.get("weights")
+        return Outcome(key, waiters, result=item, checkpoint=out.get("checkpoint"),
+                       weights=weights if isinstance(weights, bytes) else None)
 
     def _expire(self) -> list[Outcome]:
         import ray
@@ -150,3 +191,56 @@ class EvaluationScheduler:
                     f"timeout: no result {limit:g} s after submission (evaluator.timeout_s="
                     f"{self.timeout_s:g} plus start-up/queueing grace); cancelled")))
         return expired
+
+
+# ---- starting: Ray, the runtime environment, the resources of one evaluation ----------------
+
+def start_scheduler(cfg: Any, evaluator: Any, spec: Mapping[str, Any], *,
+                    ray_address: str | None, workers: int) -> tuple[EvaluationScheduler, bool]:
+    """Start a local Ray (or join ``ray_address``) with the runtime environment of ``cfg``
+    (an :class:`~experiments.config.ExperimentConfig`), check that some node can grant the
+    resources of one evaluation of ``evaluator`` (:class:`~experiments.resources.ResourceError`
+    within seconds if none can), and return the scheduler (which keeps checking) and whether
+    this call started/joined Ray (then the caller shuts it down)."""
+    joined = bool(ray_address)
+    src = cfg.source or "config"
+    job = job_env(cfg.runtime_env, cfg.evaluator.name, joined=joined, where=f"{src}: runtime_env")
+    per_task = float(ray_remote_options(evaluator).get("num_cpus", 1.0))
+    started = ensure_ray(ray_address, max(1, math.ceil(workers * max(per_task, 1.0))),
+                         runtime_env=job)
+    try:
+        if job and not started:
+            warnings.warn("Ray was initialized before the search started: its job's runtime "
+                          "environment is used as is (runtime_env not shipped)", stacklevel=2)
+        nodes = node_totals()
+        options = task_resources(evaluator, nodes)
+        request = request_of(options)
+
+        def key_of(resource: str) -> str:
+            return resource_key(cfg, evaluator, resource)
+
+        check_feasible(request, key_of, nodes)
+        task = task_env(cfg.runtime_env, cfg.evaluator.name, joined=joined)
+        remote = remote_evaluate(gpu=options.get("num_gpus", 0) > 0).options(
+            max_retries=cfg.evaluator.retries, retry_exceptions=False, **options,
+            **({"runtime_env": task} if task else {}))
+        sched = EvaluationScheduler(remote, spec, threads=cfg.evaluator.threads,
+                                    timeout_s=cfg.evaluator.timeout_s,
+                                    watch=FeasibilityWatch(request, key_of))
+    except BaseException:
+        if started:
+            shutdown_ray()
+        raise
+    return sched, started
+
+
+def resource_key(cfg: Any, evaluator: Any, resource: str) -> str:
+    """The config key behind Ray resource ``resource`` of an evaluation (for error messages)."""
+    src, ev = cfg.source or "config", cfg.evaluator
+    opt = {v: k for k, v in RAY_NAMES.items()}.get(resource, resource)
+    if "resources" in (ev.options or {}):
+        return f"{src}: evaluator.options.resources.{opt}"
+    device = getattr(getattr(evaluator, "options", None), "device", None)
+    if resource == "GPU" and isinstance(device, str) and device != "cpu":
+        return f"{src}: evaluator.options.device ({device}: one GPU per evaluation)"
+    return f"{src}: evaluator {ev.name!r}: resources.{opt}"

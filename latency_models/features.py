@@ -57,6 +57,19 @@ class OpTable:
     def n_ops(self) -> int:
         return int(self.cls.shape[0])
 
+    def totals(self) -> dict[str, float]:
+        """Summed features: ``<class>_gflop``, ``act_melem``, ``weight_melem``, ``n_ops``, ``<class>_ops``
+        (the units :func:`latency_models.ane.mil.totals` gives for a converted program)."""
+        out: dict[str, float] = {}
+        for c in OpClass:
+            m = self.cls == c
+            out[f"{c.name.lower()}_gflop"] = float(self.flops[m].sum()) / 1e9
+            out[f"{c.name.lower()}_ops"] = float(m.sum())
+        out["act_melem"] = float(self.act.sum()) / 1e6
+        out["weight_melem"] = float(self.weights.sum()) / 1e6
+        out["n_ops"] = float(self.n_ops)
+        return out
+
 
 class _Ops:
     def __init__(self) -> None:

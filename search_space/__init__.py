@@ -3,7 +3,8 @@
 Torch-free at import. The torch modules and the model builder live in
 :mod:`search_space.modules` (imported on its own, it pulls in torch).
 
-Entry points: :func:`get_backbone` / :func:`default_task` (named presets), :func:`default_space`
+Entry points: :func:`get_backbone` / :func:`default_task` (named presets),
+:func:`read_diffusers_unet` (a diffusers ``UNet2DConditionModel`` folder), :func:`default_space`
 and :meth:`SearchSpace.from_dict` (which choices each stage allows), :class:`ArchConfig` (one
 candidate), :func:`network_blocks` (THE geometry: every block with its shapes) and
 :func:`network_cost` (parameters, FLOPs, modelled fp16 memory).
@@ -11,6 +12,7 @@ candidate), :func:`network_blocks` (THE geometry: every block with its shapes) a
 
 from search_space.arch import NO_TEMPORAL, ArchConfig, StageChoice, TemporalKind
 from search_space.backbone import BackboneSpec, StageRole, StageSpec, unet
+from search_space.diffusers_config import DiffusersUNet, backbone_from_config, read_diffusers_unet
 from search_space.errors import ConfigError, TemponasError
 from search_space.flops import (
     BlockCost,
@@ -35,10 +37,11 @@ from search_space.space import SearchSpace, StageSpace, default_space
 from search_space.task import VideoTask
 
 __all__ = [
-    "NO_TEMPORAL", "ArchConfig", "BackboneSpec", "BlockCost", "BlockInstance", "BlockOp",
-    "BlockSignature", "ConfigError", "NetworkCost", "SearchSpace", "StageChoice", "StageRole",
-    "StageSpace", "StageSpec", "TemporalKind", "TemponasError", "VideoTask", "backbone_params",
-    "block_cost", "default_space", "default_task", "get_backbone", "image_blocks", "image_cost",
-    "network_blocks", "network_cost", "preset_names", "skip_routes", "stage_resolution", "unet",
+    "ArchConfig", "BackboneSpec", "BlockCost", "BlockInstance", "BlockOp", "BlockSignature",
+    "ConfigError", "DiffusersUNet", "NO_TEMPORAL", "NetworkCost", "SearchSpace", "StageChoice",
+    "StageRole", "StageSpace", "StageSpec", "TemponasError", "TemporalKind", "VideoTask",
+    "backbone_from_config", "backbone_params", "block_cost", "default_space", "default_task",
+    "get_backbone", "image_blocks", "image_cost", "network_blocks", "network_cost",
+    "preset_names", "read_diffusers_unet", "skip_routes", "stage_resolution", "unet",
     "validate_arch",
 ]

@@ -54,6 +54,8 @@ class BackboneSpec:
 
     ``linear_projection``: transformer ``proj_in``/``proj_out`` are ``Linear`` (SD 2.x) rather
     than 1x1 convolutions (SD 1.x). ``time_embed_dim`` defaults to 4x the first level's channels.
+    ``latent_channels``: the latent channels ``conv_in``/``conv_out`` are made for (a diffusers
+    UNet's ``in_channels``); 0 = any (the task decides), the presets' case.
     """
 
     name: str
@@ -63,6 +65,7 @@ class BackboneSpec:
     linear_projection: bool = False
     time_embed_dim: int = 0
     notes: str = ""
+    latent_channels: int = 0
 
     def __post_init__(self) -> None:
         if self.time_embed_dim == 0 and self.stages:
@@ -125,6 +128,8 @@ class BackboneSpec:
             raise ConfigError(f"backbone {self.name!r}: mid must have the channels of down{n - 1}")
         if self.cross_attention_dim < 1:
             raise ConfigError(f"backbone {self.name!r}: cross_attention_dim must be >= 1")
+        if self.latent_channels < 0:
+            raise ConfigError(f"backbone {self.name!r}: latent_channels must be >= 0")
 
     # ---- derived backbones -------------------------------------------------------------------
     def scaled(self, width_mult: float, multiple: int | None = None) -> BackboneSpec:
@@ -150,6 +155,8 @@ class BackboneSpec:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["stages"] = [{**asdict(s), "role": s.role.value} for s in self.stages]
+        if not self.latent_channels:  # unconstrained: keep the dicts (and cache keys) of before
+            del d["latent_channels"]
         return d
 
     @classmethod

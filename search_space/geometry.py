@@ -150,6 +150,9 @@ def validate_arch(backbone: BackboneSpec, arch: ArchConfig, where: str = "arch")
     if task.text_dim != backbone.cross_attention_dim:
         raise ConfigError(f"{where}.task.text_dim: {task.text_dim} must equal the backbone's "
                           f"cross_attention_dim {backbone.cross_attention_dim}")
+    if backbone.latent_channels and task.latent_channels != backbone.latent_channels:
+        raise ConfigError(f"{where}.task.latent_channels: {task.latent_channels} must equal the "
+                          f"backbone's in/out channels {backbone.latent_channels}")
     f = 2 ** (backbone.num_levels - 1)
     for key in ("latent_height", "latent_width"):
         if getattr(task, key) % f:

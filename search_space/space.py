@@ -98,6 +98,10 @@ class SearchSpace:
         if t.text_dim != self.backbone.cross_attention_dim:
             raise ConfigError(f"{where}.task.text_dim: {t.text_dim} must equal the backbone's "
                               f"cross_attention_dim {self.backbone.cross_attention_dim}")
+        lc = self.backbone.latent_channels
+        if lc and t.latent_channels != lc:
+            raise ConfigError(f"{where}.task.latent_channels: {t.latent_channels} must equal the "
+                              f"backbone's in/out channels {lc}")
 
     # ---- size and enumeration -------------------------------------------------------------
     def stage_choices(self, stage_id: str) -> tuple[StageChoice, ...]:

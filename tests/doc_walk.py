@@ -125,10 +125,13 @@ class Walk:
     def context(self) -> dict[str, str]:
         ctx = {"ws": str(self.ws), "root": str(ROOT), "smoke": str(self.smoke), "ray": self.ray,
                "bin": str(BIN), "py": sys.executable}
-        front = self.ws / "runs" / "smoke" / "pareto.csv"
-        if front.exists():
+        for front in sorted((self.ws / "runs").glob("*/pareto.csv")):  # arch_id_<run>: a member
             with open(front, newline="") as f:
-                ctx["arch_id"] = next(csv.DictReader(f))["arch_id"]
+                row = next(csv.DictReader(f), None)
+            if row:
+                ctx[f"arch_id_{front.parent.name}"] = row["arch_id"]
+        if "arch_id_smoke" in ctx:
+            ctx["arch_id"] = ctx["arch_id_smoke"]
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             ctx["port"] = str(s.getsockname()[1])

@@ -8,7 +8,8 @@ line must be a key of exactly one table:
 * ``AS_DOCUMENTED``: run exactly as written;
 * ``SUBSTITUTED``: run as the steps given, every difference from the documented line justified
   in ``why`` (tiny presets and sizes, a stand-in for a file only a phone makes, ...);
-* ``SKIPPED``: cannot run on Linux, with the reason.
+* ``SKIPPED``: cannot run on Linux (or needs a multi-GB environment of its own), with the
+  reason.
 
 Two kinds of line need no entry: an inline mention that is the start of a covered line
 (`temponas latency fit` names the command `temponas latency fit cpu.csv ...` runs), and a
@@ -56,22 +57,30 @@ L_EXPORT_PROBES = "temponas latency export-probes CONFIG --out bundle --target i
 L_SEARCH = ("temponas search CONFIG [--n-trials N] [--workers W] [--ray-address ADDR] [--out DIR] "
             "[--resume]")
 L_MAKE_SEARCH = "make search"
+L_MY_SEARCH = "temponas search configs/my_model.yaml --ray-address HEAD_IP:6379"
+L_MY_PREVIEW = "temponas proxies preview-data configs/my_model.yaml --out clips.gif --n 4"
 L_AUDIT = ("temponas proxies audit snapgen_v --n-archs 24 --budgets 15,30 --seeds 2 --out runs/audit "
            "--workers 2")
 
 AS_DOCUMENTED: dict[str, Case] = {
     "temponas space --preset snapgen_v": Case(expect=("distinct architectures",)),
     "temponas latency devices": Case(expect=("iphone16pm",)),
-    "temponas latency predict --device iphone14pm --preset sd21 --frames 1 --batch 2":
-        Case(expect=("latency ",)),
     # the README's example config (`name: my_search`), saved where the line expects it
     "temponas latency probes experiments/configs/my_search.yaml":
         Case(expect=("distinct block signatures for snapgen_v",)),
     "python bundle/run_on_device.py bundle --template --device iPhone17,2 --out phone.csv":
         Case(after=(L_EXPORT_PROBES,), files=("phone.csv",)),
+    "temponas latency predict --device iphone16pm --preset sd21 --frames 1 --batch 2":
+        Case(expect=("latency ",)),
+    "temponas latency fitset --excluded": Case(expect=("EXCLUDED",)),
     "temponas proxies list": Case(expect=("naswot",)),
     "temponas proxies preview-data --out train.png": Case(files=("train.png",)),
     "temponas proxies preview-data --out val.gif --split val --decoded": Case(files=("val.gif",)),
+    # docs/your_model.md: configs/my_model.yaml is its config at toy size (MY_MODEL_SUBS below)
+    L_MY_PREVIEW: Case(expect=("4 train videos of 4 frames, 64x64 px",), files=("clips.gif",)),
+    "temponas proxies preview-data configs/my_model.yaml --out decoded.gif --n 4 --decoded":
+        Case(expect=("64x64 px, decoded",), files=("decoded.gif",)),
+    "temponas pareto runs/my_model": Case(after=(L_MY_SEARCH,), expect=("on the feasible front",)),
 }
 
 _TINY_AUDIT = ("tiny (snapgen_v's proxy-scale backbone pretrains ~3 min), 4 architectures (the "
@@ -195,15 +204,60 @@ SUBSTITUTED: dict[str, Case] = {
                  "default space; as the line above (whose short-training results it reuses from "
                  "the cache), DIR = audit_my", after=(L_AUDIT,),
              files=("audit_my/audit.md",)),
+    "pip install -e .[hf,video]": Case(
+        steps=(".venv/bin/pip install --no-index diffusers==0.42.1 transformers==5.24.0 av==18.1.0",),
+        why="the packages the hf and video extras pin, from the installed set (--no-index: tests "
+            "never download; reinstalling the checkout would re-point the venv's editable install)",
+        expect=("diffusers",)),
+    L_MY_SEARCH: Case(
+        steps=("temponas search configs/my_model.yaml --ray-address {ray} --no-progress",),
+        why="HEAD_IP:6379 = the test's Ray; configs/my_model.yaml = the documented config at toy "
+            "size (MY_MODEL_SUBS: each substitution and its reason)",
+        after=(L_MY_PREVIEW,), expect=("runs/my_model: 3 complete",),
+        files=("runs/my_model/pareto.csv",)),
+    "temponas export runs/my_model --arch-id ID --format torch|coreml --out exported/ID": Case(
+        steps=("temponas export runs/my_model --arch-id {arch_id_my_model} --format torch "
+               "--out exported/{arch_id_my_model}",),
+        why="ID = a member of the run's front; torch here, coreml in the test named below",
+        covered_by=(("tests/experiments/test_exp_search.py::test_export_coreml_writes_an_mlpackage",
+                     '"--format", "coreml"'),),
+        after=(L_MY_SEARCH,), expect=("model.safetensors",)),
     "python benchmarks/latency_accuracy.py --json": Case(
         steps=("python benchmarks/latency_accuracy.py --help",), why=_BENCH, cwd="root"),
     "python benchmarks/proxy_fidelity.py [--quick] --json": Case(
         steps=("python benchmarks/proxy_fidelity.py --help",), why=_BENCH, cwd="root"),
+    "python benchmarks/your_model_e2e.py --json": Case(
+        steps=("python benchmarks/your_model_e2e.py --help",), why=_BENCH, cwd="root"),
     "python benchmarks/proxy_fidelity.py --json": Case(
         steps=("python benchmarks/proxy_fidelity.py --help",), why=_BENCH, cwd="root"),
 }
 
+_PRIORS = ("the same refit as `python -m latency_models.apple_priors` (which rebuilds the priors "
+           "into the workspace and checks them against the shipped ones); writing here would "
+           "rewrite the shipped latency_models/profiles/*.json")
+SUBSTITUTED.update({
+    "temponas latency fitset [--excluded] [--json]": Case(
+        steps=("temponas latency fitset", "temponas latency fitset --json"),
+        why="the optional flags: the plain table and --json (--excluded runs as its own line)",
+        expect=("rows in the fit",)),
+    "make priors": Case(why=_PRIORS, cwd="root", make_subs=(("build-priors", "build-priors --help"),),
+                        expect=("--out",)),
+    "temponas latency build-priors": Case(steps=("temponas latency build-priors --help",), why=_PRIORS),
+    "python benchmarks/prior_transfer.py --json": Case(
+        steps=("python benchmarks/prior_transfer.py --help",), why=_BENCH, cwd="root"),
+})
+
 SKIPPED: dict[str, str] = {
+    "make fitset-features":
+        "builds a separate 5.5 GB environment (torch 2.14.1 + torchvision, timm, open_clip) and "
+        "converts 204 programs (~75 min); its output is committed, and "
+        "tests/latency_models/test_ane_mil.py::test_extraction_writes_tables_the_fit_reads runs a "
+        "temponas block through the same extraction path into the tables the fit reads",
+    "ray start --head --port 6379 --num-gpus 8":
+        "starts Ray's daemons on a GPU head node (the walk's searches join the test's own Ray)",
+    "ray start --address HEAD_IP:6379 --num-gpus 8":
+        "joins GPU worker nodes to that cluster (tests/experiments/test_exp_cluster.py joins a "
+        "real second node)",
     "python3 -m venv venv && . venv/bin/activate && pip install coremltools numpy":
         "sets up Python on the Mac that runs a probe bundle (and downloads packages)",
     "python bundle/run_on_device.py bundle --compute-units cpu_and_ne --runs 50 --repeats 3":
@@ -216,6 +270,49 @@ def case_of(key: str) -> Case:
         c = AS_DOCUMENTED[key]
         return Case(steps=(key,), after=c.after, expect=c.expect, files=c.files, cwd=c.cwd)
     return SUBSTITUTED[key]
+
+
+# ---- docs/your_model.md's config at toy size ----------------------------------------------------
+#: (dotted key, value or DROP, why): how configs/my_model.yaml differs from the documented one
+DROP = object()
+MY_MODEL_SUBS: tuple[tuple[str, object, str], ...] = (
+    ("backbone", {"diffusers": "{ws}/sd15/unet", "weights": True}, "the toy pipeline's UNet"),
+    ("task", {"num_frames": 4, "latent_height": 8, "latent_width": 8, "text_tokens": 8}, "toy size"),
+    ("evaluator.budget", 2, "toy size"),
+    ("evaluator.seeds", [0], "one seed"),
+    ("evaluator.options.scale", {"num_frames": 4, "latent_height": 8, "latent_width": 8,
+                                 "text_tokens": 8}, "toy size (the real width, as documented)"),
+    ("evaluator.options.data.path", "{ws}/clips/manifest.csv", "12 toy mp4 clips (tiny_media)"),
+    ("evaluator.options.data.vae", "{ws}/sd15/vae", "the toy pipeline (tiny_media.tiny_pipeline)"),
+    ("evaluator.options.data.text_encoder", "{ws}/sd15/text_encoder", "the toy pipeline"),
+    ("evaluator.options.data.num_train", 9, "toy size"),
+    ("evaluator.options.data.num_val", 3, "toy size"),
+    ("evaluator.options.data.cache_dir", "{ws}/cache/data", "the walk's cache"),
+    ("evaluator.options.cache_dir", "{ws}/cache", "the walk's cache"),
+    ("evaluator.options.batch", 3, "toy size"),
+    ("evaluator.options.resources", {"num_cpus": 1}, "no GPU here"),
+    ("evaluator.options.device", DROP, "issue12-compute's option: 'cpu' here once it is on main"),
+    ("evaluator.options.precision", DROP, "issue12-compute's option, not on main yet"),
+    ("search", {"sampler": "nsga2", "sampler_options": {"population_size": 4}, "n_trials": 3,
+                "workers": 1, "seed": 0}, "toy size, one worker"),
+)
+
+
+def my_model_config(ws) -> dict:
+    """docs/your_model.md's experiment config with :data:`MY_MODEL_SUBS` applied."""
+    text = (ROOT / "docs" / "your_model.md").read_text(encoding="utf-8")
+    cfg = yaml.safe_load(re.search(r"```yaml\n(name: my_model.*?)```", text, re.S).group(1))
+    for key, value, _ in MY_MODEL_SUBS:
+        *parents, leaf = key.split(".")
+        node = cfg
+        for k in parents:
+            node = node[k]
+        assert leaf in node or value is not DROP, f"{key}: not in the documented config"
+        if value is DROP:
+            del node[leaf]
+        else:
+            node[leaf] = json.loads(json.dumps(value).replace("{ws}", str(ws)))
+    return cfg
 
 
 # ---- coverage ---------------------------------------------------------------------------------
@@ -277,6 +374,13 @@ def walk(tmp_path_factory):
     del smoke["space"]  # tiny's default space: the audit samples what the preset line sampled
     (configs / "my.yaml").write_text(yaml.safe_dump(smoke, sort_keys=False))
     (ws / "tiny_torch.yaml").write_text(yaml.safe_dump(TINY_TORCH))
+    # docs/your_model.md: a toy SD-style pipeline, 12 clips, and the page's config at toy size
+    from tiny_media import tiny_pipeline, write_clips
+
+    tiny_pipeline(ws / "sd15")
+    write_clips(ws / "clips")
+    (ws / "configs").mkdir()
+    (ws / "configs" / "my_model.yaml").write_text(yaml.safe_dump(my_model_config(ws), sort_keys=False))
 
     pythonpath = [str(ROOT), *(p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(pythonpath),

@@ -16,6 +16,7 @@ from experiments.cli import _latency, _proxies
 from experiments.cli._base import Command
 from experiments.cli._latency import LatencyDevices, LatencyFit, LatencyPredict, LatencyProbes, LatencyReport
 from experiments.cli._latency_measure import LatencyExportProbes, LatencyMeasure
+from experiments.cli._latency_priors import LatencyBuildPriors, LatencyFitset
 from experiments.cli._proxies import ProxiesAudit, ProxiesList, ProxiesPreviewData
 from experiments.cli._search import Export, Pareto, Plot, Search
 from experiments.cli._space import Space
@@ -39,6 +40,8 @@ COMMANDS: dict[str, type[Command]] = {
     "latency fit": LatencyFit,
     "latency report": LatencyReport,
     "latency export-probes": LatencyExportProbes,
+    "latency fitset": LatencyFitset,
+    "latency build-priors": LatencyBuildPriors,
     "proxies list": ProxiesList,
     "proxies preview-data": ProxiesPreviewData,
     "proxies audit": ProxiesAudit,

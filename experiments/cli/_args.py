@@ -157,7 +157,7 @@ def resolve_target(args: argparse.Namespace, *, space_files: bool = True) -> Tar
     ec = load_config(cfg)
     bb, task = ec.backbone_spec, with_overrides(ec.video_task, args)
     space = SearchSpace.from_dict(bb, task, dict(ec.space), where=f"{cfg}:space")
-    return Target(bb, space, dict(ec.evaluator.options or {}))
+    return Target(bb, space, ec.evaluator_options())
 
 
 def print_json(obj: Any, **kw: Any) -> None:

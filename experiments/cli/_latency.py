@@ -21,6 +21,7 @@ from experiments.cli._args import (
     task_overrides,
 )
 from experiments.cli._base import Command
+from experiments.cli._latency_priors import validation_line
 from search_space.arch import ArchConfig
 from search_space.errors import ConfigError
 
@@ -118,16 +119,21 @@ class LatencyDevices(Command):
             rows.append({"profile": name, "device": meta.get("device_name", meta.get("device")),
                          "chip": meta.get("chip"), "kind": meta.get("kind"),
                          "predictor": meta.get("predictor"), "fitted_on": fo,
-                         "provenance": meta.get("provenance", "")})
+                         "provenance": meta.get("provenance", ""),
+                         "validation": validation_line(meta),
+                         "validation_numbers": meta.get("validation")})
         if args.json:
             _json(rows)
             return 0
         print(f"{'profile':14s} {'device':20s} {'chip':8s} {'kind':6s} fitted on")
         for r in rows:
             fo = r["fitted_on"]
-            what = (f"published SD-2.1-base {fo['published_ms']} ms/step (Apple)" if fo.get("published_ms")
-                    else fo.get("source", ""))
+            pub = fo.get("published_sd21_ms") or fo.get("published_ms")  # new / older profiles
+            what = (f"published SD-2.1-base {pub} ms/step (Apple)" if pub
+                    else fo.get("borrowed") and "no published row: borrowed" or fo.get("source", ""))
             print(f"{r['profile']:14s} {r['device']!s:20s} {r['chip']!s:8s} {r['kind']!s:6s} {what}")
+            if r["validation"]:
+                print(r["validation"])
         print("priors are NOT calibrated on your device; calibrate with `temponas latency fit` "
               "(see docs/latency.md)")
         return 0

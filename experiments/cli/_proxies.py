@@ -2,8 +2,8 @@
 how well each proxy ranks candidates compared with short training.
 
 ``temponas proxies list [--json]``
-``temponas proxies preview-data --out FILE.png|FILE.gif [--preset NAME] [--split train|val]
-[--n N] [--decoded]``
+``temponas proxies preview-data [CONFIG_OR_PRESET] --out FILE.png|FILE.gif [--preset NAME]
+[--split train|val] [--n N] [--decoded] [--options FILE.yaml]``
 ``temponas proxies audit CONFIG_OR_PRESET --n-archs N --budgets A,B --seeds S --out DIR
 [--proxies a,b,...] [--options FILE.yaml] [--workers W]``
 """
@@ -50,7 +50,8 @@ def _split_options(data: dict[str, Any], where: str) -> tuple[dict[str, Any], di
                 raise ConfigError(f"{where}.{k}: expected a mapping")
         return dict(data.get("proxies") or {}), dict(data.get("short_train") or {})
     shared = {k: v for k, v in data.items() if k in ("scale", "data", "pretrain", "batch",
-                                                      "threads", "spatial", "cache_dir")}
+                                                      "threads", "spatial", "weights",
+                                                      "cache_dir")}
     return shared, dict(data)
 
 
@@ -84,36 +85,45 @@ class ProxiesList(Command):
 
 
 class ProxiesPreviewData(Command):
-    """``temponas proxies preview-data --out FILE.png|FILE.gif``."""
+    """``temponas proxies preview-data [CONFIG_OR_PRESET] --out FILE.png|FILE.gif``."""
 
-    help = "write a PNG strip or GIF of the bundled videos"
+    help = "write a PNG strip or GIF of the videos an evaluator trains and scores on"
+    description = ("The videos of the evaluator options of CONFIG (an experiment YAML: the bundled "
+                   "set, or your clips) or of --options, as a PNG strip or an animated GIF; "
+                   "--decoded shows what their latents decode to (your VAE's decoder, or the "
+                   "inverse of the fixed encoding).")
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        add_config_or_preset(p, "an experiment YAML (its backbone, task and evaluator options) or "
+                                "a backbone preset (default: --preset)")
         p.add_argument("--out", required=True, metavar="FILE", help="*.png (strip) or *.gif")
         add_preset(p, "snapgen_v", "sets the text width")
         p.add_argument("--split", default="train", choices=("train", "val"))
         p.add_argument("--n", type=int, default=8, help="number of videos")
         p.add_argument("--decoded", action="store_true",
-                       help="show what the latents encode (decode the fixed encoding)")
+                       help="show what the latents decode to (VAE decoder or fixed encoding)")
         p.add_argument("--options", metavar="FILE.yaml",
-                       help="evaluator options (scale/data) as in an experiment config")
+                       help="evaluator options (scale/data); they replace CONFIG's")
 
     def take_action(self, args: argparse.Namespace) -> int:
-        from evaluators import bundled_videos
-        from evaluators.data import save_preview
-        from search_space.presets import default_task, get_backbone
+        from evaluators import preview_frames
+        from evaluators.data import save_frames
 
         at_least("--n", args.n)
         if not args.out.lower().endswith((".png", ".gif")):
             raise ConfigError(f"--out: {args.out!r} must end in .png or .gif")
-        train, val, std, g = bundled_videos(get_backbone(args.preset), read_options(args.options),
-                                            latent_channels=default_task(args.preset).latent_channels,
-                                            min_videos=args.n, where=args.options or "options")
-        videos = train if args.split == "train" else val
+        target = resolve_target(args, space_files=False)
+        options = read_options(args.options) if args.options else target.evaluator_options
+        where = args.options or (f"{args.config}: evaluator.options" if target.evaluator_options else "options")
+        frames, sources, g = preview_frames(target.backbone, options, split=args.split, n=args.n,
+                                            decoded=args.decoded, where=where,
+                                            latent_channels=target.space.task.latent_channels)
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        save_preview(videos, args.out, max_videos=args.n, decoded=args.decoded, channel_std=std)
-        print(f"wrote {args.out} ({min(args.n, len(videos))} {args.split} videos of "
-              f"{g.num_frames} frames: {', '.join(sorted(set(videos.sources[:args.n])))})")
+        save_frames(frames, args.out)
+        shown = sorted(set(sources))
+        print(f"wrote {args.out} ({len(frames)} {args.split} videos of {g.num_frames} frames, "
+              f"{frames.shape[2]}x{frames.shape[3]} px{', decoded' if args.decoded else ''}: "
+              f"{', '.join(shown[:8])}{' ...' if len(shown) > 8 else ''})")
         return 0
 
 

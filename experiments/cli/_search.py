@@ -117,20 +117,30 @@ class Plot(Command):
 
 
 class Export(Command):
-    """``temponas export RUN --arch-id ID --format json|torch|coreml --out DIR``."""
+    """``temponas export RUN --arch-id ID --format json|torch|coreml --out DIR [--seed S]``."""
 
     help = "export one architecture of a run (JSON, PyTorch, Core ML)"
+    description = ("Export one architecture of a run. torch/coreml hold the backbone's weights "
+                   "(when the run has them) and the temporal weights short_train trained "
+                   "(when the run kept them: evaluator.keep_weights); coreml is converted at "
+                   "the precision the run's latency model priced (e.g. 6-bit palettized).")
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
         p.add_argument("run", help="run directory")
         p.add_argument("--arch-id", required=True, help="arch_id (see pareto.csv)")
         p.add_argument("--format", choices=("json", "torch", "coreml"), default="json")
         p.add_argument("--out", required=True, help="output directory")
+        p.add_argument("--seed", type=int, default=None,
+                       help="whose kept weights (default: the first of the run's seeds with some)")
+        p.add_argument("--palettize-mode", choices=("kmeans", "uniform"), default="kmeans",
+                       help="look-up tables of palettized Core ML weights (kmeans: Apple's "
+                            "recipe; uniform: much faster to convert)")
 
     def take_action(self, args: argparse.Namespace) -> int:
         from experiments.export import export_arch
 
-        paths = export_arch(Path(args.run), args.arch_id, args.format, Path(args.out))
+        paths = export_arch(Path(args.run), args.arch_id, args.format, Path(args.out),
+                            seed=args.seed, palettize_mode=args.palettize_mode)
         for p in paths:
             print(p)
         return 0

@@ -21,9 +21,11 @@ import contextlib
 import datetime as _dt
 import json
 import os
+import re
 import shutil
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,33 +59,130 @@ def _target(ct, target: str):
     return getattr(ct.target, target)
 
 
+PALETTIZE_MODES = ("kmeans", "uniform")
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How a package stores and computes, in the latency models' vocabulary (their metadata
+    ``precision``, e.g. ``lut6 (6-bit palettized weights, fp16 activations)``):
+
+    * ``fp16`` / ``fp32``: weights and activations in that precision;
+    * ``lut<n>`` (n = 1..8): weights palettized to ``2**n``-entry look-up tables per tensor
+      (coremltools' ``palettize_weights``, ``mode`` kmeans or uniform), fp16 activations;
+    * ``w8a16``: int8 weights (``linear_quantize_weights``, linear symmetric), fp16 activations.
+    """
+
+    compute: str = "fp16"
+    weights: str = "float"  # float | lut | int8
+    bits: int = 16
+    mode: str = "kmeans"
+
+    @property
+    def name(self) -> str:
+        return {"lut": f"lut{self.bits}", "int8": "w8a16"}.get(self.weights, self.compute)
+
+    @property
+    def weight_bits(self) -> int | None:
+        """Bits per stored weight when compressed (None: the compute precision)."""
+        return None if self.weights == "float" else self.bits
+
+    @classmethod
+    def parse(cls, text: str, mode: str = "kmeans", where: str = "precision") -> Precision:
+        """``fp16``, ``fp32``, ``lut<n>`` or ``w8a16``; anything after the first word is a
+        comment. ``w8a8`` (int8 activations) is refused: it needs calibration on a device."""
+        word = (str(text).strip().split() or [""])[0].lower()
+        if mode not in PALETTIZE_MODES:
+            raise ConfigError(f"{where}: palettization mode {mode!r} is not one of "
+                              f"{', '.join(PALETTIZE_MODES)}")
+        m = re.fullmatch(r"lut(\d)", word)
+        if m and 1 <= int(m.group(1)) <= 8:
+            return cls("fp16", "lut", int(m.group(1)), mode)
+        if word == "w8a16":
+            return cls("fp16", "int8", 8, mode)
+        if word in ("fp16", "fp32"):
+            return cls(word, "float", 16 if word == "fp16" else 32, mode)
+        raise ConfigError(f"{where}: {text!r} is not a Core ML precision temponas can export "
+                          f"(fp16, fp32, lut1..lut8, w8a16)")
+
+
+def palettize(mlmodel, bits: int, mode: str = "kmeans"):
+    """``mlmodel`` with every weight palettized to ``bits`` bits (coremltools.optimize.coreml:
+    ``OpPalettizerConfig(nbits=bits, mode=mode)``, per-tensor look-up tables)."""
+    import coremltools.optimize.coreml as cto
+
+    cfg = cto.OptimizationConfig(global_config=cto.OpPalettizerConfig(nbits=bits, mode=mode))
+    with warnings.catch_warnings():  # k-means on a tensor with < 2**bits distinct values (e.g.
+        warnings.simplefilter("ignore")  # zero-initialized temporal output layers) is exact
+        return cto.palettize_weights(mlmodel, cfg)
+
+
+def quantize_int8(mlmodel):
+    """``mlmodel`` with int8 weights (``OpLinearQuantizerConfig(mode="linear_symmetric")``)."""
+    import coremltools.optimize.coreml as cto
+
+    cfg = cto.OptimizationConfig(global_config=cto.OpLinearQuantizerConfig(
+        mode="linear_symmetric", dtype="int8"))
+    return cto.linear_quantize_weights(mlmodel, cfg)
+
+
+def compress_weights(mlmodel, precision: Precision):
+    """Apply ``precision``'s weight compression to a converted program (unchanged for
+    ``fp16``/``fp32``)."""
+    if precision.weights == "lut":
+        return palettize(mlmodel, precision.bits, precision.mode)
+    if precision.weights == "int8":
+        return quantize_int8(mlmodel)
+    return mlmodel
+
+
 def convert_module(module, inputs: Sequence, *, input_names: Sequence[str] | None = None,
-                   output_names: Sequence[str] | None = None, target: str = "iOS18"):
-    """A torch module -> fp16 mlprogram ``MLModel`` (the one Core ML converter of temponas).
+                   output_names: Sequence[str] | None = None, target: str = "iOS18",
+                   trace_fallback: bool = False, precision: Precision | None = None):
+    """A torch module -> mlprogram ``MLModel`` (the one Core ML converter of temponas), fp16
+    unless ``precision`` says otherwise (fp32, palettized ``lut<n>`` or int8 ``w8a16`` weights).
 
     ``inputs``: example tensors in call order (their shapes become the package's fixed input
-    shapes); ``input_names``: one per input (default ``x0, x1, ...``); ``output_names``: names
-    of the outputs (default: coremltools' own). Route: ``torch.export.export`` ->
-    ``run_decompositions({})`` -> ``coremltools.convert`` (works with any numpy; see the
-    module docstring). Raises whatever torch/coremltools raise (callers name the failure).
+    shapes; integer tensors, e.g. token ids, become int32 inputs); ``input_names``: one per
+    input (default ``x0, x1, ...``); ``output_names``: names of the outputs (default:
+    coremltools' own). Route: ``torch.export.export`` -> ``run_decompositions({})`` ->
+    ``coremltools.convert`` [-> :func:`compress_weights`] (works with any numpy; see the module
+    docstring); ``trace_fallback`` retries through ``torch.jit.trace`` when the export route
+    fails (some third-party networks of the latency fit set). The route taken is recorded in
+    the model's ``user_defined_metadata["temponas.route"]``. Raises whatever torch/coremltools
+    raise (callers name the failure).
     """
+    import numpy as np
     import torch
 
     ct = _ct()
     tgt = _target(ct, target)
+    prec = precision or Precision()
     names = list(input_names) if input_names is not None else [f"x{i}" for i in range(len(inputs))]
     if len(names) != len(inputs):
         raise ValueError(f"{len(names)} input names for {len(inputs)} inputs")
     module = module.eval()
-    with torch.no_grad():
-        ep = torch.export.export(module, tuple(inputs)).run_decompositions({})
-    kw = {}
+    kw = {"convert_to": "mlprogram", "minimum_deployment_target": tgt,
+          "compute_precision": (ct.precision.FLOAT32 if prec.compute == "fp32"
+                                else ct.precision.FLOAT16), "skip_model_load": True,
+          "inputs": [ct.TensorType(name=n, shape=tuple(x.shape),
+                                   dtype=np.float32 if x.is_floating_point() else np.int32)
+                     for n, x in zip(names, inputs)]}
     if output_names:
         kw["outputs"] = [ct.TensorType(name=n) for n in output_names]
-    return ct.convert(ep, convert_to="mlprogram", minimum_deployment_target=tgt,
-                      compute_precision=ct.precision.FLOAT16,
-                      inputs=[ct.TensorType(name=n, shape=tuple(x.shape)) for n, x in zip(names, inputs)],
-                      skip_model_load=True, **kw)
+    try:
+        with torch.no_grad():
+            ep = torch.export.export(module, tuple(inputs)).run_decompositions({})
+        ml, route = ct.convert(ep, **kw), "torch.export"
+    except Exception:
+        if not trace_fallback:
+            raise
+        with torch.no_grad():
+            traced = torch.jit.trace(module, tuple(inputs), strict=False)
+        ml, route = ct.convert(traced, **kw), "torch.jit.trace"
+    ml = compress_weights(ml, prec)
+    ml.user_defined_metadata["temponas.route"] = route
+    return ml
 
 
 @contextlib.contextmanager
@@ -111,10 +210,12 @@ def convert_block(sig: BlockSignature, target: str = "iOS18"):
                               input_names=[n for n, _ in input_specs(sig)], target=target)
 
 
-def convert_network(backbone: BackboneSpec, arch: ArchConfig, target: str = "iOS18"):
-    """The whole denoiser of ``arch`` (``search_space.modules.build_model``, torch seed 0) as an
-    fp16 mlprogram: inputs ``latents, timesteps, text`` (``network_input_specs(arch.task)``),
-    output ``noise_pred``."""
+def convert_network(backbone: BackboneSpec, arch: ArchConfig, target: str = "iOS18", *,
+                    state_dict: Mapping[str, Any] | None = None,
+                    precision: Precision | None = None):
+    """The whole denoiser of ``arch`` (``search_space.modules.build_model``, torch seed 0, then
+    ``state_dict`` if given, strictly) as an mlprogram (fp16 unless ``precision``): inputs
+    ``latents, timesteps, text`` (``network_input_specs(arch.task)``), output ``noise_pred``."""
     import torch
 
     from search_space.modules import (
@@ -126,9 +227,11 @@ def convert_network(backbone: BackboneSpec, arch: ArchConfig, target: str = "iOS
 
     torch.manual_seed(0)
     model = build_model(backbone, arch.task, arch)
+    if state_dict is not None:
+        model.load_state_dict(dict(state_dict))
     with _naming_failures(f"network {arch.arch_id}"):
         return convert_module(model, network_example_inputs(arch.task), input_names=NETWORK_INPUTS,
-                              output_names=(NETWORK_OUTPUT,), target=target)
+                              output_names=(NETWORK_OUTPUT,), target=target, precision=precision)
 
 
 def mil_op_counts(mlmodel) -> dict[str, int]:

@@ -41,7 +41,9 @@ class VideoUNet(nn.Module):
 
     ``forward(latents (B, C, T, H, W), timesteps (B,), text (B, tokens, D)) -> (B, C, T, H, W)``.
     Spatial blocks see ``(B*T, C, H, W)``; the execution plan (block order and skip routing) is
-    fixed at construction, so ``forward`` has no data-dependent control flow.
+    fixed at construction, so ``forward`` has no data-dependent control flow. ``C, T, H, W`` are
+    those of the task it was built for; ``B`` is the input's (``task.batch`` only sizes the
+    example inputs of an export and the cost model).
     """
 
     def __init__(self, backbone: BackboneSpec, task: VideoTask, arch: ArchConfig) -> None:
@@ -71,7 +73,7 @@ class VideoUNet(nn.Module):
 
     def forward(self, latents: torch.Tensor, timesteps: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         t = self.task
-        b, c, f, hh, ww = t.batch, t.latent_channels, t.num_frames, t.latent_height, t.latent_width
+        b, c, f, hh, ww = latents.shape[0], t.latent_channels, t.num_frames, t.latent_height, t.latent_width
         x = latents.permute(0, 2, 1, 3, 4).reshape(b * f, c, hh, ww)
         text_frames = text.repeat_interleave(f, dim=0)  # (B*T, tokens, D) for spatial blocks
         temb = x

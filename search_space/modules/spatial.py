@@ -1,7 +1,8 @@
 """The spatial blocks of the SD-style image UNet, parameter layout as in diffusers'
 ``UNet2DConditionModel`` (so SD-v1.5/2.1 weights map name by name, modulo the prefix).
 
-Spatial blocks run on ``N = batch * frames`` images: ``x (N, C, H, W)``.
+Spatial blocks run on ``N = batch * frames`` images: ``x (N, C, H, W)``; ``N`` comes from the
+input (channels and sizes from the signature).
 """
 
 from __future__ import annotations
@@ -111,7 +112,7 @@ class SpatialTransformer(nn.Module):
     def __init__(self, sig: BlockSignature) -> None:
         super().__init__()
         c = sig.in_channels
-        self.n, self.c, self.h, self.w = sig.images, c, sig.height, sig.width
+        self.c, self.h, self.w = c, sig.height, sig.width
         self.linear = sig.linear_projection
         self.norm = nn.GroupNorm(sig.norm_groups, c, eps=1e-6)
         self.proj_in = nn.Linear(c, c) if self.linear else nn.Conv2d(c, c, 1)
@@ -121,7 +122,7 @@ class SpatialTransformer(nn.Module):
         self.proj_out = nn.Linear(c, c) if self.linear else nn.Conv2d(c, c, 1)
 
     def forward(self, x: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        n, c, hh, ww = self.n, self.c, self.h, self.w
+        n, c, hh, ww = x.shape[0], self.c, self.h, self.w
         h = self.norm(x)
         if self.linear:
             h = self.proj_in(h.permute(0, 2, 3, 1).reshape(n, hh * ww, c))

@@ -1,8 +1,10 @@
 """Temporal blocks, one class per :class:`TemporalKind`, registered in ``TEMPORAL_BLOCKS``.
 
 Every temporal block takes the spatial layout ``x (N=B*T, C, H, W)`` (plus ``text (B, tokens,
-D)`` for the cross-attention kinds), moves to its own layout with static shapes from the
-signature, and returns ``x + branch(x)`` in the spatial layout. The last projection of the
+D)`` for the cross-attention kinds), moves to its own layout with ``T, C, H, W`` from the
+signature and the batch ``B = N / T`` from the input (a block built for batch 1 runs batch 2;
+traced or exported with example inputs, every shape is still a constant), and returns
+``x + branch(x)`` in the spatial layout. The last projection of the
 branch is zero-initialized, so a fresh block is an exact identity and a fresh video UNet equals
 its image backbone applied frame by frame.
 
@@ -50,14 +52,14 @@ class _TemporalConvBase(nn.Module):
 
     def __init__(self, sig: BlockSignature) -> None:
         super().__init__()
-        self.b, self.t, self.c, self.h, self.w = sig.batch, sig.frames, sig.in_channels, sig.height, sig.width
+        self.t, self.c, self.h, self.w = sig.frames, sig.in_channels, sig.height, sig.width
         self.norm = nn.GroupNorm(sig.norm_groups, self.c, eps=1e-6)
 
     def _to_video(self, h: torch.Tensor) -> torch.Tensor:
-        return h.reshape(self.b, self.t, self.c, self.h, self.w).permute(0, 2, 1, 3, 4)
+        return h.reshape(h.shape[0] // self.t, self.t, self.c, self.h, self.w).permute(0, 2, 1, 3, 4)
 
     def _to_frames(self, h: torch.Tensor) -> torch.Tensor:
-        return h.permute(0, 2, 1, 3, 4).reshape(self.b * self.t, self.c, self.h, self.w)
+        return h.permute(0, 2, 1, 3, 4).reshape(h.shape[0] * self.t, self.c, self.h, self.w)
 
 
 @register_temporal(TemporalKind.CONV1D)
@@ -113,7 +115,7 @@ class _TemporalAttentionBase(nn.Module):
 
     def __init__(self, sig: BlockSignature) -> None:
         super().__init__()
-        self.b, self.t, self.c, self.h, self.w = sig.batch, sig.frames, sig.in_channels, sig.height, sig.width
+        self.t, self.c, self.h, self.w = sig.frames, sig.in_channels, sig.height, sig.width
         c = self.c
         self.norm = nn.GroupNorm(sig.norm_groups, c, eps=1e-6)
         self.proj_in = nn.Linear(c, c)
@@ -128,7 +130,7 @@ class _TemporalAttentionBase(nn.Module):
         self.proj_out = zero_(nn.Linear(c, c))
 
     def _tokens(self, x: torch.Tensor) -> torch.Tensor:
-        b, t, c, hw = self.b, self.t, self.c, self.h * self.w
+        b, t, c, hw = x.shape[0] // self.t, self.t, self.c, self.h * self.w
         h = self.norm(x).reshape(b, t, c, hw)
         if self.three_d:  # (B, T, HW, C) -> (B, T*HW, C)
             h = self.proj_in(h.permute(0, 1, 3, 2)) + self.pos_embed[None, :, None, :]
@@ -138,7 +140,8 @@ class _TemporalAttentionBase(nn.Module):
         return h.reshape(b * hw, t, c)
 
     def _frames(self, h: torch.Tensor) -> torch.Tensor:
-        b, t, c, hw = self.b, self.t, self.c, self.h * self.w
+        t, c, hw = self.t, self.c, self.h * self.w
+        b = h.shape[0] if self.three_d else h.shape[0] // hw
         if self.three_d:
             h = h.reshape(b, t, hw, c).permute(0, 1, 3, 2)
         else:

@@ -58,6 +58,11 @@ def test_smoke_search_end_to_end(smoke_run, smoke_cfg):
         assert (run_dir / "archs" / f"{r['arch_id']}.json").exists()
     report = (run_dir / "report.md").read_text()
     assert "## Pareto front" in report and "temponas export" in report
+    # the iphone16pm prior's own validation numbers, read from its metadata
+    from latency_models import load_latency_model
+
+    v = load_latency_model("iphone16pm").metadata["validation"]
+    assert f"median |error| {v['lofo_median_abs_pct']:.1f}%" in report and "borrowed" in report
     assert not list(run_dir.rglob("*.tmp"))
     # every evaluation ran once, on a Ray worker
     counts = evaluation_counts(run_dir)

@@ -1,4 +1,5 @@
-"""Shipped device profiles: loadable, torch-free, reproducible from their published sources."""
+"""Shipped device profiles: loadable, torch-free, reproducible from the Apple fit set, with
+their cross-family validation numbers in their metadata."""
 
 from __future__ import annotations
 
@@ -10,40 +11,49 @@ import numpy as np
 import pytest
 
 from latency_models import load_latency_model, profile_names
-from latency_models.apple_priors import DEVICES, build_profiles, sd21_image_arch
+from latency_models.ane import fit, load_fitset
+from latency_models.ane.priors import build_profile, probe_programs
+from latency_models.apple_priors import sd21_image_arch
 from latency_models.registry import ModelFileError
 from search_space.presets import default_task, get_backbone
 from search_space.space import default_space
 
-EXPECTED = {d.key for d in DEVICES}
+FS = load_fitset()
+EXPECTED = {d["profile"] for d in FS.devices.values() if d["profile"]}
+VALIDATION_KEYS = {"families", "lofo_median_abs_pct", "lofo_p90_abs_pct", "within_family_spearman_min",
+                   "interval_coverage_90", "lodo_median_abs_pct", "sd_excluded_median_abs_pct"}
 
 
 def test_all_devices_shipped():
     assert EXPECTED <= set(profile_names())
+    assert {"iphone16pm", "iphone14pm", "iphone15pro", "iphone12pro"} <= EXPECTED
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_profile_reproduces_its_published_number(name):
+def test_profile_is_a_validated_prior_and_brackets_apple_sd21(name):
     m = load_latency_model(name)
     meta = m.metadata
     assert meta["kind"] == "prior" and meta["calibrated"] is False
-    assert "provenance" in meta and "PRIOR" in meta["provenance"]
+    assert "PRIOR" in meta["provenance"] and meta["predictor"] == "roofline"
+    assert VALIDATION_KEYS <= set(meta["validation"]) and meta["heldout"]["network"]["n"] >= 60
     est = m.predict(sd21_image_arch())
     assert est.low_ms < est.mean_ms < est.high_ms
     assert abs(sum(est.per_stage_ms.values()) - est.mean_ms) < 1e-6 * est.mean_ms
-    published = meta["fitted_on"].get("published_ms")
-    if published is None:
-        assert name == "iphone16pm" and "UNCALIBRATED" in meta["provenance"]
-    else:
-        assert abs(est.mean_ms - published) <= 0.10 * published
+    published = meta["fitted_on"]["published_sd21_ms"]
+    if published is not None:
+        assert est.low_ms <= published <= est.high_ms
+    if meta["fitted_on"]["rows_on_this_chip"] == 0:
+        assert "NO published row" in meta["fitted_on"]["borrowed"] and "NO published row" in meta["provenance"]
 
 
-def test_profiles_rebuild_identically(tmp_path):
-    build_profiles(tmp_path)
-    for d in DEVICES:
-        shipped = load_latency_model(d.key)
-        rebuilt = load_latency_model(str(tmp_path / f"{d.key}.json"))
-        assert rebuilt.constants == pytest.approx(shipped.constants, rel=1e-9)
+def test_a_profile_rebuilds_identically_from_the_committed_fit_set():
+    shipped = load_latency_model("iphone16pm")
+    meta = shipped.metadata
+    names, sigs = probe_programs(FS)
+    rebuilt = build_profile(fit(FS), "iphone16pm", meta["validation"], meta["heldout"], sigs, names)
+    assert rebuilt.constants == pytest.approx(shipped.constants, rel=1e-6)
+    assert rebuilt.composition.alpha == pytest.approx(shipped.composition.alpha, rel=1e-6)
+    assert rebuilt.composition.beta == pytest.approx(shipped.composition.beta, rel=1e-6)
 
 
 def test_video_archs_cost_more_and_temporal_blocks_add_up():

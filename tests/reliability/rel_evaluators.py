@@ -40,7 +40,8 @@ class Faulty:
     direction = Direction.MAXIMIZE
 
     def __init__(self, backbone: BackboneSpec, script_dir: str = "", plan: Sequence[str] = (),
-                 sleep_s: float = 0.0, hang_s: float = 60.0):
+                 sleep_s: float = 0.0, hang_s: float = 60.0,
+                 resources: Mapping[str, float] | None = None):
         for i, m in enumerate(plan):
             if m not in MODES:
                 raise ConfigError(f"plan[{i}]: {m!r} is not one of {', '.join(MODES)}")
@@ -51,6 +52,7 @@ class Faulty:
         self.plan = list(plan)
         self.sleep_s = float(sleep_s)
         self.hang_s = float(hang_s)
+        self._resources = dict(resources or {"num_cpus": 1.0})
 
     @property
     def config_key(self) -> str:
@@ -59,7 +61,7 @@ class Faulty:
 
     @property
     def resources(self) -> Mapping[str, float]:
-        return {"num_cpus": 1.0}
+        return self._resources
 
     def _claim(self) -> int:
         d = Path(self.script_dir)

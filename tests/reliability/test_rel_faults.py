@@ -433,9 +433,10 @@ def test_lost_evaluation_cache_only_costs_reevaluation(finished_run, tmp_path, r
            "evaluated")
 
 
-def test_plugin_missing_on_workers_fails_trials_with_the_import_error(tmp_path, record):
-    """A `module:Class` evaluator importable in the driver but not on the Ray workers (a module
-    next to the user's script, not installed): every trial FAILs with the import error."""
+@pytest.fixture
+def driver_only_plugin(tmp_path):
+    """A `module:Class` evaluator importable in the driver but not by the Ray workers (a module
+    next to the user's script, on the driver's sys.path only, not installed)."""
     import sys
 
     mod = tmp_path / "driver_only"
@@ -443,26 +444,39 @@ def test_plugin_missing_on_workers_fails_trials_with_the_import_error(tmp_path, 
     (mod / "rel_driver_only_eval.py").write_text(
         "from rel_evaluators import Faulty\n\nclass Local(Faulty):\n    name = 'local'\n")
     sys.path.insert(0, str(mod))
-    try:
-        cfg = write_config(tmp_path / "cfg.yaml", constraints=NO_MEM,
-                           evaluator={"name": "rel_driver_only_eval:Local", "options": {}},
-                           search={"n_trials": 3})
-        rc, out, err = _search(cfg, tmp_path / "run")
-    finally:
-        sys.path.remove(str(mod))
-        sys.modules.pop("rel_driver_only_eval", None)
+    yield "rel_driver_only_eval:Local"
+    sys.path.remove(str(mod))
+    sys.modules.pop("rel_driver_only_eval", None)
+
+
+def test_plugin_on_the_driver_path_only_reaches_the_workers(tmp_path, driver_only_plugin, record):
+    cfg = write_config(tmp_path / "cfg.yaml", constraints=NO_MEM,
+                       evaluator={"name": driver_only_plugin, "options": {}},
+                       search={"n_trials": 3})
+    rc, out, err = _search(cfg, tmp_path / "run")
     assert rc == 0, err
-    study = load_study(tmp_path / "run")
-    st = states(study)
-    assert st["FAIL"] == 3, st
-    reasons = {t.user_attrs["failure_reason"] for t in study.trials}
-    assert len(reasons) == 1
-    reason = reasons.pop()
-    assert "rel_driver_only_eval" in reason and "cannot import" in reason, reason
-    assert reason.split(":", 1)[0] in (tmp_path / "run" / "report.md").read_text()
+    _assert_finished(tmp_path / "run", 3)
     record("fault", "evaluator plug-in importable on the driver but not on the Ray workers",
-           "`module:Class` from a directory on the driver's sys.path only",
-           f"each trial FAIL with \"{reason}\"; report.md counts them under that reason; "
-           f"\"{_summary(out)}\"",
-           "the study and its failure reasons; fixing PYTHONPATH (or installing the module) and "
-           "re-running a new study works")
+           "`module:Class` from a directory on the driver's sys.path only (not on the "
+           "workers' PYTHONPATH)",
+           f"nothing: a probe task finds the workers cannot import it, so its directory joins "
+           f"their PYTHONPATH (runtime_env.ship_plugins); \"{_summary(out)}\"",
+           "3/3 COMPLETE")
+
+
+def test_plugin_not_shipped_stops_the_search_in_one_line(tmp_path, driver_only_plugin, record):
+    cfg = write_config(tmp_path / "cfg.yaml", constraints=NO_MEM,
+                       evaluator={"name": driver_only_plugin, "options": {}},
+                       search={"n_trials": 3}, runtime_env={"ship_plugins": False})
+    t0 = time.monotonic()
+    rc, out, err = _search(cfg, tmp_path / "run")
+    wall = time.monotonic() - t0
+    msg = one_line_error(rc, err)
+    assert "cannot import module 'rel_driver_only_eval'" in msg and "Ray node" in msg, msg
+    assert wall < 60, wall  # the evaluation timeout (smoke: 60 s) plays no part
+    assert not (tmp_path / "run").exists()  # a new run that never completed a trial: removed
+    record("fault", "evaluator plug-in missing on the Ray workers (not shipped)",
+           "`module:Class` on the driver's sys.path only, `runtime_env: {ship_plugins: false}`",
+           f"exit 2 after {wall:.0f} s, one line: \"{msg.replace(str(tmp_path), '<tmp>')}\" "
+           f"(the first evaluation's failure stops the search instead of failing every trial)",
+           "nothing: the new run directory is removed (no trial had completed)")

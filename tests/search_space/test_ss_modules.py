@@ -28,6 +28,7 @@ from search_space.modules import (
     temponas_name,
 )
 from search_space.presets import default_task, get_backbone
+from search_space.task import VideoTask
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
@@ -228,6 +229,21 @@ def test_model_exports_with_static_shapes(tiny, small_task):
     ep = torch.export.export(model, args)
     with torch.no_grad():
         torch.testing.assert_close(ep.module()(*args), model(*args))
+
+
+def test_batch_comes_from_the_input(tiny):
+    """A network built for batch 1 (every temporal kind, trained-like random weights) runs
+    batch 2, and each video's output is the one it gets alone (no mixing across videos)."""
+    task1 = VideoTask(latent_channels=4, num_frames=3, latent_height=8, latent_width=8, batch=1,
+                      text_tokens=5, text_dim=32)
+    model = build_model(tiny, task1, mixed_arch(tiny, task1)).eval()
+    randomize_(model, seed=3)
+    args2 = _inputs(task1.replace(batch=2))
+    with torch.no_grad():
+        both = model(*args2)
+        one = [model(*(a[i:i + 1] for a in args2)) for i in range(2)]
+    assert both.shape == (2, 4, 3, 8, 8)
+    torch.testing.assert_close(both, torch.cat(one), rtol=1e-4, atol=1e-5)
 
 
 def test_sd15_builds_with_public_parameter_layout():
