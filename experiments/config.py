@@ -41,6 +41,7 @@ import yaml
 
 from common.errors import ConfigError
 from experiments.backbone_entry import DIFFUSERS_KEY, option_field, parse_backbone, read_unet
+from experiments.ladder import check_pruner
 from search_space.backbone import BackboneSpec
 from search_space.diffusers_config import DiffusersUNet, weight_files_at
 from search_space.presets import default_task, get_backbone, preset_names
@@ -95,16 +96,10 @@ class ConstraintsConfig:
 
 @dataclass(frozen=True)
 class PrunerConfig:
-    """Multi-fidelity evaluation: a budget ladder run as successive halving or Hyperband.
-
-    Rungs are ``min_budget * reduction_factor**k`` below ``evaluator.budget`` (the top rung);
-    each rung continues from the previous rung's checkpoint. Candidates compete only with
-    candidates of the same predicted-latency bucket (``latency_buckets`` quantile buckets of
-    the feasible space), so a fast candidate of mediocre quality is not pruned by slow ones
-    of higher quality (see :mod:`experiments.ladder`). ``rung_val_fraction``: the lower rungs
-    are scored on this fraction of the evaluator's held-out data (cheaper; the top rung always
-    on all of it). ``none``: every candidate gets the full budget at once.
-    """
+    """Multi-fidelity evaluation: a budget ladder (rungs ``min_budget * reduction_factor**k``
+    up to ``evaluator.budget``) run as successive halving or Hyperband within
+    ``latency_buckets`` predicted-latency buckets, lower rungs scored on ``rung_val_fraction``
+    of the held-out data (:mod:`experiments.ladder`); ``none``: full budget at once."""
 
     name: str = field(default="none", metadata=_meta(choices=PRUNERS))
     min_budget: int = field(default=4, metadata=_meta(min=1))
@@ -412,7 +407,7 @@ def parse_config(data: Any, source: str = "<config>") -> ExperimentConfig:
         if len(cfg.objectives) < 2:
             raise ConfigError("objectives: need at least two (e.g. [quality, latency_ms])")
         space = cfg.search_space  # resolves backbone, task and space restrictions
-        _check_pruner(cfg)
+        check_pruner(cfg)
         if cfg.search.sampler == "exhaustive" and space.size() > 1_000_000:
             raise ConfigError(f"search.sampler: exhaustive needs a space of at most 1,000,000 "
                               f"architectures, this one has {space.size():,}")
@@ -421,26 +416,6 @@ def parse_config(data: Any, source: str = "<config>") -> ExperimentConfig:
     from dataclasses import replace
 
     return replace(cfg, source=str(source))
-
-
-def _check_pruner(cfg: ExperimentConfig) -> None:
-    """A ladder needs a top rung above its lowest one (``evaluator.budget`` is the top)."""
-    p = cfg.search.pruner
-    if not 0 < p.rung_val_fraction <= 1:
-        raise ConfigError(f"search.pruner.rung_val_fraction: must be in (0, 1], got "
-                          f"{p.rung_val_fraction}")
-    if p.name == "none":
-        return
-    top = cfg.evaluator.budget
-    if top < 1:
-        raise ConfigError(f"search.pruner: {p.name} needs evaluator.budget > 0 (the top rung of "
-                          f"the budget ladder), got {top}")
-    if p.min_budget >= top:
-        raise ConfigError(f"search.pruner.min_budget: must be below evaluator.budget ({top}), "
-                          f"got {p.min_budget}")
-    if cfg.search.sampler == "exhaustive":
-        raise ConfigError("search.pruner: the exhaustive sampler evaluates every architecture "
-                          "in full; use pruner 'none' with it")
 
 
 def load_config(path: str | Path) -> ExperimentConfig:

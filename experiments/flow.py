@@ -30,7 +30,7 @@ import numpy as np
 
 from common.fsio import atomic_write_bytes
 from experiments.cache import CachedEval, EvalKey
-from experiments.ledger import DUPLICATE_OF, NOT_EVALUATED, ArchOutcome
+from experiments.ledger import DUPLICATE_OF, NOT_EVALUATED, ArchOutcome, not_evaluated_values
 from experiments.rundir import weights_path
 from experiments.scheduler import Outcome
 from experiments.study import INTERRUPTED
@@ -150,9 +150,9 @@ class TrialFlow:
         for k, v in attrs.items():
             trial.set_user_attr(k, v)
         trial.set_user_attr("result", {"wall_time_s": time.monotonic() - t0})
-        worst = -np.inf if self.directions[self.cfg.objectives.index("quality")] == "maximize" \
-            else np.inf
-        values = [worst if o == "quality" else predicted[o] for o in self.cfg.objectives]
+        values = not_evaluated_values(self.cfg.objectives,
+                                      self.directions[self.cfg.objectives.index("quality")],
+                                      predicted)
         self.study.tell(trial, values)
         self.ledger.record(arch.arch_id, ArchOutcome(trial.number, "COMPLETE", tuple(values), attrs))
         self.summary.over_memory += 1

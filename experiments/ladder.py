@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from common.errors import ConfigError
+
 #: user attr on a rung trial: the arch it mirrors; ``decision.b<budget>``: what the pruner said
 ARCH_ATTR = "arch_id"
 EDGES_ATTR = "latency_edges_ms"
@@ -42,6 +44,27 @@ def rung_budgets(min_budget: int, reduction_factor: int, top: int) -> list[int]:
         out.append(b)
         b *= int(reduction_factor)
     return [*out, int(top)]
+
+
+def check_pruner(cfg: Any) -> None:
+    """A ladder needs a top rung above its lowest one (``evaluator.budget`` is the top);
+    ``cfg``: an :class:`~experiments.config.ExperimentConfig`."""
+    p = cfg.search.pruner
+    if not 0 < p.rung_val_fraction <= 1:
+        raise ConfigError(f"search.pruner.rung_val_fraction: must be in (0, 1], got "
+                          f"{p.rung_val_fraction}")
+    if p.name == "none":
+        return
+    top = cfg.evaluator.budget
+    if top < 1:
+        raise ConfigError(f"search.pruner: {p.name} needs evaluator.budget > 0 (the top rung of "
+                          f"the budget ladder), got {top}")
+    if p.min_budget >= top:
+        raise ConfigError(f"search.pruner.min_budget: must be below evaluator.budget ({top}), "
+                          f"got {p.min_budget}")
+    if cfg.search.sampler == "exhaustive":
+        raise ConfigError("search.pruner: the exhaustive sampler evaluates every architecture "
+                          "in full; use pruner 'none' with it")
 
 
 def make_pruner(name: str, min_budget: int, reduction_factor: int, top: int) -> Any:

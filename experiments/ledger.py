@@ -14,6 +14,7 @@ same loop.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -119,3 +120,12 @@ def duplicate_limit(n_trials: int) -> int:
     repeat itself for a generation or two), but bounded so a space smaller than ``n_trials``
     cannot spin forever."""
     return max(200, 2 * int(n_trials))
+
+
+def not_evaluated_values(objectives: Iterable[str], quality_direction: str,
+                         predicted: Mapping[str, float]) -> list[float]:
+    """What a trial over the memory budget is told (never evaluated): the worst quality
+    (``-inf`` maximized, ``+inf`` minimized) and its predicted latency/memory. With its violated
+    memory constraint the samplers rank it below every feasible trial."""
+    worst = -math.inf if quality_direction == "maximize" else math.inf
+    return [worst if o == "quality" else float(predicted[o]) for o in objectives]
