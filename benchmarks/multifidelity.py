@@ -82,16 +82,18 @@ def arm_name(ladder: PrunerConfig) -> str:
     if ladder.name == "none":
         return "full"
     return (f"sh_m{ladder.min_budget}_r{ladder.reduction_factor}_k{ladder.latency_buckets}"
-            f"_v{ladder.rung_val_fraction:g}")
+            f"_v{ladder.rung_val_fraction:g}" + (f"_b{ladder.bootstrap_count}"
+                                                 if ladder.bootstrap_count else ""))
 
 
 def parse_ladders(text: str) -> list[PrunerConfig]:
-    """``"2,5,2,0.25;2,15,4,1"`` -> successive-halving ladders (min_budget, reduction_factor,
-    latency buckets, rung_val_fraction)."""
+    """``"2,5,2,0.25;2,15,4,1,3"`` -> successive-halving ladders (min_budget, reduction_factor,
+    latency buckets, rung_val_fraction[, bootstrap_count])."""
     out = []
     for part in text.split(";"):
-        m, r, k, f = part.split(",")
-        out.append(PrunerConfig("successive_halving", int(m), int(r), int(k), float(f)))
+        m, r, k, f, *b = part.split(",")
+        out.append(PrunerConfig("successive_halving", int(m), int(r), int(k), float(f),
+                                int(b[0]) if b else 0))
     return out
 
 
@@ -269,6 +271,8 @@ def main(argv=None) -> int:
     t_pre = time.perf_counter() - t0
     per_seed, runs = [], {}
     n_sh = int(round(args.sh_factor * n_trials))
+    common = {"n_trials_full": n_trials, "n_trials_sh_max": n_sh, "cap": args.cap,
+              "evaluator_seeds": list(eval_seeds), "search_seeds": seeds}
     with tempfile.TemporaryDirectory(prefix="temponas-mf-") as td:
         for seed in seeds:
             full = run_arm(base, PrunerConfig(), seed, n_trials, eval_seeds, Path(td))
@@ -279,10 +283,11 @@ def main(argv=None) -> int:
                 runs[str(seed)][arm_name(lad)] = sh
                 per_seed.append(compare(seed, lad, full, sh, args.cap))
                 print(json.dumps(per_seed[-1]), file=sys.stderr)
-    common = {"n_trials_full": n_trials, "n_trials_sh_max": n_sh, "cap": args.cap,
-              "evaluator_seeds": list(eval_seeds), "search_seeds": seeds}
+            if args.tune:  # after every seed: a stopped tuning run keeps its finished seeds
+                _write_tuning(args, {**common, "search_seeds": list(runs)}, ladders, per_seed,
+                              runs)
     if args.tune:
-        return _write_tuning(args, common, ladders, per_seed, runs)
+        return 0
     return _write_result(args, base, common, t_pre, per_seed, runs)
 
 def _summary(per_seed: list[dict]) -> dict:
@@ -297,15 +302,28 @@ def _slim(runs: dict) -> dict:
 
 
 def _write_tuning(args, common: dict, ladders, per_seed: list[dict], runs: dict) -> int:
-    by = {arm_name(lad): _summary([p for p in per_seed if p["ladder"] == arm_name(lad)])
-          for lad in ladders}
-    out = {**common, "tuning_seeds": common["search_seeds"], "ladders": by,
-           "per_seed": per_seed, "runs": _slim(runs)}
+    """Write (or add to: other ladders of an earlier tuning run with the same settings)
+    ``multifidelity_tuning.json``."""
+    path = ROOT / "benchmarks" / "results" / "multifidelity_tuning.json"
+    names = {arm_name(lad) for lad in ladders}
+    old = json.loads(path.read_text()) if args.json and path.exists() else {}
+    same = all(old.get(k) == common[k] for k in ("n_trials_full", "cap", "evaluator_seeds"))
+    if not same:
+        old = {}
+    per_seed = [p for p in old.get("per_seed", []) if p["ladder"] not in names] + per_seed
+    slim = _slim(runs)
+    for seed, arms in old.get("runs", {}).items():
+        slim.setdefault(seed, {}).update({a: c for a, c in arms.items() if a not in names
+                                          and a != "full" or a not in slim.get(seed, {})})
+    by = {name: _summary([p for p in per_seed if p["ladder"] == name])
+          for name in dict.fromkeys(p["ladder"] for p in per_seed)}
+    out = {**common, "tuning_seeds": sorted({p["seed"] for p in per_seed}), "ladders": by,
+           "per_seed": per_seed, "runs": slim}
     print(json.dumps({k: {m: v["mean"] for m, v in d.items()} for k, d in by.items()}, indent=1))
     if args.json:
         from common.fsio import atomic_write_json
 
-        atomic_write_json(ROOT / "benchmarks" / "results" / "multifidelity_tuning.json", out)
+        atomic_write_json(path, out)
     return 0
 
 

@@ -16,11 +16,13 @@ proposal is told the first evaluation's values and not counted (:mod:`experiment
 ``proposals_per_seed`` says how many asks that took. (Before issue 14, N counted proposals,
 repeats included.)
 
-The default sampler (``tpe``, temponas's defaults: multivariate, constant liar) was chosen on
-TUNE_SEEDS (100-109: tpe median 0.989 at 300, NSGA-II population 12 0.988, 20 0.959, Optuna's
-50 lower); this benchmark reports on other seeds (0-9 by default).
+The default sampler (``tpe``, temponas's defaults: multivariate, constant liar) is chosen on
+TUNE_SEEDS with ``--tune`` (100-109, the iphone16pm prior of issue 12: tpe median 0.989 at 300,
+NSGA-II population 12 0.985, 20 0.972, Optuna's 50 0.939, random 0.902;
+``results/search_efficiency_tuning.json``); this benchmark reports on other seeds (0-9 by
+default).
 
-    python benchmarks/search_efficiency.py [--quick] [--json] [--seeds N]
+    python benchmarks/search_efficiency.py [--quick] [--json] [--seeds N] [--tune]
 """
 
 from __future__ import annotations

@@ -96,16 +96,16 @@ class ConstraintsConfig:
 
 @dataclass(frozen=True)
 class PrunerConfig:
-    """Multi-fidelity evaluation: a budget ladder (rungs ``min_budget * reduction_factor**k``
-    up to ``evaluator.budget``) run as successive halving or Hyperband within
-    ``latency_buckets`` predicted-latency buckets, lower rungs scored on ``rung_val_fraction``
-    of the held-out data (:mod:`experiments.ladder`); ``none``: full budget at once."""
+    """Multi-fidelity evaluation: a budget ladder (rungs ``min_budget * reduction_factor**k`` up
+    to ``evaluator.budget``) as successive halving or Hyperband per latency bucket; lower rungs
+    scored on ``rung_val_fraction`` of the held-out data (:mod:`experiments.ladder`)."""
 
     name: str = field(default="none", metadata=_meta(choices=PRUNERS))
     min_budget: int = field(default=4, metadata=_meta(min=1))
     reduction_factor: int = field(default=3, metadata=_meta(min=2))
     latency_buckets: int = field(default=3, metadata=_meta(min=1))
     rung_val_fraction: float = field(default=1.0, metadata=_meta(min=0.0))
+    bootstrap_count: int = field(default=0, metadata=_meta(min=0))
 
 
 @dataclass(frozen=True)

@@ -67,15 +67,21 @@ def check_pruner(cfg: Any) -> None:
                           "in full; use pruner 'none' with it")
 
 
-def make_pruner(name: str, min_budget: int, reduction_factor: int, top: int) -> Any:
+def make_pruner(name: str, min_budget: int, reduction_factor: int, top: int,
+                bootstrap_count: int = 0) -> Any:
+    """Optuna's pruner. ``bootstrap_count``: a rung promotes no candidate before this many
+    reached it (they are pruned): without it, asynchronous SH promotes the first candidate of
+    each rung and latency bucket whatever its score."""
     import optuna
 
     if name == "successive_halving":
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=min_budget,
-                                                      reduction_factor=reduction_factor)
+                                                      reduction_factor=reduction_factor,
+                                                      bootstrap_count=bootstrap_count)
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=min_budget, max_resource=top,
-                                              reduction_factor=reduction_factor)
+                                              reduction_factor=reduction_factor,
+                                              bootstrap_count=bootstrap_count)
     raise ValueError(name)
 
 
@@ -111,9 +117,9 @@ class Ladder:
 
     def __init__(self, pruner: str, min_budget: int, reduction_factor: int, top: int, *,
                  direction: str, latency_budget_ms: float | None,
-                 rung_val_fraction: float = 1.0) -> None:
+                 rung_val_fraction: float = 1.0, bootstrap_count: int = 0) -> None:
         self.pruner, self.min_budget, self.eta, self.top = pruner, min_budget, reduction_factor, top
-        self.rung_val_fraction = rung_val_fraction
+        self.rung_val_fraction, self.bootstrap_count = rung_val_fraction, bootstrap_count
         self.budgets = rung_budgets(min_budget, reduction_factor, top)
         self.direction = direction
         self.latency_budget_ms = latency_budget_ms
@@ -149,7 +155,8 @@ class Ladder:
         return optuna.create_study(
             study_name=study_name, storage=storage, direction=self.direction,
             load_if_exists=True, sampler=optuna.samplers.RandomSampler(seed=0),
-            pruner=make_pruner(self.pruner, self.min_budget, self.eta, self.top))
+            pruner=make_pruner(self.pruner, self.min_budget, self.eta, self.top,
+                               self.bootstrap_count))
 
     def val_fraction(self, budget: int) -> float:
         """The part of the held-out data a rung at ``budget`` is scored on (all at the top)."""

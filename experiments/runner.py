@@ -153,7 +153,8 @@ class Driver(TrialFlow):
             self.ladder = Ladder(p.name, p.min_budget, p.reduction_factor, cfg.evaluator.budget,
                                  direction=self.directions[cfg.objectives.index("quality")],
                                  latency_budget_ms=c.latency_budget_ms,
-                                 rung_val_fraction=p.rung_val_fraction)
+                                 rung_val_fraction=p.rung_val_fraction,
+                                 bootstrap_count=p.bootstrap_count)
             self.ladder.open(open_storage(cfg.search.storage, self.run_dir), cfg.name,
                              lambda: latency_edges(feasible_latencies(
                                  self.space, self.backbone, self.latency_model, seed=cfg.search.seed,

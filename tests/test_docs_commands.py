@@ -245,6 +245,13 @@ SUBSTITUTED.update({
     "temponas latency build-priors": Case(steps=("temponas latency build-priors --help",), why=_PRIORS),
     "python benchmarks/prior_transfer.py --json": Case(
         steps=("python benchmarks/prior_transfer.py --help",), why=_BENCH, cwd="root"),
+    "python benchmarks/multifidelity.py --json": Case(
+        steps=("python benchmarks/multifidelity.py --help",), why=_BENCH, cwd="root"),
+    "python benchmarks/multifidelity.py --seeds 100,101 --eval-seeds 0 --n-trials 32 --tune "
+    "'2,5,2,0.25;3,10,3,0.25;5,6,3,0.25' --json": Case(
+        steps=("python benchmarks/multifidelity.py --help",), why=_BENCH, cwd="root"),
+    "python benchmarks/search_efficiency.py --tune --json": Case(
+        steps=("python benchmarks/search_efficiency.py --help",), why=_BENCH, cwd="root"),
 })
 
 SKIPPED: dict[str, str] = {

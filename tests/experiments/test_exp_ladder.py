@@ -87,6 +87,25 @@ def test_decisions_are_recorded_and_a_resumed_ladder_reattaches(tmp_path):
     assert st[0].intermediate_values == {1: 0.5}
 
 
+def test_bootstrap_count_promotes_nobody_before_enough_candidates(tmp_path):
+    """Asynchronous SH promotes the first candidate of a rung whatever its score; with
+    ``bootstrap_count`` the first candidates are pruned and a later one is promoted only
+    against them."""
+    from experiments.study import open_storage
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    lad = Ladder("successive_halving", 1, 2, 4, direction="maximize", latency_budget_ms=None,
+                 bootstrap_count=2)
+    lad.open(open_storage(None, tmp_path), "b", lambda: [])
+    decisions = []
+    for i, q in enumerate([0.9, 0.1, 0.5, 0.95]):
+        t = lad.attach(f"arch_{i}", 1.0)
+        decisions.append(lad.decide(t, 1, q))
+        if decisions[-1]:
+            lad.finish(t, "PRUNED")
+    assert decisions == [True, True, True, False]  # 0.5 is not the best of three; 0.95 is
+
+
 @pytest.fixture(scope="module")
 def sh_run(tmp_path_factory, local_ray):
     cache = str(tmp_path_factory.mktemp("cache"))
