@@ -247,8 +247,11 @@ SUBSTITUTED.update({
         steps=("python benchmarks/prior_transfer.py --help",), why=_BENCH, cwd="root"),
     "python benchmarks/multifidelity.py --json": Case(
         steps=("python benchmarks/multifidelity.py --help",), why=_BENCH, cwd="root"),
-    "python benchmarks/multifidelity.py --seeds 100,101 --eval-seeds 0 --n-trials 32 --tune "
+    "python benchmarks/multifidelity.py --seeds 100 --eval-seeds 0 --n-trials 32 --tune "
     "'2,5,2,0.25;3,10,3,0.25;5,6,3,0.25' --json": Case(
+        steps=("python benchmarks/multifidelity.py --help",), why=_BENCH, cwd="root"),
+    "python benchmarks/multifidelity.py --seeds 100 --eval-seeds 0 --n-trials 32 --tune "
+    "'2,5,2,0.25,2;3,10,1,0.25,3' --json": Case(
         steps=("python benchmarks/multifidelity.py --help",), why=_BENCH, cwd="root"),
     "python benchmarks/search_efficiency.py --tune --json": Case(
         steps=("python benchmarks/search_efficiency.py --help",), why=_BENCH, cwd="root"),
