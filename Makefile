@@ -5,7 +5,6 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # the reliability suite's records (untracked) and the page rendered from them
 RELIABILITY_RECORDS := .pytest_cache/temponas_reliability.json
-export RAY_AUTH_MODE ?= disabled
 export RAY_USAGE_STATS_ENABLED ?= 0
 export PYTHONDONTWRITEBYTECODE ?= 1
 

@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 import weakref
 from collections import defaultdict
 
 import torch
+from bench_results import add_out_argument, results_dir
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -166,6 +166,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer frames and networks")
     ap.add_argument("--json", action="store_true", help="write benchmarks/results/memory_model.json")
+    add_out_argument(ap)
     args = ap.parse_args()
     torch.set_num_threads(2)
     t0 = time.time()
@@ -191,7 +192,7 @@ def main() -> int:
         out = {"benchmark": "memory_model", "quick": args.quick, "task": task.to_dict(),
                "backbone": "small", "torch": torch.__version__, "wall_time_s": time.time() - t0,
                "summary": summary, "blocks": blocks, "networks": nets}
-        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "memory_model.json")
+        path = str(results_dir(args.quick, args.out) / "memory_model.json")  # quick: untracked
         atomic_write_text(path, json.dumps(out, indent=2))
         plot(out, path.replace(".json", ".png"))
         print(f"wrote {path} and {path.replace('.json', '.png')}", file=sys.stderr)

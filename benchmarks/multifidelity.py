@@ -48,6 +48,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench_results import RESULTS, add_out_argument, results_dir
+
 from experiments.config import PrunerConfig, load_config
 from experiments.hypervolume import hypervolume, pareto_mask
 from experiments.ladder import rung_budgets
@@ -251,6 +253,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="12 trials, seed 0, evaluator seed 0")
     ap.add_argument("--json", action="store_true", help="write benchmarks/results/multifidelity.json")
+    add_out_argument(ap)
     ap.add_argument("--seeds", default=None, help="search seeds (default 0,1,2; quick 0)")
     ap.add_argument("--n-trials", type=int, default=None,
                     help="candidates of the full-budget search (default 32)")
@@ -312,7 +315,7 @@ def _slim(runs: dict) -> dict:
 def _write_tuning(args, common: dict, ladders, per_seed: list[dict], runs: dict) -> int:
     """Write (or add to: other ladders of an earlier tuning run with the same settings)
     ``multifidelity_tuning.json``."""
-    path = ROOT / "benchmarks" / "results" / "multifidelity_tuning.json"
+    path = results_dir(args.quick, args.out) / "multifidelity_tuning.json"
     names = {arm_name(lad) for lad in ladders}
     old = json.loads(path.read_text()) if args.json and path.exists() else {}
     same = all(old.get(k) == common[k] for k in ("n_trials_full", "cap", "evaluator_seeds"))
@@ -371,9 +374,9 @@ def _write_result(args, base, common: dict, t_pre: float, per_seed: list[dict], 
     if args.json:
         from common.fsio import atomic_write_json
 
-        out = ROOT / "benchmarks" / "results" / ("multifidelity_quick.json" if args.quick
-                                                 else "multifidelity.json")
-        tuning = ROOT / "benchmarks" / "results" / "multifidelity_tuning.json"
+        out = results_dir(args.quick, args.out) / ("multifidelity_quick.json" if args.quick
+                                                   else "multifidelity.json")
+        tuning = RESULTS / "multifidelity_tuning.json"
         if tuning.exists() and not args.quick:
             result["tuning"] = json.loads(tuning.read_text())
         atomic_write_json(out, result)

@@ -28,8 +28,9 @@ sys.path[:0] = [str(ROOT), str(BENCH)]
 # Ray workers import the benchmark evaluators from here
 os.environ["PYTHONPATH"] = os.pathsep.join(
     [str(BENCH), str(ROOT)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+from bench_results import add_out_argument, results_dir
 
 from experiments.config import load_config
 from experiments.runner import SearchOptions, run_search
@@ -169,6 +170,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer trials and evaluations")
     ap.add_argument("--json", action="store_true", help="write benchmarks/results/overhead.json")
+    add_out_argument(ap)
     args = ap.parse_args(argv)
     n_overhead = 100 if args.quick else 300
     n_busy = 8 if args.quick else 12
@@ -216,7 +218,7 @@ def main(argv=None) -> int:
     if args.json:
         from common.fsio import atomic_write_json
 
-        out = ROOT / "benchmarks" / "results" / ("overhead_quick.json" if args.quick else "overhead.json")
+        out = results_dir(args.quick, args.out) / ("overhead_quick.json" if args.quick else "overhead.json")
         atomic_write_json(out, result)
         print(f"wrote {out}", file=sys.stderr)
     return 0

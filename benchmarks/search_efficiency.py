@@ -40,6 +40,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench_results import add_out_argument, results_dir
+
 from experiments.config import parse_config
 from experiments.hypervolume import hypervolume, pareto_mask
 from experiments.ledger import ArchLedger, ArchOutcome, DuplicateGuard, duplicate_limit
@@ -142,6 +144,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="2 seeds, up to 300 trials")
     ap.add_argument("--json", action="store_true", help="write benchmarks/results/search_efficiency.json")
+    add_out_argument(ap)
     ap.add_argument("--seeds", type=int, default=None,
                     help="report on seeds 0..N-1 (default 10, quick 2)")
     ap.add_argument("--tune", action="store_true",
@@ -216,7 +219,7 @@ def _write_tuning(args, seeds, med, ratios, best300) -> int:
     if args.json:
         from common.fsio import atomic_write_json
 
-        atomic_write_json(ROOT / "benchmarks" / "results" / "search_efficiency_tuning.json", out)
+        atomic_write_json(results_dir(False, args.out) / "search_efficiency_tuning.json", out)
     return 0
 
 
@@ -230,8 +233,8 @@ def _write_result(args, result, med, default300, best300) -> int:
                       "trials_mean": "distinct architectures (repeats not counted)",
                       "pass": result["pass"]}, indent=2))
     if args.json:
-        out = ROOT / "benchmarks" / "results" / ("search_efficiency_quick.json" if args.quick
-                                                 else "search_efficiency.json")
+        out = results_dir(args.quick, args.out) / ("search_efficiency_quick.json" if args.quick
+                                                   else "search_efficiency.json")
         from common.fsio import atomic_write_json
 
         atomic_write_json(out, result)

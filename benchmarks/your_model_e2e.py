@@ -40,7 +40,7 @@ OUT = ROOT / "benchmarks" / "results" / "your_model_e2e.json"
 
 def search(cfg: Path, out: Path) -> dict:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-           "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+           "RAY_USAGE_STATS_ENABLED": "0"}
     r0, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
     p = subprocess.run([sys.executable, "-m", "experiments.cli", "search", str(cfg), "--out", str(out),
                         "--no-progress"], env=env, capture_output=True, text=True)

@@ -48,11 +48,12 @@ def _unlink_quietly(p: str | Path) -> None:
 
 
 def atomic_write(path: str | Path, writer: Callable[[Any], None], mode: str = "w",
-                 durable: bool = True) -> None:
+                 durable: bool = True, perm: int | None = None) -> None:
     """Write ``path`` atomically: ``writer(fileobj)`` fills a temp file that is then renamed.
 
     ``durable=False`` skips the fsync (still atomic for readers and process crashes; use it
-    only for files that can be regenerated). Raises :class:`OutputError` on ``OSError``.
+    only for files that can be regenerated). ``perm`` (e.g. ``0o600`` for a file only its owner
+    may read) replaces the usual ``0o666 & ~umask``. Raises :class:`OutputError` on ``OSError``.
     """
     path = Path(path)
     try:
@@ -61,7 +62,7 @@ def atomic_write(path: str | Path, writer: Callable[[Any], None], mode: str = "w
     except OSError as e:
         raise io_error(path, e) from None
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual mode
+        os.fchmod(fd, 0o666 & ~_umask() if perm is None else perm)  # mkstemp makes 0600
         text_kw = {"encoding": "utf-8", "newline": ""} if "b" not in mode else {}
         with os.fdopen(fd, mode, **text_kw) as f:
             writer(f)
@@ -77,8 +78,9 @@ def atomic_write(path: str | Path, writer: Callable[[Any], None], mode: str = "w
         raise
 
 
-def atomic_write_text(path: str | Path, text: str, durable: bool = True) -> None:
-    atomic_write(path, lambda f: f.write(text), durable=durable)
+def atomic_write_text(path: str | Path, text: str, durable: bool = True,
+                      perm: int | None = None) -> None:
+    atomic_write(path, lambda f: f.write(text), durable=durable, perm=perm)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes, durable: bool = True) -> None:
@@ -86,10 +88,10 @@ def atomic_write_bytes(path: str | Path, data: bytes, durable: bool = True) -> N
 
 
 def atomic_write_json(path: str | Path, data: Any, *, indent: int | None = 2,
-                      durable: bool = True) -> None:
+                      durable: bool = True, perm: int | None = None) -> None:
     """``data`` as sorted-key JSON (numpy scalars/arrays converted, NaN/inf refused)."""
     text = json.dumps(data, indent=indent, sort_keys=True, allow_nan=False, default=jsonable)
-    atomic_write_text(path, text + "\n", durable=durable)
+    atomic_write_text(path, text + "\n", durable=durable, perm=perm)
 
 
 @contextlib.contextmanager
@@ -167,18 +169,41 @@ def file_lock(path: str | Path) -> Iterator[None]:
 
 
 def append_jsonl(path: str | Path, record: dict[str, Any], durable: bool = True) -> None:
-    """Append one JSON line (a crash leaves at most one truncated last line); ``durable``
-    fsyncs it (without, the line survives a process crash but not a power loss)."""
+    """Append one JSON line; ``durable`` fsyncs it (without, the line survives a process crash
+    but not a power loss). Appenders take turns (``flock`` on the file), so a last line without
+    its newline can only be the torn write of a process that died: it is cut off first, so the
+    new record is never glued to it (and lost with it)."""
+    import fcntl
+
     path = Path(path)
     line = json.dumps(record, sort_keys=True, allow_nan=False, default=jsonable) + "\n"
     try:
-        with open(path, "a", encoding="utf-8") as f:
-            f.write(line)
+        with open(path, "ab+") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)  # released when the file is closed
+            end = f.seek(0, os.SEEK_END)
+            if end:
+                f.seek(end - 1)
+                if f.read(1) != b"\n":
+                    f.truncate(_end_of_last_line(f, end))
+            f.write(line.encode("utf-8"))
             f.flush()
             if durable:
                 os.fsync(f.fileno())
     except OSError as e:
         raise io_error(path, e) from None
+
+
+def _end_of_last_line(f: Any, end: int, chunk: int = 1 << 16) -> int:
+    """Offset just past the last newline before ``end`` (0 if there is none)."""
+    pos = end
+    while pos > 0:
+        start = max(0, pos - chunk)
+        f.seek(start)
+        i = f.read(pos - start).rfind(b"\n")
+        if i >= 0:
+            return start + i + 1
+        pos = start
+    return 0
 
 
 def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any] | None]]:

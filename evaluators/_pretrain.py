@@ -24,7 +24,6 @@ from typing import Any
 
 import torch
 
-from common.fsio import atomic_path, atomic_write_json, file_lock
 from evaluators._common import CODE_VERSION
 from evaluators._torch_setup import (
     NUM_TRAIN_TIMESTEPS,
@@ -39,6 +38,7 @@ from evaluators._torch_setup import (
     weight_files,
     weights_key,
 )
+from evaluators._weight_sharing import locked_artifact
 from evaluators.data import DATA_VERSION
 from search_space.backbone import BackboneSpec
 
@@ -67,8 +67,6 @@ def pretrained_spatial(full: BackboneSpec, opts: TorchOptions, latent_channels: 
                        progress: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """``(spatial state dict, metadata)`` of the pretrained scaled image backbone, or of the
     backbone's own weights with ``spatial: backbone``."""
-    from safetensors.torch import load_file, save_file
-
     key = pretrain_key(full, opts, latent_channels)
     if opts.spatial == "backbone":  # the weights' own files: nothing to pretrain
         if key not in _MEMO:
@@ -80,21 +78,11 @@ def pretrained_spatial(full: BackboneSpec, opts: TorchOptions, latent_channels: 
                 "files": [str(f) for f in files]})
         return _MEMO[key]
     d = os.path.join(cache_root(opts), "pretrained")
-    st_path, meta_path = os.path.join(d, f"{key}.safetensors"), os.path.join(d, f"{key}.json")
+    st_path = os.path.join(d, f"{key}.safetensors")
     if st_path in _MEMO:  # per cache file: another cache_dir gets its own copy on disk
         return _MEMO[st_path]
-    os.makedirs(d, exist_ok=True)
-    with file_lock(os.path.join(d, f"{key}.lock")):  # concurrent workers wait for one pretraining
-        if os.path.exists(st_path) and os.path.exists(meta_path):
-            state = load_file(st_path)
-            with open(meta_path, encoding="utf-8") as f:
-                meta = json.load(f)
-        else:
-            state, meta = _pretrain(full, opts, latent_channels, progress)
-            meta["key"] = key
-            with atomic_path(st_path) as tmp:
-                save_file(state, str(tmp), metadata={"key": key})
-            atomic_write_json(meta_path, meta, indent=1)
+    # concurrent workers wait for one pretraining
+    state, meta = locked_artifact(d, key, lambda: _pretrain(full, opts, latent_channels, progress))
     _MEMO[st_path] = (state, meta)
     return state, meta
 

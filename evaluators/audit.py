@@ -38,6 +38,9 @@ from search_space.space import SearchSpace
 
 ZERO_COST = ("grad_norm", "snip", "synflow", "naswot", "zico", "meco")
 BASELINES = ("params", "flops")
+#: proxies that train once per configuration (their one-time cost is reported separately)
+WEIGHT_SHARING = ("supernet",)
+DEFAULT_PROXIES = BASELINES + ZERO_COST + WEIGHT_SHARING
 REFERENCE = "short_train"
 #: a proxy whose |tau| with parameter count is at least this and above its |tau| with the
 #: reference is flagged as "mostly measures size"
@@ -53,7 +56,7 @@ class AuditSpec:
     n_archs: int = 24
     budgets: tuple[int, ...] = (15, 30)
     seeds: tuple[int, ...] = (0, 1)
-    proxies: tuple[str, ...] = BASELINES + ZERO_COST
+    proxies: tuple[str, ...] = DEFAULT_PROXIES
     proxy_options: Mapping[str, Any] = field(default_factory=dict)
     short_train_options: Mapping[str, Any] = field(default_factory=dict)
     sample_seed: int = 0
@@ -69,6 +72,17 @@ class AuditSpec:
             raise ConfigError("--seeds: at least one seed required")
         if self.workers < 1:
             raise ConfigError(f"--workers: must be >= 1, got {self.workers}")
+
+
+def proxy_options(spec: AuditSpec, name: str) -> dict[str, Any]:
+    """Options of proxy ``name`` in the audit: none for the analytic baselines; the shared
+    proxy options otherwise, plus the audited space for a weight-sharing proxy."""
+    if name in BASELINES:
+        return {}
+    opts = dict(spec.proxy_options)
+    if name in WEIGHT_SHARING:
+        opts.setdefault("space", spec.space.to_dict()["stages"])
+    return opts
 
 
 def sample_archs(space: SearchSpace, n: int, seed: int) -> list[ArchConfig]:
@@ -136,10 +150,11 @@ def run_audit(spec: AuditSpec, progress: bool = True) -> dict[str, Any]:
                disable=not progress, mininterval=1.0)
     describe: dict[str, Any] = {REFERENCE: st.describe()}
     for name in spec.proxies:
-        opts = {} if name in BASELINES else dict(spec.proxy_options)
-        ev = create_evaluator(name, spec.backbone, opts)
+        ev = create_evaluator(name, spec.backbone, proxy_options(spec, name))
         describe[name] = ev.describe() if hasattr(ev, "describe") else {"name": name}
-        ev.evaluate(archs[0], seed=proxy_seeds[0], budget=0)  # warm-up
+        ev.evaluate(archs[0], seed=proxy_seeds[0], budget=0)  # warm-up (and one-time training)
+        if hasattr(ev, "one_time_cost"):
+            describe[name]["one_time"] = ev.one_time_cost(archs[0].task.latent_channels)
         proxy_vals[name] = {}
         proxy_time[name] = []
         proxy_cpu[name] = []
@@ -177,7 +192,7 @@ def _reference_runs(spec, archs, budgets, top, runs) -> tuple[dict, dict, list, 
     return st, vloss, run_time, run_cpu
 
 
-def _proxy_entries(spec, proxy_vals, proxy_time, proxy_cpu, ref, nb) -> dict[str, Any]:
+def _proxy_entries(spec, proxy_vals, proxy_time, proxy_cpu, ref, nb, describe) -> dict[str, Any]:
     """Per proxy: correlation with the reference (and with parameter count), time per arch,
     seed agreement, and the flags ``beats_params``/``ci_above_params``/``size_dominated``."""
     params = proxy_vals.get("params", {}).get(spec.seeds[0])
@@ -193,6 +208,8 @@ def _proxy_entries(spec, proxy_vals, proxy_time, proxy_cpu, ref, nb) -> dict[str
         if len(by_seed) >= 2:
             s1, s2 = list(by_seed)[:2]
             entry["seed_kendall"] = kendall(by_seed[s1], by_seed[s2])
+        if describe.get(name, {}).get("one_time"):
+            entry["one_time"] = describe[name]["one_time"]
         proxies[name] = entry
     p_tau = proxies.get("params", {}).get("vs_short_train", {}).get("kendall", math.nan)
     for name, e in proxies.items():
@@ -264,9 +281,9 @@ def _analyse(spec, archs, budgets, top, runs, proxy_vals, proxy_time, image_loss
     per_seed = [c["kendall"] for k, c in budget_corr.items() if k != "seed_mean"]
     budget_kendall = float(np.mean(per_seed)) if per_seed else math.nan
 
-    proxies = _proxy_entries(spec, proxy_vals, proxy_time, proxy_cpu, ref, nb)
+    proxies = _proxy_entries(spec, proxy_vals, proxy_time, proxy_cpu, ref, nb, describe)
     p_tau = proxies.get("params", {}).get("vs_short_train", {}).get("kendall", math.nan)
-    zero_cost = [n for n in proxies if n in ZERO_COST or (n not in BASELINES)]
+    zero_cost = [n for n in proxies if n not in BASELINES + WEIGHT_SHARING]
     ranked = sorted((n for n in zero_cost if math.isfinite(proxies[n]["vs_short_train"]["kendall"])),
                     key=lambda n: -proxies[n]["vs_short_train"]["kendall"])
     zc_times = [proxies[n]["s_per_arch"] for n in proxies if n in ZERO_COST]
@@ -341,6 +358,10 @@ def markdown(res: Mapping[str, Any]) -> str:
       f"({res['short_train_runs_timed']} runs, {res.get('short_train_runs_from_cache', 0)} of them "
       f"read from the result cache with their original timing); zero-cost proxies {res['zero_cost_s_per_arch']:.2f} s "
       f"per arch (mean); audit wall time {res['wall_time_s'] / 60:.1f} min.\n\n")
+    for n, e in res["proxies"].items():
+        if e.get("one_time"):
+            w(f"`{n}` trains once per configuration: {e['one_time']['wall_time_s']:.0f} s wall, "
+              f"{e['one_time']['cpu_s']:.0f} CPU-s (cached on disk; not in its s/arch).\n\n")
     best = res.get("best_zero_cost_proxy")
     if best:
         w(f"Best zero-cost proxy by this audit: **{best}** "

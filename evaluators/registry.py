@@ -39,6 +39,7 @@ BUILTIN: dict[str, str] = {
     "zico": "evaluators._zico:ZicoEvaluator",
     "meco": "evaluators._meco:MecoEvaluator",
     "short_train": "evaluators._short_train:ShortTrainEvaluator",
+    "supernet": "evaluators._supernet:SupernetEvaluator",
 }
 
 #: The zero-cost proxy a fast search uses by default, chosen by the fidelity audit

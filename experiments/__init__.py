@@ -9,6 +9,8 @@ Run a search and read it back::
     run.front.groupby("mid.kind", observed=True)[["quality", "latency_ms"]].median()
 
 Modules from the ground floor up (each imports only modules listed before it):
+:mod:`~experiments.storage_url` (storage URLs without their password),
+:mod:`~experiments.storage_lock` (one search per study),
 :mod:`~experiments.config` (YAML -> ExperimentConfig), :mod:`~experiments.study` (Optuna
 storage, samplers, resume), :mod:`~experiments.cache` (the evaluation log),
 :mod:`~experiments.hypervolume`, :mod:`~experiments.trials` (pure: rows, front, failures),

@@ -8,7 +8,7 @@ finished (even if the driver died before telling Optuna about it).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,6 +103,32 @@ def _from_record(rec: Mapping[str, Any]) -> CachedEval | None:
                           int(rec.get("pid", 0)), float(rec.get("cpu_s", 0.0)))
     except (KeyError, TypeError, ValueError):
         return None
+
+
+def rebuild_from_study(run_dir: str | Path, trials: Iterable[Any], *, config_key: str,
+                       budget: int, seeds: Sequence[int]) -> int:
+    """Put back into ``evaluations.jsonl`` the evaluations of COMPLETE trials it lacks (the
+    log was deleted, or lost lines a power cut took), from each trial's ``result`` attr
+    (``seed_values``; a single-seed run's ``quality``): a resume then never evaluates an
+    architecture the study already knows again. Extras are restored for the first seed only.
+    Returns the number of evaluations restored."""
+    cache = EvalCache(run_dir)
+    n = 0
+    for t in trials:
+        res, aid = t.user_attrs.get("result") or {}, t.user_attrs.get("arch_id")
+        if t.state.name != "COMPLETE" or not aid or "quality" not in res:
+            continue
+        by_seed = res.get("seed_values") or (
+            {str(seeds[0]): res["quality"]} if len(seeds) == 1 else {})
+        node = (res.get("node_ids") or [""])[0]
+        wall = float(res.get("eval_wall_time_s", 0.0)) / max(1, len(by_seed))
+        for i, (seed, value) in enumerate(by_seed.items()):
+            key = EvalKey(str(aid), config_key, int(budget), int(seed))
+            if key not in cache and _finite(value):
+                extras = dict(res.get("extras") or {}) if i == 0 else {}
+                cache.put(CachedEval(key, float(value), extras, wall, node))
+                n += 1
+    return n
 
 
 def read_records(run_dir: str | Path) -> list[dict[str, Any]]:

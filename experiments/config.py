@@ -442,8 +442,12 @@ def load_config(path: str | Path) -> ExperimentConfig:
 
 
 def dump_config(cfg: ExperimentConfig) -> str:
-    """The resolved config as YAML (what ``runs/<name>/config.yaml`` holds)."""
+    """The resolved config as YAML (what ``runs/<name>/config.yaml`` holds; a storage
+    password masked: :mod:`experiments.storage_url`)."""
+    from experiments.storage_url import mask_url
+
     d = cfg.to_dict()
     d["task"] = cfg.video_task.to_dict()  # fully resolved
+    d["search"]["storage"] = mask_url(d["search"]["storage"])
     return ("# resolved by temponas; `temponas search` reads it back unchanged\n"
             + yaml.safe_dump(d, sort_keys=False, default_flow_style=None, width=100))

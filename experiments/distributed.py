@@ -1,8 +1,10 @@
 """Ray side of a search: starting/joining Ray and the evaluation task.
 
 Ray is imported lazily (only a search needs it). A local Ray binds to loopback with its
-dashboard off and token auth disabled; ``address`` joins an existing cluster instead, with the
-job's runtime environment (:mod:`experiments.runtime_env`).
+dashboard off and token authentication on, with a per-run token, its session folder in a private
+temporary directory removed at shutdown (:mod:`experiments.ray_access`); ``address`` joins an
+existing cluster instead (probed first, so a wrong address fails in seconds), with the job's
+runtime environment (:mod:`experiments.runtime_env`).
 
 Errors that every further evaluation would hit too (the evaluator cannot be built on a worker,
 its runtime environment cannot be set up, no node can grant its resources) stop the search
@@ -22,10 +24,16 @@ from typing import Any
 
 from common.errors import TemponasError
 from evaluators.registry import create_evaluator
+from experiments.ray_access import (
+    RayAccessError,
+    local_session,
+    probe_gcs,
+    remove_private_temp_dir,
+)
 from search_space.arch import ArchConfig
 from search_space.backbone import BackboneSpec
 
-_LOCAL_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+_LOCAL_ENV = {"RAY_USAGE_STATS_ENABLED": "0"}
 
 
 class RayError(TemponasError):
@@ -43,12 +51,16 @@ class EvaluatorUnavailable(SearchAborted):
 def ensure_ray(address: str | None, num_cpus: int,
                runtime_env: Mapping[str, Any] | None = None) -> bool:
     """Start a local Ray (``num_cpus``) or join ``address``, with the job-level
-    ``runtime_env``. True if this call started/joined it (so the caller shuts it down); False
-    if Ray was already initialized in this process (then ``runtime_env`` is not applied)."""
+    ``runtime_env``. True if this call started/joined it (so the caller shuts it down with
+    :func:`shutdown_ray`); False if Ray was already initialized in this process (then
+    ``runtime_env`` is not applied)."""
     for k, v in _LOCAL_ENV.items():
         os.environ.setdefault(k, v)
-    if address:
-        _check_reachable(address)
+    if address:  # before anything else: a wrong address fails in seconds, in one line
+        try:
+            probe_gcs(address)
+        except RayAccessError as e:
+            raise RayError(str(e)) from None
     import ray
 
     if ray.is_initialized():
@@ -63,7 +75,7 @@ def ensure_ray(address: str | None, num_cpus: int,
             if host in ("127.0.0.1", "localhost"):
                 # a cluster on this machine bound to loopback: without this Ray rewrites
                 # 127.0.0.1 to the routable IP and cannot reach the GCS
-                with _loopback_only():
+                with loopback_only():
                     ray.init(address=address, **kw)
             else:
                 ray.init(address=address, **kw)
@@ -71,8 +83,9 @@ def ensure_ray(address: str | None, num_cpus: int,
             # address="local": always a NEW local instance. Without it ray.init() joins whatever
             # cluster RAY_ADDRESS or /tmp/ray/ray_current_cluster names (another user's Ray on a
             # shared machine) and then refuses num_cpus.
-            with _loopback_only():
-                ray.init(address="local", num_cpus=num_cpus, _node_ip_address="127.0.0.1", **kw)
+            with local_session() as temp_dir, loopback_only():
+                ray.init(address="local", num_cpus=num_cpus, _node_ip_address="127.0.0.1",
+                         _temp_dir=str(temp_dir), **kw)
     except Exception as e:  # ray raises ConnectionError/RuntimeError/ValueError
         where = f"address {address!r}" if address else "a local Ray instance"
         raise RayError(f"--ray-address: cannot join {where} ({type(e).__name__}: {e})"
@@ -80,24 +93,10 @@ def ensure_ray(address: str | None, num_cpus: int,
     return True
 
 
-def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
-    """Fail fast on an address nothing listens on: ``ray.init`` would retry for minutes."""
-    hostport = address.split("://")[-1].split("/")[0]
-    host, sep, port = hostport.rpartition(":")
-    if not sep or not port.isdigit():  # "auto", "local", a bare host: let Ray resolve it
-        return
-    try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
-            pass
-    except OSError as e:
-        raise RayError(f"--ray-address {address}: nothing answers there "
-                       f"({e.strerror or type(e).__name__}); start the cluster (`ray start "
-                       f"--head`) or check the address") from None
-
-
 @contextlib.contextmanager
-def _loopback_only():
-    """Make a local Ray bind to loopback only.
+def loopback_only():
+    """Make a local Ray (or ``ray.cluster_utils.Cluster`` nodes started inside) bind to
+    loopback only.
 
     On Linux Ray maps ``_node_ip_address="127.0.0.1"`` to the routable IP and its GCS, raylet
     and workers listen on all interfaces (``::``) -- with token auth disabled that lets anyone
@@ -119,9 +118,11 @@ def _loopback_only():
 
 
 def shutdown_ray() -> None:
+    """Disconnect (and stop a local Ray this process started; its temporary directory goes)."""
     import ray
 
     ray.shutdown()
+    remove_private_temp_dir()
 
 
 # ---- the evaluation task ---------------------------------------------------------------------

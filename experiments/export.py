@@ -200,6 +200,7 @@ def export_arch(run_dir: Path, arch_id: str, fmt: str, out: Path, *, seed: int |
         raise ExportError(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}")
     run, arch, metrics = load_run_arch(run_dir, arch_id)
     out = Path(out)
+    _check_out(out, arch.arch_id)
     backbone = run.cfg.backbone_spec
     written = [out / f"{arch_id}.json", out / f"{arch_id}.metrics.json"]
     if fmt == "json":
@@ -224,6 +225,41 @@ def export_arch(run_dir: Path, arch_id: str, fmt: str, out: Path, *, seed: int |
     _write_arch(written[0], arch)
     atomic_write_json(written[1], metrics)  # last: the export is complete
     return written + paths
+
+
+def _exported_ids(out: Path) -> dict[str, Path]:
+    """The architectures whose export files ``out`` holds: ``{arch_id: a file of it}``."""
+    import re
+
+    ids: dict[str, Path] = {}
+    if not out.is_dir():
+        return ids
+    for p in sorted(out.iterdir()):
+        m = re.fullmatch(r"([0-9a-f]{12})\.(json|metrics\.json|mlpackage)", p.name)
+        if m:
+            ids.setdefault(m.group(1), p)
+    model = out / "model.safetensors"
+    if model.is_file():
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(model), "pt") as f:
+                aid = (f.metadata() or {}).get("arch_id")
+        except Exception:  # not one of ours: an export must not overwrite it either
+            aid = "?"
+        if aid:
+            ids.setdefault(aid, model)
+    return ids
+
+
+def _check_out(out: Path, arch_id: str) -> None:
+    """One export folder holds one architecture: exporting ``arch_id`` again (any format)
+    rewrites its files; a folder with another architecture's export is refused."""
+    others = {k: v for k, v in _exported_ids(out).items() if k != arch_id}
+    if others:
+        other, path = next(iter(others.items()))
+        raise ExportError(f"--out: {out} already holds the export of another architecture "
+                          f"({other}: {path}); export {arch_id} to a folder of its own")
 
 
 def _write_arch(path: Path, arch: ArchConfig) -> None:

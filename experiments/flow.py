@@ -193,9 +193,11 @@ class TrialFlow:
         """A finished evaluation: store it (and its checkpoint), then move on the candidates
         waiting for it (or fail them)."""
         if outcome.result is None:
+            failure = (f"{INTERRUPTED}: {outcome.failure}" if outcome.requeue
+                       else outcome.failure)
             for num in outcome.waiters:
                 if num in self.active:
-                    self._finish(self.active[num], failure=outcome.failure)
+                    self._finish(self.active[num], failure=failure)
             return
         if outcome.checkpoint is not None and self.ladder is not None \
                 and outcome.key.budget < self.ladder.top:

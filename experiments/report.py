@@ -9,6 +9,7 @@ from typing import Any
 
 from common.fsio import atomic_write_text
 from experiments.ledger import is_duplicate
+from experiments.storage_url import MASK, PASSWORD_ENV, has_credentials, mask_url
 from experiments.study import storage_location
 from experiments.trials import failures_by_reason, pareto_front, stage_summary, trial_attrs
 
@@ -135,7 +136,8 @@ def write_report(run_dir: Path, *, study: Any, cfg: Any, latency_model: Any = No
           "removed when a candidate's ladder ends)",
           "- `config.yaml`: the resolved config; `study.journal`: the Optuna study", ""]
     L += _next_steps_section(run_dir, cfg, front)
-    atomic_write_text(run_dir / "report.md", "\n".join(L))
+    private = has_credentials(cfg.search.storage)  # user, host and database of the storage
+    atomic_write_text(run_dir / "report.md", "\n".join(L), perm=0o600 if private else None)
 
 
 def _setup_section(run_dir: Path, cfg: Any, objs: list[str], dirs: list[str],
@@ -265,4 +267,6 @@ def _next_steps_section(run_dir: Path, cfg: Any, front: list[Any]) -> list[str]:
             f"{cfg.search.n_trials * 2}   # continue the search",
             f"temponas plot {run_dir}     # redraw plots/ and this report",
             f"optuna-dashboard {where}   # pip install optuna-dashboard; serves http://127.0.0.1:8080",
-            "```", ""]
+            "```", ""] + ([f"The storage password is not kept with the run (`{MASK}`): set "
+                          f"`{PASSWORD_ENV}` before these commands.", ""]
+                         if MASK in (mask_url(cfg.search.storage) or "") else [])

@@ -28,6 +28,9 @@ RAY_NAMES = {"num_cpus": "CPU", "num_gpus": "GPU", "memory": "memory"}
 INFEASIBLE_GRACE_S = 3.0
 #: how often a running search re-reads the nodes' totals
 WATCH_INTERVAL_S = 2.0
+#: more evaluations in flight than this is refused before anything starts (a typo, not a
+#: cluster): each one is a Ray task and a trial the driver keeps open
+MAX_WORKERS = 1024
 
 
 class ResourceError(SearchAborted):
@@ -92,6 +95,48 @@ def infeasible_reason(request: Mapping[str, float], nodes: list[Mapping[str, flo
     asked = ", ".join(_amount(k, v) for k, v in request.items())
     return (f"{key_of(next(iter(request)))}: no single node of the Ray cluster has {asked} "
             f"together ({where})")
+
+
+def check_workers(workers: int, where: str) -> None:
+    """Refuse an absurd number of evaluations in flight (``where`` names the flag/key)."""
+    from common.errors import ConfigError
+
+    if workers > MAX_WORKERS:
+        raise ConfigError(f"{where}: {workers} evaluations in flight is more than the "
+                          f"{MAX_WORKERS} allowed; the search runs at most as many as the Ray "
+                          f"cluster has CPUs for anyway")
+
+
+def capacity(request: Mapping[str, float], nodes: list[Mapping[str, float]]) -> int:
+    """How many evaluations asking ``request`` the alive ``nodes`` can run at once (0 if
+    none; a request of nothing counts as one CPU)."""
+    req = dict(request) or {"CPU": 1.0}
+    total = 0
+    for n in nodes:
+        fits = min(math.floor(n.get(k, 0.0) / v + 1e-9) for k, v in req.items())
+        total += max(0, fits)
+    return total
+
+
+def capacity_note(where: str, workers: int, cap: int, request: Mapping[str, float]) -> str:
+    """One line: ``workers`` evaluations in flight capped at ``cap`` (the cluster's)."""
+    asked = ", ".join(_amount(k, v) for k, v in (dict(request) or {"CPU": 1.0}).items())
+    return (f"{where} {workers}: at most {cap} evaluation(s) in flight, what the Ray cluster "
+            f"can run at once ({asked} each)")
+
+
+def local_cpus(workers: int, per_task_cpus: float) -> int:
+    """CPUs of a local Ray for ``workers`` evaluations of ``per_task_cpus`` each: never more
+    than this machine has (a Ray told it has more starts more worker processes than cores),
+    never fewer than one evaluation needs."""
+    import os
+
+    try:
+        have = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        have = os.cpu_count() or 1
+    want = math.ceil(workers * max(per_task_cpus, 1.0))
+    return max(1, math.ceil(per_task_cpus), min(want, have))
 
 
 def check_feasible(request: Mapping[str, float], key_of: Callable[[str], str],

@@ -25,12 +25,16 @@ from typing import Any
 
 from common.errors import ConfigError, TemponasError
 from common.fsio import atomic_write_json, atomic_write_text, io_error
+from experiments.cache import CACHE_FILE, rebuild_from_study
 from experiments.config import ExperimentConfig, dump_config, load_config
+from experiments.storage_lock import AttrStudyLock, FileStudyLock
+from experiments.storage_url import has_credentials, mask_url, url_identity
 from experiments.study import (
     JOURNAL_FILE,
     open_storage,
     recover_stale_trials,
     repair_run_journal,
+    storage_file,
     storage_location,
 )
 
@@ -71,7 +75,9 @@ class RunMeta:
         return d
 
     def write(self, run_dir: str | Path) -> None:
-        atomic_write_json(Path(run_dir) / RUN_FILE, self.to_dict())
+        """Write ``run.json`` (a storage password masked; owner-only if the URL has one)."""
+        d = {**self.to_dict(), "storage": mask_url(self.storage)}
+        atomic_write_json(Path(run_dir) / RUN_FILE, d, perm=private_perm(self.storage))
 
     @classmethod
     def read(cls, run_dir: str | Path) -> RunMeta | None:
@@ -101,24 +107,47 @@ class RunMeta:
 
 # ---- preparing a run directory for a search ---------------------------------------------------
 
-def prepare_run_dir(run_dir: Path, cfg: ExperimentConfig, *, resume: bool) -> None:
-    """Check that ``cfg`` may run in ``run_dir`` and write its resolved ``config.yaml``.
+def private_perm(storage: str | None) -> int | None:
+    """``0o600`` for the run files that name a storage with credentials (masked or not: the
+    user, host and database are private too), else None (the usual mode)."""
+    return 0o600 if has_credentials(storage) else None
 
-    A resume needs the run's stored config and the same :meth:`ExperimentConfig.identity`;
-    an existing ``run.json`` must be readable by this version. Call it holding the lock.
+
+def prepare_run_dir(run_dir: Path, cfg: ExperimentConfig, *, resume: bool) -> None:
+    """Check that ``cfg`` may run in ``run_dir``; nothing is written (the run's files are
+    written by :func:`open_search_study` once every check has passed).
+
+    A resume needs the run's stored config, the same :meth:`ExperimentConfig.identity`, the
+    same study name and storage, and (for a file storage) the file; an existing ``run.json``
+    must be readable by this version. Call it holding the lock.
     """
     cfg_path = run_dir / CONFIG_FILE
-    if resume:
-        if not cfg_path.exists():
-            raise RunDirError(f"{run_dir}: nothing to resume (no {CONFIG_FILE}); "
-                              f"start the search without --resume")
-        old, new = load_config(cfg_path).identity(), cfg.identity()
-        if old != new:
-            raise ConfigError(f"{cfg.source}: {_first_diff(old, new)}: differs from the run being "
-                              f"resumed ({cfg_path}); resume with the run's own config or use a "
-                              f"new --out")
-    RunMeta.read(run_dir)
-    atomic_write_text(cfg_path, dump_config(cfg))
+    meta = RunMeta.read(run_dir)
+    if not resume:
+        return
+    if not cfg_path.exists():
+        raise RunDirError(f"{run_dir}: nothing to resume (no {CONFIG_FILE}); "
+                          f"start the search without --resume")
+    old_cfg = load_config(cfg_path)
+    old, new = old_cfg.identity(), cfg.identity()
+    hint = (f"resume with the run's own config (temponas search {cfg_path} --out {run_dir} "
+            f"--resume) or use a new --out")
+    if old != new:
+        raise ConfigError(f"{cfg.source}: {_first_diff(old, new)}: differs from the run being "
+                          f"resumed ({cfg_path}); {hint}")
+    name = meta.study_name if meta is not None else old_cfg.name
+    if cfg.name != name:
+        raise ConfigError(f"{cfg.source}: name: {cfg.name!r} differs from the study being "
+                          f"resumed ({name!r}, {cfg_path}); {hint}")
+    stored = meta.storage if meta is not None else old_cfg.search.storage
+    if url_identity(cfg.search.storage) != url_identity(stored):
+        raise ConfigError(f"{cfg.source}: search.storage: {storage_location(cfg.search.storage, run_dir)} "
+                          f"differs from the storage of the run being resumed "
+                          f"({storage_location(stored, run_dir)}); {hint}")
+    path = storage_file(cfg.search.storage, run_dir)
+    if path is not None and not path.exists():
+        raise RunDirError(f"{run_dir}: nothing to resume: its study storage {path} does not "
+                          f"exist")
 
 
 def _first_diff(a: Any, b: Any, path: str = "") -> str:
@@ -132,20 +161,25 @@ def _first_diff(a: Any, b: Any, path: str = "") -> str:
 
 def open_search_study(run_dir: Path, cfg: ExperimentConfig, *, directions: list[str],
                       sampler: Any, config_key: str, resume: bool) -> tuple[Any, list[str], list[int]]:
-    """Create the study of a search in ``run_dir`` (or load it to ``resume``), name its
-    metrics, write ``run.json``, and after a crash repair the run's journal and recover the
-    trials a dead driver left RUNNING. Returns ``(study, repairs, recovered trial numbers)``.
-    Call it holding the lock."""
+    """Lock the study (:mod:`experiments.storage_lock`; released with the run-directory lock),
+    create it (or load it to ``resume``), name its metrics, write ``config.yaml`` and
+    ``run.json``; after a crash repair the run's journal, recover the trials a dead driver left
+    RUNNING and restore the evaluation log from the study. Returns ``(study, repairs,
+    recovered trial numbers)``. Call it holding the run-directory lock."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    url, where = cfg.search.storage, storage_location(cfg.search.storage, run_dir)
+    path = storage_file(url, run_dir)
+    if path is not None:  # before the journal repair: no other driver may be appending to it
+        _hold(run_dir, FileStudyLock(path, cfg.name, run_dir, where).acquire())
     repairs: list[str] = []
-    if cfg.search.storage is None:  # our own journal; the lock says no other driver writes it
+    if url is None:  # our own journal; the lock says no other driver writes it
         try:
             repairs = repair_run_journal(run_dir)
         except OSError as e:
             raise io_error(run_dir / JOURNAL_FILE, e) from None
-    storage = open_storage(cfg.search.storage, run_dir)
+    storage = open_storage(url, run_dir)
     exists = cfg.name in optuna.get_all_study_names(storage)
     if exists and not resume:
         n = len(optuna.load_study(study_name=cfg.name, storage=storage).trials)
@@ -153,10 +187,11 @@ def open_search_study(run_dir: Path, cfg: ExperimentConfig, *, directions: list[
             raise RunDirError(f"{run_dir}: already holds study {cfg.name!r} with {n} "
                               f"trial(s); pass --resume to continue it or use another --out")
     if resume and not exists:
-        raise RunDirError(f"{run_dir}: no study {cfg.name!r} in "
-                          f"{storage_location(cfg.search.storage, run_dir)} to resume")
+        raise RunDirError(f"{run_dir}: no study {cfg.name!r} in {where} to resume")
     study = optuna.create_study(study_name=cfg.name, storage=storage, sampler=sampler,
                                 directions=directions, load_if_exists=True)
+    if path is None:  # a database server: the lock is a record in the study
+        _hold(run_dir, AttrStudyLock(study, run_dir, where).acquire())
     stored = [d.name.lower() for d in study.directions]
     if stored != list(directions):
         raise RunDirError(f"{run_dir}: the stored study optimizes {stored}, this config "
@@ -169,10 +204,19 @@ def open_search_study(run_dir: Path, cfg: ExperimentConfig, *, directions: list[
         with warnings.catch_warnings():  # "experimental" since Optuna 3.2
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(list(cfg.objectives))
-    RunMeta(study_name=cfg.name, storage=cfg.search.storage, objectives=tuple(cfg.objectives),
+    secret_env = 0o600 if cfg.runtime_env.env_vars else None  # env vars often hold tokens
+    atomic_write_text(run_dir / CONFIG_FILE, dump_config(cfg), perm=private_perm(url) or secret_env)
+    RunMeta(study_name=cfg.name, storage=url, objectives=tuple(cfg.objectives),
             directions=tuple(directions), evaluator=cfg.evaluator.name, config_key=config_key,
             latency_model=cfg.latency_model).write(run_dir)
     recovered = recover_stale_trials(study) if resume else []
+    if resume:
+        n = rebuild_from_study(run_dir, study.get_trials(deepcopy=False),
+                               config_key=str(study.user_attrs.get("config_key", config_key)),
+                               budget=cfg.evaluator.budget, seeds=list(cfg.evaluator.seeds))
+        if n:
+            repairs.append(f"{run_dir / CACHE_FILE}: restored {n} evaluation(s) of finished "
+                           f"trials from the study (the log had lost them)")
     return study, repairs, recovered
 
 
@@ -209,6 +253,14 @@ def open_run(run_dir: str | Path) -> Run:
     return Run(d, cfg, study, meta)
 
 
+def _hold(run_dir: Path, lock: Any) -> None:
+    """Keep ``lock`` (anything with ``release()``) as long as ``run_dir``'s lock is held."""
+    holder = RunLock._held.get(Path(run_dir).resolve())
+    if holder is None:
+        raise RuntimeError(f"{run_dir}: the run-directory lock is not held by this process")
+    holder._attached.append(lock)
+
+
 # ---- run-directory lock --------------------------------------------------------------------
 
 class RunLock:
@@ -219,9 +271,13 @@ class RunLock:
     the file so a refused second search can say who holds it.
     """
 
+    #: the lock each run directory is held with in this process (see :func:`_hold`)
+    _held: dict[Path, RunLock] = {}
+
     def __init__(self, run_dir: str | Path):
         self.path = Path(run_dir) / ".lock"
         self._fd: int | None = None
+        self._attached: list[Any] = []
 
     def acquire(self) -> RunLock:
         import fcntl
@@ -250,6 +306,7 @@ class RunLock:
         os.write(fd, (json.dumps(info) + "\n").encode())
         os.fsync(fd)
         self._fd = fd
+        RunLock._held[self.path.parent.resolve()] = self
         return self
 
     def holder(self) -> dict[str, Any]:
@@ -259,10 +316,14 @@ class RunLock:
             return {}
 
     def release(self) -> None:
+        """Release the locks held with this one (the study lock), then this one."""
+        while self._attached:
+            self._attached.pop().release()
         if self._fd is None:
             return
         import fcntl
 
+        RunLock._held.pop(self.path.parent.resolve(), None)
         try:
             os.ftruncate(self._fd, 0)
         except OSError:

@@ -39,6 +39,7 @@ from experiments.hypervolume import pareto_mask
 from experiments.ladder import Ladder, feasible_latencies, latency_edges
 from experiments.ledger import ArchLedger, DuplicateGuard, duplicate_limit
 from experiments.outputs import write_outputs
+from experiments.resources import capacity_note, check_workers
 from experiments.rundir import RunLock, open_search_study, prepare_run_dir
 from experiments.scheduler import EvaluationScheduler, start_scheduler
 from experiments.study import INTERRUPTED, make_sampler, open_storage, storage_location, trial_done
@@ -115,8 +116,9 @@ class Driver(TrialFlow):
     def _setup(self) -> None:
         """Evaluator, latency model and sampler: a bad one fails before anything is written."""
         cfg = self.cfg
-        self.backbone, self.task, self.space = cfg.backbone_spec, cfg.video_task, cfg.search_space
         src = cfg.source or "config"
+        check_workers(self.workers, "--workers" if self.opts.workers else f"{src}: search.workers")
+        self.backbone, self.task, self.space = cfg.backbone_spec, cfg.video_task, cfg.search_space
         self.evaluator = create_evaluator(cfg.evaluator.name, self.backbone, cfg.evaluator_options(),
                                           where=f"{src}: evaluator")
         try:
@@ -169,6 +171,12 @@ class Driver(TrialFlow):
         self.scheduler, self._started_ray = start_scheduler(
             self.cfg, self.evaluator, self.eval_spec, ray_address=self.opts.ray_address,
             workers=self.workers)
+        cap = self.scheduler.capacity
+        if cap and self.workers > cap:
+            where = "--workers" if self.opts.workers else f"{self.cfg.source or 'config'}: search.workers"
+            print(f"note: {capacity_note(where, self.workers, cap, self.scheduler.request)}",
+                  file=sys.stderr)
+            self.workers = cap
 
     # ---- the run ----------------------------------------------------------------------------
     def run(self) -> SearchSummary:

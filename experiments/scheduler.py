@@ -28,7 +28,9 @@ from experiments.distributed import (
 from experiments.resources import (
     RAY_NAMES,
     FeasibilityWatch,
+    capacity,
     check_feasible,
+    local_cpus,
     node_totals,
     request_of,
     task_resources,
@@ -38,6 +40,10 @@ from experiments.runtime_env import job_env, task_env
 #: the driver cancels an evaluation that has not returned ``timeout_s + max(this, timeout_s)``
 #: after submission (see :attr:`EvaluationScheduler.backstop_s`)
 BACKSTOP_GRACE_S = 30.0
+#: a poll that returns this much later than it asked to (or comes this much later after the
+#: previous one) means the driver was not running (SIGSTOP, Ctrl-Z, a laptop lid): that time
+#: does not count towards the backstop of the evaluations in flight
+STALL_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,9 @@ class Outcome:
     checkpoint: bytes | None = None
     #: safetensors bytes of the weights the evaluation kept (``evaluator.keep_weights``)
     weights: bytes | None = None
+    #: the failure may be the driver's doing (it was suspended while the evaluation was in
+    #: flight): run it again rather than fail the trial for good
+    requeue: bool = False
 
 
 class EvaluationScheduler:
@@ -69,12 +78,20 @@ class EvaluationScheduler:
 
     def __init__(self, remote: Any, spec: Mapping[str, Any], *, threads: int, timeout_s: float,
                  watch: Any = None):
+        #: evaluations the cluster can run at once (set by :func:`start_scheduler`)
+        self.capacity: int | None = None
+        self.request: dict[str, float] = {}
         self._remote = remote
         self._spec = spec
         self._threads = threads
         self.timeout_s = timeout_s
         self._watch = watch
-        self._inflight: dict[Any, tuple[EvalKey, float]] = {}  # ref -> (key, submitted at)
+        self._inflight: dict[Any, tuple[EvalKey, float]] = {}  # ref -> (key, clock at submission)
+        self._clock = 0.0  # seconds the driver was running (see _tick)
+        self._t_last: float | None = None
+        self._last_stall: float | None = None  # _clock when the driver last resumed from a stall
+        #: seconds the driver was found not running (suspended) since the scheduler started
+        self.stalled_s = 0.0
         self._pending: dict[EvalKey, Any] = {}  # key -> ref
         self._waiters: dict[EvalKey, list[int]] = {}  # key -> trial numbers
 
@@ -102,7 +119,7 @@ class EvaluationScheduler:
         ref = self._remote.remote(self._spec, arch_json, key.seed, key.budget, self._threads,
                                   self.timeout_s, checkpoint, resumable, val_fraction)
         self._pending[key] = ref
-        self._inflight[ref] = (key, time.monotonic())
+        self._inflight[ref] = (key, self._tick(0.0))
         return True
 
     def forget(self, waiter: int, keys: Iterable[EvalKey]) -> None:
@@ -123,9 +140,28 @@ class EvaluationScheduler:
         if self._watch is not None:
             self._watch.check()
         deadline = min(t + self.backstop_s for _, t in self._inflight.values())
-        wait_s = max(0.0, min(max_wait_s, deadline - time.monotonic()))
-        ready, _ = ray.wait(list(self._inflight), num_returns=1, timeout=wait_s)
+        wait_s = max(0.0, min(max_wait_s, deadline - self._tick(0.0)))
+        refs = list(self._inflight)
+        ready, rest = ray.wait(refs, num_returns=1, timeout=wait_s)
+        self._tick(wait_s)
+        if ready and rest:  # everything else that is done too (after a stall: all of them)
+            ready += ray.wait(rest, num_returns=len(rest), timeout=0)[0]
         return [self._collect(ref) for ref in ready] + self._expire()
+
+    def _tick(self, expected_s: float) -> float:
+        """Advance and return the driver's running clock: wall time since the last tick, but
+        a gap ``STALL_S`` longer than ``expected_s`` counts as ``expected_s`` (the driver was
+        suspended, not the evaluations slow)."""
+        now = time.monotonic()
+        if self._t_last is not None:
+            dt = now - self._t_last
+            if dt > expected_s + STALL_S:
+                self.stalled_s += dt - expected_s
+                dt = expected_s
+                self._last_stall = self._clock + dt
+            self._clock += dt
+        self._t_last = now
+        return self._clock
 
     def cancel_all(self) -> None:
         """Cancel every evaluation in flight and forget all waiters (a stopped search)."""
@@ -178,18 +214,27 @@ class EvaluationScheduler:
                        weights=weights if isinstance(weights, bytes) else None)
 
     def _expire(self) -> list[Outcome]:
+        """Cancel what has not returned ``backstop_s`` (driver running time) after submission
+        -- unless it finished meanwhile. One in flight while the driver was suspended is
+        re-queued rather than failed."""
         import ray
 
         limit = self.backstop_s
-        now = time.monotonic()
+        now = self._tick(0.0)
         expired = []
         for ref, (_, t_sub) in list(self._inflight.items()):
-            if now - t_sub > limit:
-                ray.cancel(ref, force=True, recursive=True)
-                key, waiters = self._pop(ref)
-                expired.append(Outcome(key, waiters, failure=(
-                    f"timeout: no result {limit:g} s after submission (evaluator.timeout_s="
-                    f"{self.timeout_s:g} plus start-up/queueing grace); cancelled")))
+            if now - t_sub <= limit:
+                continue
+            if ray.wait([ref], num_returns=1, timeout=0)[0]:  # it did finish
+                expired.append(self._collect(ref))
+                continue
+            ray.cancel(ref, force=True, recursive=True)
+            key, waiters = self._pop(ref)
+            stalled = self._last_stall is not None and self._last_stall >= t_sub
+            expired.append(Outcome(key, waiters, requeue=stalled, failure=(
+                f"timeout: no result {limit:g} s after submission (evaluator.timeout_s="
+                f"{self.timeout_s:g} plus start-up/queueing grace); cancelled"
+                + ("; the driver was suspended meanwhile, so it is run again" if stalled else ""))))
         return expired
 
 
@@ -206,8 +251,7 @@ def start_scheduler(cfg: Any, evaluator: Any, spec: Mapping[str, Any], *,
     src = cfg.source or "config"
     job = job_env(cfg.runtime_env, cfg.evaluator.name, joined=joined, where=f"{src}: runtime_env")
     per_task = float(ray_remote_options(evaluator).get("num_cpus", 1.0))
-    started = ensure_ray(ray_address, max(1, math.ceil(workers * max(per_task, 1.0))),
-                         runtime_env=job)
+    started = ensure_ray(ray_address, local_cpus(workers, per_task), runtime_env=job)
     try:
         if job and not started:
             warnings.warn("Ray was initialized before the search started: its job's runtime "
@@ -227,6 +271,7 @@ def start_scheduler(cfg: Any, evaluator: Any, spec: Mapping[str, Any], *,
         sched = EvaluationScheduler(remote, spec, threads=cfg.evaluator.threads,
                                     timeout_s=cfg.evaluator.timeout_s,
                                     watch=FeasibilityWatch(request, key_of))
+        sched.capacity, sched.request = capacity(request, nodes), request
     except BaseException:
         if started:
             shutdown_ray()

@@ -14,6 +14,7 @@ from typing import Any
 
 from common.errors import ConfigError, TemponasError
 from experiments.ledger import is_duplicate
+from experiments.storage_url import mask_text, mask_url, resolve_url
 
 JOURNAL_FILE = "study.journal"
 INTERRUPTED = "interrupted"  # failure_reason prefix of trials a stopped driver left behind
@@ -41,30 +42,54 @@ class StorageError(TemponasError):
 
 
 def storage_location(url: str | None, run_dir: Path) -> str:
-    """A printable location (for the report and the optuna-dashboard command)."""
-    return url or str(run_dir / JOURNAL_FILE)
+    """A printable location (for messages, the report and the optuna-dashboard command): the
+    password of a URL is masked."""
+    return mask_url(url) or str(run_dir / JOURNAL_FILE)
+
+
+def _is_journal(url: str | None) -> bool:
+    return url is None or url.endswith(".journal") or url.startswith("journal:")
+
+
+def storage_file(url: str | None, run_dir: Path) -> Path | None:
+    """The local file that holds the study (a journal or a SQLite database); None for a
+    database server (``postgresql://...``) or an in-memory SQLite."""
+    if _is_journal(url):
+        return run_dir / JOURNAL_FILE if url is None else Path(
+            url.removeprefix("journal:").removeprefix("//"))
+    if url is not None and url.startswith("sqlite"):
+        from sqlalchemy.engine import make_url
+
+        try:
+            db = make_url(url).database
+        except Exception:
+            return None
+        return Path(db) if db and db != ":memory:" and not db.startswith("file:") else None
+    return None
 
 
 def open_storage(url: str | None, run_dir: Path) -> Any:
-    """The Optuna storage: a journal file in ``run_dir`` by default, else ``url``."""
+    """The Optuna storage: a journal file in ``run_dir`` by default, else ``url`` (``${NAME}``
+    expanded, a masked password taken from the environment: :func:`resolve_url`)."""
     from optuna.storages import JournalStorage, RDBStorage
     from optuna.storages.journal import JournalFileBackend
 
     try:
-        if url is None or url.endswith(".journal") or url.startswith("journal:"):
-            path = run_dir / JOURNAL_FILE if url is None else Path(url.removeprefix("journal:").removeprefix("//"))
+        if _is_journal(url):
+            path = storage_file(url, run_dir)
             path.parent.mkdir(parents=True, exist_ok=True)
             return JournalStorage(JournalFileBackend(str(path)))
         if "://" not in url:
-            raise ConfigError(f"search.storage: {url!r} is neither an Optuna storage URL "
+            raise ConfigError(f"search.storage: {mask_url(url)!r} is neither an Optuna storage URL "
                               f"(sqlite:///file.db, postgresql://...) nor a .journal path")
-        return RDBStorage(url, skip_compatibility_check=False)
+        return RDBStorage(resolve_url(url), skip_compatibility_check=False)
     except TemponasError:
         raise
     except Exception as e:
-        where = url or str(run_dir / JOURNAL_FILE)
+        where = storage_location(url, run_dir)
+        why = mask_text(" ".join(str(e).split()), url)[:300]
         raise StorageError(f"{where}: cannot open the study storage "
-                           f"({type(e).__name__}: {' '.join(str(e).split())[:300]})") from None
+                           f"({type(e).__name__}: {why})") from None
 
 
 def repair_run_journal(run_dir: Path) -> list[str]:

@@ -47,10 +47,11 @@ def trial_attrs(t: Any) -> dict[str, Any]:
 def result_attr(evaluations: Sequence[Any], wall_time_s: float,
                 spent: Sequence[Any] | None = None) -> dict[str, Any]:
     """The ``result`` user attr of a finished trial from its evaluations (one per seed, each
-    with ``value``, ``extras``, ``wall_time_s``, ``cpu_s``, ``node_id``): ``quality`` is their
-    mean (``quality_std`` with several seeds); ``extras`` are the first seed's. ``spent``: every
-    evaluation the trial ran (all rungs of a budget ladder; default ``evaluations``): their
-    wall and CPU seconds and nodes."""
+    with ``value``, ``extras``, ``wall_time_s``, ``cpu_s``, ``node_id`` and the ``key`` it
+    answers): ``quality`` is their mean (``quality_std`` with several seeds); ``extras`` are the
+    first seed's; ``seed_values`` each seed's value (what rebuilds a lost evaluation log).
+    ``spent``: every evaluation the trial ran (all rungs of a budget ladder; default
+    ``evaluations``): their wall and CPU seconds and nodes."""
     vals = [e.value for e in evaluations]
     spent = evaluations if spent is None else spent
     result: dict[str, Any] = {
@@ -58,6 +59,9 @@ def result_attr(evaluations: Sequence[Any], wall_time_s: float,
         "node_ids": sorted({e.node_id for e in spent if e.node_id}),
         "eval_wall_time_s": float(sum(e.wall_time_s for e in spent)),
         "eval_cpu_s": float(sum(getattr(e, "cpu_s", 0.0) for e in spent))}
+    seeds = [getattr(getattr(e, "key", None), "seed", None) for e in evaluations]
+    if None not in seeds:
+        result["seed_values"] = {str(s): float(v) for s, v in zip(seeds, vals)}
     if len(vals) > 1:
         result["quality_std"] = float(np.std(vals))
     if evaluations[0].extras:

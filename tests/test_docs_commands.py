@@ -94,7 +94,7 @@ _BENCH = ("a benchmark: its smallest mode (--quick) runs for minutes and --json 
 
 SUBSTITUTED: dict[str, Case] = {
     L_MAKE_SEARCH: Case(
-        why="default.yaml in the workspace scores with `params` (naswot pretrains its denoiser for "
+        why="default.yaml in the workspace scores with `params` (supernet pretrains its denoiser for "
             "~2 min) over 4 trials; the recipe runs twice (the second resumes) and joins the "
             "test's Ray (--ray-address) instead of starting its own",
         make_subs=(("$(test", "--ray-address {ray} --no-progress $(test"),), repeat=2,
@@ -230,6 +230,14 @@ SUBSTITUTED: dict[str, Case] = {
         steps=("python benchmarks/your_model_e2e.py --help",), why=_BENCH, cwd="root"),
     "python benchmarks/proxy_fidelity.py --json": Case(
         steps=("python benchmarks/proxy_fidelity.py --help",), why=_BENCH, cwd="root"),
+    "python benchmarks/supernet_design.py --json": Case(
+        steps=("python benchmarks/supernet_design.py --help",), why=_BENCH, cwd="root"),
+    "temponas proxies audit snapgen_v --choose-sample-seed 0 --report-sample-seed 1 --out DIR ...":
+        Case(steps=("temponas proxies audit tiny --choose-sample-seed 0 --report-sample-seed 1 "
+                    "--out audit_heldout --n-archs 4 --budgets 1 --seeds 1 --workers 1 "
+                    "--proxies naswot --options tiny_torch.yaml --bootstrap 20",),
+             why=_TINY_AUDIT + "; DIR = audit_heldout; '...' = the other flags as the line above",
+             after=(L_AUDIT,), files=("audit_heldout/heldout.md", "audit_heldout/report/audit.json")),
 }
 
 _PRIORS = ("the same refit as `python -m latency_models.apple_priors` (which rebuilds the priors "
@@ -395,13 +403,15 @@ def walk(tmp_path_factory):
     pythonpath = [str(ROOT), *(p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(pythonpath),
            "PATH": os.pathsep.join([str(BIN), os.environ["PATH"]]),
-           "TEMPONAS_CACHE": str(ws / "cache"), "RAY_AUTH_MODE": "disabled",
+           "TEMPONAS_CACHE": str(ws / "cache"),
            "RAY_USAGE_STATS_ENABLED": "0", "PYTHONDONTWRITEBYTECODE": "1"}
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TEMPONAS_CACHE", env["TEMPONAS_CACHE"])  # for the lines run in this process
         if ray.is_initialized():
             ray.shutdown()
         ensure_ray(None, 2)
+        # the lines that join this Ray (--ray-address) need its per-run token
+        env.update({k: os.environ[k] for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")})
         try:
             yield Walk(ws, ray.get_runtime_context().gcs_address, env, case_of, SMOKE)
         finally:

@@ -29,11 +29,13 @@ SECTIONS = (
     ("fault", "Faults injected during a search",
      "Real processes, real Ray, real Optuna storage; each scenario bounded by a pytest timeout."),
     ("concurrency", "Concurrent searches and stale locks",
-     "Policy: one search per run directory. The second `temponas search` on a run directory is "
-     "refused (exit 2) while the first runs; the lock is a kernel `flock` on `<run>/.lock`, "
-     "released when its process dies (even by SIGKILL), so a crashed run never blocks a resume. "
-     "`flock` is per host: do not run two searches on the same run directory from two machines "
-     "over NFS."),
+     "Policy: one search per run directory and one per study. The second `temponas search` on a "
+     "run directory is refused (exit 2) while the first runs; the lock is a kernel `flock` on "
+     "`<run>/.lock`, released when its process dies (even by SIGKILL), so a crashed run never "
+     "blocks a resume. A second run directory on the same study (a shared `search.storage`) is "
+     "refused the same way: a `flock` next to a journal or SQLite file, a record with a "
+     "heartbeat in the study on a database server. `flock` is per host: do not run two searches "
+     "on the same run directory or study file from two machines over NFS."),
     ("bad input", "Bad input",
      "Each driven through the real CLI entry point (`temponas ...`); the user sees exactly the "
      "line quoted (stderr), the exit code is 2, no traceback is printed."),

@@ -20,6 +20,7 @@ from experiments.cli._latency_priors import LatencyBuildPriors, LatencyFitset
 from experiments.cli._proxies import ProxiesAudit, ProxiesList, ProxiesPreviewData
 from experiments.cli._search import Export, Pareto, Plot, Search
 from experiments.cli._space import Space
+from experiments.storage_url import mask_text
 from search_space.errors import TemponasError
 
 __all__ = ["COMMANDS", "GROUPS", "Command", "build_parser", "main"]
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rc = args.handler(args)
     except TemponasError as e:
-        msg = " ".join(str(e).split("\n"))  # always one line
+        msg = mask_text(" ".join(str(e).split("\n")))  # always one line, no storage password
         print(f"error: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

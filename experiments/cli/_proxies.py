@@ -5,7 +5,7 @@ how well each proxy ranks candidates compared with short training.
 ``temponas proxies preview-data [CONFIG_OR_PRESET] --out FILE.png|FILE.gif [--preset NAME]
 [--split train|val] [--n N] [--decoded] [--options FILE.yaml]``
 ``temponas proxies audit CONFIG_OR_PRESET --n-archs N --budgets A,B --seeds S --out DIR
-[--proxies a,b,...] [--options FILE.yaml] [--workers W]``
+[--proxies a,b,...] [--options FILE.yaml] [--workers W] [--sample-seed A --report-sample-seed B]``
 """
 
 from __future__ import annotations
@@ -142,24 +142,27 @@ class ProxiesAudit(Command):
         p.add_argument("--seeds", default="2", help="a count S (seeds 0..S-1) or a comma list")
         p.add_argument("--out", required=True, metavar="DIR")
         p.add_argument("--proxies", default=None,
-                       help="comma-separated evaluator names (default: params, flops and every "
-                            "zero-cost proxy)")
+                       help="comma-separated evaluator names (default: params, flops, every "
+                            "zero-cost proxy and the supernet)")
         p.add_argument("--options", metavar="FILE.yaml",
                        help="YAML with evaluator options: either one mapping for every torch "
                             "evaluator, or {proxies: {...}, short_train: {...}}")
         p.add_argument("--workers", type=int, default=1, help="processes for short training")
-        p.add_argument("--sample-seed", type=int, default=0)
+        p.add_argument("--sample-seed", "--choose-sample-seed", type=int, default=0, dest="sample_seed")
+        p.add_argument("--report-sample-seed", type=int, default=None, metavar="SEED",
+                       help="also audit a held-out sample drawn with SEED (choose on "
+                            "--sample-seed, report on SEED)")
         p.add_argument("--bootstrap", type=int, default=1000)
 
     def take_action(self, args: argparse.Namespace) -> int:
-        from evaluators.audit import BASELINES, ZERO_COST, AuditSpec, markdown, write_report
+        from evaluators.audit import DEFAULT_PROXIES, AuditSpec, markdown, proxy_options, write_report
         from evaluators.audit import run_audit as _run
         from evaluators.registry import available, create_evaluator
 
         target = resolve_target(args, space_files=False)
         budgets = int_list(args.budgets, "--budgets")
         seeds = _seeds(args.seeds)
-        proxies = tuple(p.strip() for p in args.proxies.split(",")) if args.proxies else BASELINES + ZERO_COST
+        proxies = tuple(p.strip() for p in args.proxies.split(",")) if args.proxies else DEFAULT_PROXIES
         for p in proxies:
             if p not in available() and ":" not in p:
                 raise ConfigError(f"--proxies: unknown evaluator {p!r} (available: {', '.join(available())})")
@@ -177,7 +180,13 @@ class ProxiesAudit(Command):
         # validate options before hours of work
         create_evaluator("short_train", target.backbone, st_opts, where="short_train")
         for p in proxies:
-            create_evaluator(p, target.backbone, {} if p in BASELINES else proxy_opts, where=p)
+            create_evaluator(p, target.backbone, proxy_options(spec, p), where=p)
+        if args.report_sample_seed is not None:  # choose on --sample-seed, report on this one
+            from evaluators.audit_heldout import run_heldout_report
+            text, paths = run_heldout_report(spec, args.sample_seed, args.report_sample_seed, args.out)
+            print(text)
+            print(f"wrote {', '.join(paths.values())}", file=sys.stderr)
+            return 0
         res = _run(spec, progress=True)
         paths = write_report(res, args.out)
         print(markdown(res))

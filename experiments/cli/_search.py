@@ -55,27 +55,52 @@ class Search(Command):
             print(f"repaired {note}")
         if s.interrupted:
             print(f"interrupted; everything finished so far is saved. Continue with:\n"
-                  f"  temponas search {args.config} --out {s.run_dir} --resume", file=sys.stderr)
+                  f"  {resume_command(args, s)}", file=sys.stderr)
             return 130
         print(f"report: {s.run_dir / 'report.md'}")
         return 0
+
+
+def resume_command(args: argparse.Namespace, s: object) -> str:
+    """The command that continues this search: the same config, run directory and target,
+    and every other flag given (a target left out would fall back to the config's)."""
+    import shlex
+
+    argv = ["temponas", "search", args.config, "--out", str(s.run_dir), "--resume",
+            "--n-trials", str(args.n_trials or s.n_trials)]
+    if args.workers is not None:
+        argv += ["--workers", str(args.workers)]
+    if args.ray_address:
+        argv += ["--ray-address", args.ray_address]
+    if args.no_progress:
+        argv.append("--no-progress")
+    return shlex.join(argv)
 
 
 class Pareto(Command):
     """``temponas pareto RUN``."""
 
     help = "print (and rewrite) the Pareto front of a run"
+    description = ("Print the feasible Pareto front of a run and rewrite its trials.csv, "
+                   "pareto.csv and archs/ from the study. A run that cannot be written "
+                   "(read-only, disk full) is still printed, with a note on stderr.")
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
         p.add_argument("run", help="run directory")
 
     def take_action(self, args: argparse.Namespace) -> int:
+        from common.errors import OutputError
         from experiments.outputs import write_outputs
         from experiments.rundir import open_run
         from experiments.trials import pareto_front, stage_summary, trial_attrs
 
         run = open_run(args.run)
-        write_outputs(run.run_dir, study=run.study, cfg=run.cfg, plots=False, report=False)
+        saved = f"written to {run.run_dir / 'pareto.csv'}"
+        try:
+            write_outputs(run.run_dir, study=run.study, cfg=run.cfg, plots=False, report=False)
+        except (OutputError, OSError) as e:  # the front is still worth printing
+            print(f"note: {e}; the front below is not saved", file=sys.stderr)
+            saved = "not saved (the run directory cannot be written)"
         objs = list(run.study.user_attrs.get("objectives", run.cfg.objectives))
         front = pareto_front(run.study)
         print(f"{'trial':>5}  {'arch_id':12}  " + "  ".join(f"{o:>12}" for o in objs)
@@ -85,7 +110,7 @@ class Pareto(Command):
                   + "  ".join(f"{v:>12.5g}" for v in t.values)
                   + f"  {stage_summary(trial_attrs(t).get('arch'))}")
         print(f"{len(front)} architecture(s) on the feasible front (the earliest trial of each); "
-              f"written to {run.run_dir / 'pareto.csv'}")
+              f"{saved}")
         return 0
 
 

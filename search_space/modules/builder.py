@@ -8,7 +8,7 @@ temporal parameters are exactly those under ``stages.<sid>.temporal.``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -44,15 +44,18 @@ class VideoUNet(nn.Module):
     fixed at construction, so ``forward`` has no data-dependent control flow. ``C, T, H, W`` are
     those of the task it was built for; ``B`` is the input's (``task.batch`` only sizes the
     example inputs of an export and the cost model).
+    ``block_factory(block) -> nn.Module`` makes each block (default :func:`build_block`; a
+    weight-sharing supernet passes one that reuses module instances across candidates).
     """
 
-    def __init__(self, backbone: BackboneSpec, task: VideoTask, arch: ArchConfig) -> None:
+    def __init__(self, backbone: BackboneSpec, task: VideoTask, arch: ArchConfig,
+                 block_factory: Callable[[BlockInstance], nn.Module] = build_block) -> None:
         super().__init__()
         self.backbone_spec, self.task, self.arch = backbone, task, arch
         self.blocks: tuple[BlockInstance, ...] = network_blocks(backbone, task, arch)
         self.stages = nn.ModuleDict({sid: _Stage() for sid in backbone.stage_ids})
         for b in self.blocks:
-            self._install(b, build_block(b))
+            self._install(b, block_factory(b))
         routes = skip_routes(self.blocks)
         self._plan = tuple((b.path, b.op, b.sig.kind.has_cross_attention, r.takes, r.saves, r.drops)
                            for b, r in zip(self.blocks, routes))
@@ -130,9 +133,10 @@ class VideoUNet(nn.Module):
             p.requires_grad_(False)
 
 
-def build_model(backbone: BackboneSpec, task: VideoTask, arch: ArchConfig) -> VideoUNet:
+def build_model(backbone: BackboneSpec, task: VideoTask, arch: ArchConfig,
+                block_factory: Callable[[BlockInstance], nn.Module] = build_block) -> VideoUNet:
     """The video UNet of ``arch`` on ``backbone`` for ``task`` (temporal blocks start as no-ops)."""
-    return VideoUNet(backbone, task, arch)
+    return VideoUNet(backbone, task, arch, block_factory)
 
 
 def build_image_model(backbone: BackboneSpec, task: VideoTask) -> VideoUNet:

@@ -13,7 +13,8 @@ TINY_TORCH = {
     "pretrain": {"steps": 12, "batch": 2, "lr": 3e-3},
     "batch": 2,
 }
-TINY_EXTRA = {"short_train": {"default_budget": 3, "val_timesteps": 1}}
+TINY_EXTRA = {"short_train": {"default_budget": 3, "val_timesteps": 1},
+              "supernet": {"train": {"steps": 3, "checkpoint_every": 100}, "val_timesteps": 1}}
 
 
 def tiny_options(name: str, cache_dir: str) -> dict:

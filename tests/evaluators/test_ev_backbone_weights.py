@@ -114,3 +114,26 @@ def test_weights_that_do_not_fit_fail_when_the_evaluator_is_made(unet, tmp_path)
     with pytest.raises(ConfigError, match=r"wide/diffusion_pytorch_model.safetensors: .*does not "
                                           r"fit backbone 'tiny_unet'"):
         create_evaluator("short_train", bb, options(wide, str(tmp_path)))
+
+
+def test_supernet_trains_on_the_backbone_weights_and_keys_their_content(unet, tmp_path):
+    d, bb = unet
+    cache = str(tmp_path / "cache")
+
+    def opts(w):
+        o = {k: v for k, v in options(w, cache).items() if k != "default_budget"}
+        return {**o, "train": {"steps": 2}, "space": {"defaults": {"kinds": ["none", "conv1d", "attn1d"]}}}
+
+    ev = create_evaluator("supernet", bb, opts(d))
+    moved = tmp_path / "moved"
+    shutil.copytree(d, moved)
+    assert create_evaluator("supernet", bb, opts(moved)).training_key(4) == ev.training_key(4)
+    other = tmp_path / "other"
+    save_tiny_unet(other, seed=1)
+    assert create_evaluator("supernet", bb, opts(other)).training_key(4) != ev.training_key(4)
+    arch = _arch(bb)
+    r = ev.evaluate(arch, seed=0)
+    assert r.value == r.value and not (tmp_path / "cache" / "pretrained").exists()
+    ref = read_spatial_weights(read_diffusers_unet(d).weights)
+    sd = ev.subnet(arch).state_dict()  # the file's spatial tensors, frozen
+    assert all(torch.equal(sd[k], v) for k, v in ref.items())

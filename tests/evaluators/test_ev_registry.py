@@ -23,7 +23,7 @@ from search_space.errors import ConfigError
 def test_builtins_are_available():
     names = available()
     for n in ("params", "flops", "grad_norm", "snip", "synflow", "naswot", "zico", "meco",
-              "short_train"):
+              "short_train", "supernet"):
         assert n in names
     assert DEFAULT_FAST_PROXY in names
 

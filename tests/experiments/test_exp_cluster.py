@@ -8,6 +8,7 @@ Ray cannot set up fail in seconds with one line."""
 from __future__ import annotations
 
 import json
+import os
 import textwrap
 import time
 from dataclasses import replace
@@ -16,8 +17,10 @@ from pathlib import Path
 import pytest
 import yaml
 from exp_helpers import cli, counted_states, load_study, states
+from netcheck import exposed
 
 from experiments.cache import read_records
+from experiments.distributed import loopback_only
 from experiments.runner import SearchOptions, run_search
 from experiments.trials import trial_attrs
 
@@ -98,12 +101,14 @@ def two_node_cluster():
 
     if ray.is_initialized():
         ray.shutdown()
-    # loopback only: without node_ip_address Ray binds every node to the machine's address
-    cluster = Cluster(initialize_head=True, connect=False,
-                      head_node_args={"num_cpus": 1, "include_dashboard": False,
-                                      "node_ip_address": "127.0.0.1"})
-    cluster.add_node(num_cpus=1, num_gpus=1, node_ip_address="127.0.0.1")
-    cluster.wait_for_nodes()
+    # loopback only: without node_ip_address Ray binds every node to the machine's address,
+    # and without loopback_only its servers listen on every interface
+    with loopback_only():
+        cluster = Cluster(initialize_head=True, connect=False,
+                          head_node_args={"num_cpus": 1, "include_dashboard": False,
+                                          "node_ip_address": "127.0.0.1"})
+        cluster.add_node(num_cpus=1, num_gpus=1, node_ip_address="127.0.0.1")
+        cluster.wait_for_nodes()
     yield cluster
     if ray.is_initialized():
         ray.shutdown()
@@ -143,6 +148,7 @@ def test_search_on_two_nodes_uses_both(tmp_path, smoke_cfg, two_node_cluster):
             assert set(trial_attrs(t)["node_ids"]) <= nodes
     assert s.evaluations_run == len(read_records(tmp_path / "run"))
     assert {n.node_ip_address for n in two_node_cluster.list_all_nodes()} == {"127.0.0.1"}
+    assert not exposed(os.getpid())  # every server of both nodes listens on loopback only
 
 
 def test_plugin_outside_the_installed_packages_runs_on_both_nodes(tmp_path, two_node_cluster,

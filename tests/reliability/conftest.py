@@ -28,7 +28,6 @@ ROOT = HERE.parents[1]
 SMOKE = ROOT / "experiments" / "configs" / "smoke.yaml"
 RECORDS_JSON = ROOT / ".pytest_cache" / "temponas_reliability.json"  # untracked (.gitignore)
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 _RECORDS: list[dict] = []

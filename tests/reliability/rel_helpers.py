@@ -69,7 +69,6 @@ def subprocess_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(HERE), str(ROOT)] +
                                         [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-    env.setdefault("RAY_AUTH_MODE", "disabled")
     env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     return env
 
@@ -136,3 +135,32 @@ def best_by_arch(study) -> set[int]:
     for t in sorted(study.best_trials, key=lambda t: t.number):
         first.setdefault(t.user_attrs["arch_id"], t.number)
     return set(first.values())
+
+
+class FakeDisk:
+    """Stands in for ``os`` in the writers (``common.fsio`` and Optuna's journal backend):
+    after ``budget`` successful fsyncs of files under ``root``, every fsync/replace there fails
+    with ``err`` — the output disk filled up (ENOSPC) or was remounted read-only (EROFS)."""
+
+    def __init__(self, root: Path, budget: int, err: int):
+        self.root, self.budget, self.err, self.failures = str(root), budget, err, 0
+
+    def __getattr__(self, name):
+        return getattr(os, name)
+
+    def _check(self, path: str) -> None:
+        if not str(path).startswith(self.root):
+            return
+        if self.budget <= 0:
+            self.failures += 1
+            raise OSError(self.err, os.strerror(self.err), path)
+        self.budget -= 1
+
+    def fsync(self, fd):
+        self._check(os.readlink(f"/proc/self/fd/{fd}"))
+        return os.fsync(fd)
+
+    def replace(self, src, dst, *a, **kw):
+        if self.budget <= 0:
+            self._check(str(dst))
+        return os.replace(src, dst, *a, **kw)

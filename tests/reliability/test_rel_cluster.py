@@ -10,6 +10,8 @@ import time
 import pytest
 from rel_helpers import evaluation_counts, faulty, load_study, plugin_path, states, write_config
 
+from experiments.distributed import loopback_only
+
 pytestmark = [pytest.mark.fault, pytest.mark.timeout(150), pytest.mark.own_ray_cluster]
 
 N = 10
@@ -22,7 +24,7 @@ def two_nodes():
 
     if ray.is_initialized():
         ray.shutdown()
-    with plugin_path():
+    with plugin_path(), loopback_only():
         cluster = Cluster(initialize_head=True, connect=False,
                           head_node_args={"num_cpus": 1, "include_dashboard": False,
                                           "node_ip_address": "127.0.0.1"})
@@ -85,7 +87,7 @@ def test_nodes_with_the_resource_leave_mid_search_fails_in_seconds(tmp_path, two
     from experiments.runner import SearchOptions, run_search
 
     cluster, _ = two_nodes
-    with plugin_path():
+    with plugin_path(), loopback_only():
         rare = cluster.add_node(num_cpus=1, resources={"rare": 1}, node_ip_address="127.0.0.1")
     cluster.wait_for_nodes()
     ev = {**faulty(tmp_path / "script", sleep_s=0.3), "timeout_s": 600}

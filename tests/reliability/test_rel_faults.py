@@ -11,8 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
+from netcheck import descendants, listening
 from rel_evaluators import attempts
 from rel_helpers import (
+    FakeDisk,
     best_by_arch,
     cli,
     csv_rows,
@@ -175,35 +177,6 @@ def test_evaluation_stuck_in_native_code_is_cancelled_by_the_driver(tmp_path, mo
 
 # ---- a full or read-only disk ---------------------------------------------------------------
 
-class FakeDisk:
-    """Stands in for ``os`` in the writers (``common.fsio`` and Optuna's journal backend):
-    after ``budget`` successful fsyncs of files under ``root``, every fsync/replace there fails
-    with ``err`` — the output disk filled up (ENOSPC) or was remounted read-only (EROFS)."""
-
-    def __init__(self, root: Path, budget: int, err: int):
-        self.root, self.budget, self.err, self.failures = str(root), budget, err, 0
-
-    def __getattr__(self, name):
-        return getattr(os, name)
-
-    def _check(self, path: str) -> None:
-        if not str(path).startswith(self.root):
-            return
-        if self.budget <= 0:
-            self.failures += 1
-            raise OSError(self.err, os.strerror(self.err), path)
-        self.budget -= 1
-
-    def fsync(self, fd):
-        self._check(os.readlink(f"/proc/self/fd/{fd}"))
-        return os.fsync(fd)
-
-    def replace(self, src, dst, *a, **kw):
-        if self.budget <= 0:
-            self._check(str(dst))
-        return os.replace(src, dst, *a, **kw)
-
-
 @pytest.mark.parametrize("err", [errno.ENOSPC, errno.EROFS], ids=["disk_full", "read_only"])
 def test_disk_full_or_read_only_mid_run_then_resume(tmp_path, monkeypatch, record, err):
     import optuna.storages.journal._file as journal_file
@@ -260,11 +233,12 @@ def test_run_outputs_are_written_atomically(tmp_path, monkeypatch, record):
     rc, out, err = _search(cfg, run)
     assert rc == 0, err
     files = {str(p) for p in run.rglob("*") if p.is_file()}
-    appended = {str(run / n) for n in ("study.journal", "evaluations.jsonl", ".lock")}
+    locks = (".lock", ".study.journal.smoke.lock")  # the run's and its study's
+    appended = {str(run / n) for n in ("study.journal", "evaluations.jsonl", *locks)}
     assert any(f.endswith(".png") for f in files) and str(run / "report.md") in files
     assert files - appended <= written, sorted(files - appended - written)
     umask = fsio._umask()
-    modes = {oct(p.stat().st_mode & 0o777) for p in run.rglob("*") if p.is_file() and p.name != ".lock"}
+    modes = {oct(p.stat().st_mode & 0o777) for p in run.rglob("*") if p.is_file() and p.name not in locks}
     assert modes == {oct(0o666 & ~umask)}, modes
     record("safety", "a whole search writes every output atomically",
            "spy on common.fsio.atomic_write during a search with plots and report",
@@ -312,22 +286,6 @@ def test_partial_last_journal_line_is_repaired_on_resume(finished_run, tmp_path,
            "the 6 finished trials; the study reaches 9 COMPLETE and the journal stays loadable")
 
 
-def test_truncated_evaluation_log_line_is_skipped_on_resume(finished_run, tmp_path, record):
-    cfg, run = _copy(finished_run, tmp_path)
-    log = run / "evaluations.jsonl"
-    n_before = len(evaluation_counts(run))
-    with open(log, "ab") as f:
-        f.write(b'{"arch_id": "0123456789ab", "budget": 0, "conf')
-    rc, out, err = _search(cfg, run, "--resume", "--n-trials", "9")
-    assert rc == 0, err
-    _assert_finished(run, 9)
-    assert len(evaluation_counts(run)) >= n_before
-    record("fault", "evaluation log ends in a truncated line (driver killed mid-append)",
-           "half a JSON line appended to evaluations.jsonl, then `--resume --n-trials 9`",
-           "nothing: the unparseable line is skipped, the rest of the cache is used",
-           f"all {n_before} cached evaluations; 9 COMPLETE, none evaluated twice")
-
-
 def test_stale_journal_lock_of_a_killed_driver_does_not_stall_resume(finished_run, tmp_path,
                                                                      record):
     cfg, run = _copy(finished_run, tmp_path)
@@ -349,56 +307,6 @@ def test_stale_journal_lock_of_a_killed_driver_does_not_stall_resume(finished_ru
 
 # ---- Ray binds to loopback, dashboard off (runtime check of the runner's ray.init) -----------
 
-def _descendants(pid: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for p in Path("/proc").iterdir():
-        if p.name.isdigit():
-            try:
-                ppid = int((p / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(p.name))
-    out, todo = set(), [pid]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            if c not in out:
-                out.add(c)
-                todo.append(c)
-    return out
-
-
-def _listening(pids: set[int]) -> list[tuple[str, int]]:
-    inodes = set()
-    for pid in pids:
-        try:
-            for fd in os.listdir(f"/proc/{pid}/fd"):
-                try:
-                    link = os.readlink(f"/proc/{pid}/fd/{fd}")
-                except OSError:
-                    continue
-                if link.startswith("socket:["):
-                    inodes.add(link[8:-1])
-        except OSError:
-            continue
-    out = []
-    for table, v6 in (("/proc/net/tcp", False), ("/proc/net/tcp6", True)):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for ln in lines:
-            f = ln.split()
-            if f[3] != "0A" or f[9] not in inodes:  # LISTEN
-                continue
-            hexip, port = f[1].split(":")
-            raw = b"".join(bytes.fromhex(hexip[i:i + 8])[::-1] for i in range(0, len(hexip), 8))
-            ip = ipaddress.ip_address(raw)
-            if v6 and ip.ipv4_mapped is not None:
-                ip = ip.ipv4_mapped
-            out.append((str(ip), int(port, 16)))
-    return out
-
-
 def test_local_ray_binds_loopback_with_dashboard_off(record):
     import ray
 
@@ -407,7 +315,7 @@ def test_local_ray_binds_loopback_with_dashboard_off(record):
     ips = sorted({node.node_ip_address} | {n["NodeManagerAddress"] for n in ray.nodes()})
     assert not node.address_info.get("webui_url")
     assert ctx.get_node_id()
-    socks = _listening(_descendants(os.getpid()))
+    socks = listening(descendants(os.getpid()))
     assert socks, "found none of Ray's listening sockets"
     exposed = sorted({(ip, port) for ip, port in socks if not ipaddress.ip_address(ip).is_loopback})
     record("safety", "local Ray listens on loopback only, dashboard off",
@@ -417,20 +325,6 @@ def test_local_ray_binds_loopback_with_dashboard_off(record):
            f"{len(exposed)} not on loopback {exposed}",
            "fixed by this test: Ray listened on :: (all interfaces) before")
     assert ips == ["127.0.0.1"] and not exposed, (ips, exposed)
-
-
-def test_lost_evaluation_cache_only_costs_reevaluation(finished_run, tmp_path, record):
-    cfg, run = _copy(finished_run, tmp_path)
-    (run / "evaluations.jsonl").unlink()
-    rc, out, err = _search(cfg, run, "--resume", "--n-trials", "8")
-    assert rc == 0, err
-    _assert_finished(run, 8)
-    assert len(load_study(run).trials) == 8  # the 6 finished trials were not run again
-    record("fault", "evaluation log deleted between runs",
-           "evaluations.jsonl removed, then `--resume --n-trials 8`",
-           f"nothing: \"{_summary(out)}\"",
-           "all 6 finished trials (their results live in the study); only the 2 new trials are "
-           "evaluated")
 
 
 @pytest.fixture
