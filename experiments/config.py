@@ -110,11 +110,8 @@ class PrunerConfig:
 
 @dataclass(frozen=True)
 class SearchConfig:
-    """The Optuna study: sampler, trial count, parallelism, storage, pruner.
-
-    ``n_trials`` counts distinct architectures: a repeated proposal of the sampler is told the
-    first trial's outcome and not counted (:mod:`experiments.ledger`). The default sampler is
-    TPE (``benchmarks/search_efficiency.py``)."""
+    """The Optuna study: sampler (default TPE), trial count (distinct architectures, see
+    :mod:`experiments.ledger`), parallelism, storage, pruner."""
 
     sampler: str = field(default="tpe", metadata=_meta(choices=SAMPLERS))
     sampler_options: Mapping[str, Any] = field(default_factory=dict)

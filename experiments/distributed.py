@@ -237,10 +237,12 @@ def _where() -> tuple[str, str]:
 
 
 def evaluate_task_gpu(spec: Mapping[str, Any], arch_json: str, seed: int, budget: int,
-                      threads: int, timeout_s: float | None = None) -> dict[str, Any]:
+                      threads: int, timeout_s: float | None = None, checkpoint: bytes | None = None,
+                      resumable: bool = False, val_fraction: float = 1.0) -> dict[str, Any]:
     """:func:`evaluate_task` for evaluations that hold a GPU (its own Ray function: those run
     in a fresh worker process each, see :func:`remote_evaluate`)."""
-    return evaluate_task(spec, arch_json, seed, budget, threads, timeout_s)
+    return evaluate_task(spec, arch_json, seed, budget, threads, timeout_s, checkpoint,
+                         resumable, val_fraction)
 
 
 _REMOTE: dict[bool, Any] = {}
