@@ -41,9 +41,9 @@ def read_run(run: Path) -> tuple[dict, list[dict]]:
 
 def budgets(run: Path) -> tuple[float, float]:
     """The run's latency and memory budgets (its ``config.yaml``)."""
-    import yaml
+    from common.loaders import load_yaml
 
-    c = (yaml.safe_load((run / "config.yaml").read_text()) or {}).get("constraints") or {}
+    c = (load_yaml(run / "config.yaml") or {}).get("constraints") or {}
     return float(c.get("latency_budget_ms") or "inf"), float(c.get("memory_budget_mb") or "inf")
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
 import os
 import re
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from common.errors import ConfigError
+from common.loaders import parse_json
 
 VIDEO_EXTS = (".mp4", ".webm", ".gif", ".mov", ".mkv", ".avi", ".m4v")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -147,10 +147,7 @@ def _manifest_rows(p: str) -> list[tuple[int, dict]]:
             for i, line in enumerate(f, 1):
                 if not line.strip():
                     continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ConfigError(f"{p}: line {i}: not JSON ({e.msg})") from None
+                rec = parse_json(line, f"{p}: line {i}")  # bounded nesting and size
                 if not isinstance(rec, dict):
                     raise ConfigError(f"{p}: line {i}: expected an object with 'path'")
                 rows.append((i, rec))

@@ -191,6 +191,10 @@ class TorchEvaluator(BuiltinEvaluator):
     def __init__(self, backbone: BackboneSpec, options: Mapping[str, Any] | None = None,
                  where: str | None = None) -> None:
         super().__init__(backbone, options, where)
+        try:  # the proxy's geometry fails here, before a search starts, not in every worker
+            self.options.scale.check(backbone)
+        except ConfigError as e:
+            raise ConfigError(f"{where or f'evaluators.{self.name}'}.{e}") from None
         files = weight_files(self.options)
         if files:
             from search_space.modules import check_spatial_weights

@@ -13,6 +13,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
+from common.limits import RESOURCE_MAX, RESOURCE_MEMORY_MAX, check_range, option_range
 from search_space.errors import ConfigError
 
 T = TypeVar("T")
@@ -31,8 +32,10 @@ def parse_resources(value: Any, where: str) -> dict[str, float]:
     for k, v in value.items():
         if not isinstance(k, str) or not k:
             raise ConfigError(f"{where}: resource names must be non-empty strings, got {k!r}")
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:
             raise ConfigError(f"{where}.{k}: expected a number >= 0, got {v!r}")
+        check_range(f"{where}.{k}", float(v),
+                    (0.0, RESOURCE_MEMORY_MAX if k == "memory" else RESOURCE_MAX))
         out[k] = float(v)
     return out
 
@@ -55,11 +58,11 @@ def _check(value: Any, typ: Any, where: str) -> Any:
     if typ is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        return value
+        return option_range(where, value)
     if typ is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
+        return option_range(where, float(value))
     if typ is str:
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, got {value!r}")

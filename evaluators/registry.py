@@ -10,6 +10,11 @@ Contract for a user evaluator class ``Cls`` (built-ins follow it too):
   ``config_key``, ``resources`` (Ray resources, e.g. ``{"num_cpus": 1, "num_gpus": 1}``) and
   ``evaluate(arch, *, seed, budget) -> EvalResult``; deterministic for a seed.
 
+Configs are code: a ``module:Class`` string (or an installed entry point) makes temponas
+import that module, which runs its top-level code, in the driver and in every Ray worker. Only
+run configs you trust. The named target is checked to be an evaluator class
+(:func:`check_evaluator_class`) before anything calls it.
+
 Importing this module does not import torch: built-ins are loaded lazily by name.
 """
 
@@ -73,6 +78,9 @@ def _load_target(spec: str, where: str) -> Any:
         mod = importlib.import_module(mod_name)
     except ImportError as e:
         raise ConfigError(f"{where}: cannot import module {mod_name!r} ({e})") from None
+    except Exception as e:  # noqa: BLE001 - the module's own top-level code failed
+        raise ConfigError(f"{where}: importing module {mod_name!r} failed "
+                          f"({type(e).__name__}: {e})") from None
     obj: Any = mod
     for part in attr.split("."):
         try:
@@ -82,8 +90,42 @@ def _load_target(spec: str, where: str) -> Any:
     return obj
 
 
-def resolve(name: str, where: str = "evaluator") -> Any:
-    """The class (or factory) registered under ``name`` or given as ``module:Class``."""
+#: what an evaluator class must define (at class level, or annotate for ``name``/``direction``)
+EVALUATOR_MEMBERS = ("name", "direction", "config_key", "resources", "evaluate")
+
+
+def check_evaluator_class(target: Any, spec: str, where: str) -> type:
+    """``target`` if it is a class that looks like an :class:`Evaluator` (every member of
+    :data:`EVALUATOR_MEMBERS`, a callable ``evaluate``); else one :class:`ConfigError` line.
+
+    Checked BEFORE anything is called: ``os:system``, ``subprocess:Popen`` or a module's string
+    are refused without running them (importing the module already ran its top-level code)."""
+    imported = f"module {spec.partition(':')[0]!r} was imported, its top-level code ran"
+    if not inspect.isclass(target):
+        raise ConfigError(f"{where}: {spec!r} is a {type(target).__name__}, not an evaluator "
+                          f"class (a class with name, direction, config_key, resources and "
+                          f"evaluate); nothing was called ({imported})")
+    annotated = set()
+    for klass in inspect.getmro(target):
+        annotated |= set(getattr(klass, "__annotations__", {}))
+    missing = [m for m in EVALUATOR_MEMBERS if not hasattr(target, m) and m not in annotated]
+    if not callable(getattr(target, "evaluate", None)):
+        missing = [m for m in missing if m != "evaluate"] + ["evaluate (a method)"]
+    if missing:
+        raise ConfigError(f"{where}: {spec!r} is a class but not an evaluator (missing: "
+                          f"{', '.join(missing)}); nothing was called ({imported})")
+    if getattr(target, "_is_protocol", False) or inspect.isabstract(target):
+        raise ConfigError(f"{where}: {spec!r} is an abstract class or protocol; name a class "
+                          f"that implements it")
+    return target
+
+
+def resolve(name: str, where: str = "evaluator") -> type:
+    """The evaluator class registered under ``name`` or given as ``module:Class``.
+
+    A ``module:Class`` string imports ``module`` (its top-level code runs: a config names code
+    to run, so only run configs you trust) and then checks that ``Class`` is an evaluator class
+    before anything calls it."""
     if not isinstance(name, str) or not name:
         raise ConfigError(f"{where}: expected an evaluator name or 'module:Class' string, "
                           f"got {name!r}")
@@ -92,12 +134,13 @@ def resolve(name: str, where: str = "evaluator") -> Any:
     eps = _entry_points()
     if name in eps:
         try:
-            return eps[name].load()
+            target = eps[name].load()
         except Exception as e:  # noqa: BLE001 - any plugin failure is a config error
             raise ConfigError(f"{where}: entry point {name!r} of group {ENTRY_POINT_GROUP} "
                               f"failed to load ({type(e).__name__}: {e})") from None
+        return check_evaluator_class(target, eps[name].value, f"{where}: entry point {name!r}")
     if ":" in name:
-        return _load_target(name, where)
+        return check_evaluator_class(_load_target(name, where), name, where)
     raise ConfigError(f"{where}: unknown evaluator {name!r} (available: {', '.join(available())}; "
                       f"or give a 'module:Class' string)")
 

@@ -63,19 +63,24 @@ class ProxyScale:
                          batch=1, text_tokens=self.text_tokens,
                          text_dim=scaled_backbone.cross_attention_dim)
 
+    def check(self, full: BackboneSpec) -> None:
+        """Raise :class:`ConfigError` (``scale.<key>: ...``) unless the scaled latent size
+        survives every downsampling of ``full``."""
+        f = 2 ** (full.num_levels - 1)
+        for key in ("latent_height", "latent_width"):
+            if getattr(self, key) % f:
+                raise ConfigError(f"scale.{key}: {getattr(self, key)} must be divisible by {f} "
+                                  f"({full.num_levels} resolution levels of {full.name})")
+
     def arch(self, full: BackboneSpec, arch: ArchConfig) -> tuple[BackboneSpec, ArchConfig]:
         """``(scaled backbone, scaled arch)``: same temporal choices, scaled task.
 
         Attention heads that no longer divide a scaled stage's channels are halved until they
         do (the only change a choice may undergo; recorded in the scaled arch).
         """
+        self.check(full)
         bb = self.backbone(full)
         task = self.task(arch.task, bb)
-        f = 2 ** (bb.num_levels - 1)
-        for key in ("latent_height", "latent_width"):
-            if getattr(task, key) % f:
-                raise ConfigError(f"scale.{key}: {getattr(task, key)} must be divisible by {f} "
-                                  f"({bb.num_levels} resolution levels of {full.name})")
         stages = []
         for sid, c in arch.stages:
             if c.kind.is_attention and c.heads:

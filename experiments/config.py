@@ -40,6 +40,8 @@ from typing import Any
 import yaml
 
 from common.errors import ConfigError
+from common.limits import option_range
+from common.loaders import load_yaml
 from experiments.backbone_entry import DIFFUSERS_KEY, option_field, parse_backbone, read_unet
 from experiments.ladder import check_pruner
 from search_space.backbone import BackboneSpec
@@ -78,7 +80,6 @@ class EvaluatorConfig:
     timeout_s: float = field(default=600.0, metadata=_meta(min=0.001))
     retries: int = field(default=1, metadata=_meta(min=0))
     threads: int = field(default=1, metadata=_meta(min=1))
-    num_cpus: float = field(default=1.0, metadata=_meta(min=0.0))
     keep_weights: bool = False
 
 
@@ -243,7 +244,7 @@ class ExperimentConfig:
             d.pop(k, None)
         for k in ("n_trials", "workers", "storage"):
             d["search"].pop(k, None)
-        for k in ("timeout_s", "retries", "threads", "num_cpus", "keep_weights"):
+        for k in ("timeout_s", "retries", "threads", "keep_weights"):
             d["evaluator"].pop(k, None)
         return d
 
@@ -318,6 +319,9 @@ def _parse(t: Any, value: Any, where: str, meta: Mapping[str, Any]) -> Any:
         if meta.get("nonempty") and not value:
             raise ConfigError(f"{where}: must list at least one value")
         items = tuple(_check_scalar(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+        if args[0] in (int, float):
+            for i, v in enumerate(items):
+                option_range(f"{where}[{i}]", v)
         if "each_choices" in meta:
             for i, v in enumerate(items):
                 if v not in meta["each_choices"]:
@@ -338,6 +342,8 @@ def _parse(t: Any, value: Any, where: str, meta: Mapping[str, Any]) -> Any:
     v = _check_scalar(value, t, where)
     if "min" in meta and v < meta["min"]:
         raise ConfigError(f"{where}: must be >= {meta['min']}, got {v}")
+    if t in (int, float):
+        option_range(where, v)  # the sane range common.limits declares for this key
     if "choices" in meta and v not in meta["choices"]:
         raise ConfigError(f"{where}: {v!r} is not one of {', '.join(meta['choices'])}")
     if meta.get("pattern") == "name":
@@ -345,6 +351,10 @@ def _parse(t: Any, value: Any, where: str, meta: Mapping[str, Any]) -> Any:
             raise ConfigError(f"{where}: {v!r} must be a non-empty name of letters, digits, '-', "
                               f"'_' or '.' (it names the run directory)")
     return v
+
+
+# keys that once existed and now live elsewhere: named in the error instead of "unknown key"
+_MOVED = {"evaluator.num_cpus": "evaluator.options.resources.num_cpus (Ray CPUs per evaluation)"}
 
 
 def _parse_dataclass(cls: type, data: Any, where: str) -> Any:
@@ -357,6 +367,8 @@ def _parse_dataclass(cls: type, data: Any, where: str) -> Any:
     public = [f for f in fields(cls) if not f.metadata.get("internal")]
     known = {f.name for f in public}
     for k in data:
+        if f"{prefix}{k}" in _MOVED:
+            raise ConfigError(f"{prefix}{k}: no longer read; use {_MOVED[f'{prefix}{k}']}")
         if k not in known:
             raise ConfigError(f"{prefix}{k}: unknown key (known: {', '.join(sorted(known))})")
     kw: dict[str, Any] = {}
@@ -416,26 +428,9 @@ def parse_config(data: Any, source: str = "<config>") -> ExperimentConfig:
 
 
 def load_config(path: str | Path) -> ExperimentConfig:
-    """Read and validate an experiment YAML file (``yaml.safe_load``)."""
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{p}: no such config file") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{p}: is a directory, expected a YAML file") from None
-    except OSError as e:
-        raise ConfigError(f"{p}: cannot read ({e.strerror})") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{p}: not a UTF-8 text file") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        pos = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or "invalid YAML"
-        raise ConfigError(f"{p}: malformed YAML{pos} ({problem})") from None
-    return parse_config(data, str(p))
+    """Read and validate an experiment YAML file (:func:`common.loaders.load_yaml`: safe,
+    bounded in size, nesting and alias expansion, no repeated keys)."""
+    return parse_config(load_yaml(path, what="config file"), str(path))
 
 
 def dump_config(cfg: ExperimentConfig) -> str:

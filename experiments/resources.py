@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from common.limits import OPTION_RANGES
 from evaluators import ray_remote_options
 from experiments.distributed import SearchAborted
 
@@ -30,7 +31,7 @@ INFEASIBLE_GRACE_S = 3.0
 WATCH_INTERVAL_S = 2.0
 #: more evaluations in flight than this is refused before anything starts (a typo, not a
 #: cluster): each one is a Ray task and a trial the driver keeps open
-MAX_WORKERS = 1024
+MAX_WORKERS = int(OPTION_RANGES["workers"][1])  # one place for limits: common/limits.py
 
 
 class ResourceError(SearchAborted):

@@ -134,6 +134,11 @@ def make_sampler(name: str, options: Mapping[str, Any], seed: int) -> Any:
         if k not in allowed:
             raise ConfigError(f"search.sampler_options.{k}: not an option of the {name} sampler "
                               f"(options: {', '.join(sorted(allowed)) or 'none'})")
+    from common.limits import option_range
+
+    for k, v in options.items():  # numbers within common.limits.OPTION_RANGES
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            option_range(f"search.sampler_options.{k}", v)
     kw = {**_SAMPLER_DEFAULTS.get(name, {}), **dict(options)}
     cls = getattr(S, _SAMPLER_CLASSES[name])
     if name == "gp":  # GP fitting uses torch in the driver: 1 thread was 5-20x faster on a

@@ -53,6 +53,8 @@ from typing import Any
 import numpy as np
 
 from common.fsio import atomic_write
+from common.limits import MAX_CSV_BYTES, MEASUREMENT_RANGES, SIGNATURE_RANGES
+from common.loaders import parse_json
 from latency_models.errors import MeasurementError
 from search_space.arch import ArchConfig
 from search_space.backbone import BackboneSpec
@@ -276,15 +278,25 @@ def _num(raw: dict[str, str], col: str, where: str, *, positive: bool = False,
         raise MeasurementError(f"{where}, column {col}: {v} is not a finite number")
     if positive and x <= 0:
         raise MeasurementError(f"{where}, column {col}: must be > 0, got {v}")
+    lo, hi = MEASUREMENT_RANGES.get(col, (-math.inf, math.inf))
+    if not lo <= x <= hi:
+        raise MeasurementError(f"{where}, column {col}: {v} is outside {lo:g}..{hi:g} "
+                               f"(temponas's limit, see docs/limits.md)")
     return x
 
 
 def _read_dicts(path: Path) -> list[dict[str, str]]:
-    """The rows of a CSV as dicts, after checking it is readable UTF-8 with the required columns."""
+    """The rows of a CSV as dicts, after checking it is readable UTF-8 with the required columns
+    (at most :data:`~common.limits.MAX_CSV_BYTES`; no row longer than the header)."""
     try:
+        size = path.stat().st_size
         f = open(path, newline="", encoding="utf-8")
     except OSError as e:
         raise MeasurementError(f"{path}: cannot read ({e.strerror})") from None
+    if size > MAX_CSV_BYTES:
+        f.close()
+        raise MeasurementError(f"{path}: {size:,} bytes, more than the {MAX_CSV_BYTES:,} a "
+                               f"measurement CSV may have (see docs/limits.md)")
     with f:
         reader = csv.DictReader(f)
         try:
@@ -293,7 +305,13 @@ def _read_dicts(path: Path) -> list[dict[str, str]]:
             if missing:
                 raise MeasurementError(f"{path}: missing column {missing[0]!r} (a measurement CSV "
                                        f"needs {', '.join(REQUIRED_COLUMNS)})")
-            rows = list(reader)
+            rows = []
+            for raw in reader:
+                if None in raw:  # DictReader's key for fields beyond the header
+                    raise MeasurementError(
+                        f"{path}: line {len(rows) + 2}: {len(raw[None])} field(s) beyond the "
+                        f"header's {len(header)} columns (a stray comma or a shifted row?)")
+                rows.append(raw)
         except UnicodeDecodeError:
             raise MeasurementError(f"{path}: line {reader.line_num + 1}: not UTF-8 text (save the "
                                    f"CSV as UTF-8)") from None
@@ -341,6 +359,11 @@ def _block_row(raw: Mapping[str, str], where: str, vals: dict[str, Any]) -> Bloc
         sig = BlockSignature.from_dict({c: raw.get(c, "") for c in SIG_COLUMNS}, where)
     except ConfigError as e:
         raise MeasurementError(str(e).replace(f"{where}.", f"{where}, column ", 1)) from None
+    for col, (lo, hi) in SIGNATURE_RANGES.items():
+        v = getattr(sig, col)
+        if not lo <= v <= hi:
+            raise MeasurementError(f"{where}, column {col}: {v} is outside {lo}..{hi} "
+                                   f"(temponas's limit, see docs/limits.md)")
     return BlockRow(sig, **vals)
 
 
@@ -359,10 +382,10 @@ def _network_row(raw: Mapping[str, str], where: str, vals: dict[str, Any]) -> Ne
     bb_json = _text(raw, "backbone_json")
     try:
         if bb_json:
-            backbone = BackboneSpec.from_dict(json.loads(bb_json), f"{where}, column backbone_json")
+            backbone = BackboneSpec.from_dict(parse_json(bb_json, "value"), f"{where}, column backbone_json")
         else:
             backbone = get_backbone(arch.backbone)
-    except (ConfigError, json.JSONDecodeError) as e:
+    except ConfigError as e:
         raise MeasurementError(f"{where}, column backbone_json: {e}") from None
     return NetworkRow(arch, backbone, backbone_is_preset=not bb_json, **vals)
 

@@ -7,7 +7,6 @@ name (``iphone14pm``), a profile/model JSON file, or a directory written by ``mo
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from importlib import import_module
 from pathlib import Path
@@ -15,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from common.errors import ConfigError
+from common.loaders import load_json
 from latency_models._blockwise import FORMAT, BlockwiseModel
 from latency_models.base import LatencyModel
 from latency_models.errors import ModelFileError
@@ -55,11 +56,9 @@ def profile_names() -> list[str]:
 
 def _read_doc(path: Path) -> dict[str, Any]:
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise ModelFileError(f"{path}: cannot read ({e.strerror})") from None
-    except json.JSONDecodeError as e:
-        raise ModelFileError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+        doc = load_json(path)
+    except ConfigError as e:
+        raise ModelFileError(str(e)) from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise ModelFileError(f"{path}: not a temponas latency model (key 'format' must be {FORMAT!r})")
     if "predictor" not in doc:

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from common.limits import MAX_JSON_BYTES
+from common.loaders import parse_json, read_text
 from search_space.errors import ConfigError
 from search_space.task import VideoTask
 
@@ -230,22 +232,12 @@ class ArchConfig:
 
     @classmethod
     def from_json(cls, text: str, where: str = "arch") -> ArchConfig:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{where}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
-        return cls.from_dict(data, where)
+        """The architecture of JSON ``text`` (bounded in size and nesting, common.limits)."""
+        return cls.from_dict(parse_json(text, where), where)
 
     @classmethod
     def load(cls, path: str) -> ArchConfig:
-        try:
-            with open(path, encoding="utf-8") as f:
-                text = f.read()
-        except OSError as e:
-            raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
-        except UnicodeDecodeError:
-            raise ConfigError(f"{path}: not a UTF-8 text file") from None
-        return cls.from_json(text, where=f"{path}: arch")
+        return cls.from_json(read_text(path, MAX_JSON_BYTES, "arch JSON file"), where=f"{path}: arch")
 
 
 def _stage_sort_key(stage_id: str) -> tuple[int, int]:

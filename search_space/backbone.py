@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from enum import Enum
 from typing import Any
 
+from common.limits import BACKBONE_RANGES, check_range
 from search_space.errors import ConfigError
 
 
@@ -93,6 +94,7 @@ class BackboneSpec:
                           f"(stages: {', '.join(self.stage_ids)})")
 
     def validate(self) -> None:
+        self._check_ranges()
         n = self.num_levels
         if n < 1:
             raise ConfigError(f"backbone {self.name!r}: needs at least one down stage")
@@ -130,6 +132,17 @@ class BackboneSpec:
             raise ConfigError(f"backbone {self.name!r}: cross_attention_dim must be >= 1")
         if self.latent_channels < 0:
             raise ConfigError(f"backbone {self.name!r}: latent_channels must be >= 0")
+
+    def _check_ranges(self) -> None:
+        """Every size within :data:`common.limits.BACKBONE_RANGES` (before any arithmetic)."""
+        R = BACKBONE_RANGES
+        head = f"backbone {self.name!r}"
+        check_range(f"{head}: number of levels (down stages)", self.num_levels, R["levels"])
+        for key in ("norm_groups", "cross_attention_dim", "time_embed_dim", "latent_channels"):
+            check_range(f"{head}: {key}", getattr(self, key), R[key])
+        for s in self.stages:
+            for key in ("channels", "resnets", "transformers", "transformer_depth", "heads"):
+                check_range(f"{head} stage {s.id}: {key}", getattr(s, key), R[key])
 
     # ---- derived backbones -------------------------------------------------------------------
     def scaled(self, width_mult: float, multiple: int | None = None) -> BackboneSpec:

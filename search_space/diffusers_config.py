@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from common.loaders import load_json
 from search_space.backbone import BackboneSpec, StageRole, StageSpec
 from search_space.errors import ConfigError
 from search_space.task import VideoTask
@@ -120,12 +121,7 @@ def config_file(path: str | Path) -> Path:
 def read_diffusers_unet(path: str | Path, name: str | None = None) -> DiffusersUNet:
     """The :class:`DiffusersUNet` of a model folder or its ``config.json`` (see module doc)."""
     cfg_path = config_file(path)
-    try:
-        raw = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{cfg_path}: cannot read ({e})") from None
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{cfg_path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+    raw = load_json(cfg_path)
     if not isinstance(raw, Mapping) or raw.get("_class_name") != CLASS_NAME:
         got = raw.get("_class_name") if isinstance(raw, Mapping) else type(raw).__name__
         raise ConfigError(f"{cfg_path}: not a diffusers {CLASS_NAME} config "
@@ -156,9 +152,9 @@ def weight_files(folder: str | Path) -> tuple[Path, ...]:
     if not index.is_file():
         return ()
     try:
-        wmap = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        wmap = load_json(index)["weight_map"]
         shards = sorted({str(v) for v in wmap.values()})
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (ConfigError, KeyError, TypeError, AttributeError):
         raise ConfigError(f"{index}: not a safetensors index (no weight_map)") from None
     files = tuple(d / s for s in shards)
     for f in files:

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, fields
 from enum import Enum
 from typing import Any
 
+from common.limits import SPACE_RANGES, check_range
 from search_space.arch import ArchConfig, StageChoice, TemporalKind
 from search_space.backbone import BackboneSpec, StageRole, StageSpec
 from search_space.errors import ConfigError
@@ -146,20 +147,25 @@ def validate_arch(backbone: BackboneSpec, arch: ArchConfig, where: str = "arch")
         what = f"unknown stage {extra[0]!r}" if extra else f"missing stage {missing[0]!r}"
         raise ConfigError(f"{where}.stages: {what} for backbone {backbone.name!r} "
                           f"(stages: {', '.join(ids)})")
-    task = arch.task
+    validate_task(backbone, arch.task, f"{where}.task")
+    for sid, c in arch.stages:
+        validate_choice(backbone.stage(sid), c, f"{where}.stages.{sid}")
+
+
+def validate_task(backbone: BackboneSpec, task: VideoTask, where: str = "task") -> None:
+    """Raise :class:`ConfigError` unless ``backbone`` can run ``task``: text and latent
+    channels match, the latent size survives every downsampling."""
     if task.text_dim != backbone.cross_attention_dim:
-        raise ConfigError(f"{where}.task.text_dim: {task.text_dim} must equal the backbone's "
+        raise ConfigError(f"{where}.text_dim: {task.text_dim} must equal the backbone's "
                           f"cross_attention_dim {backbone.cross_attention_dim}")
     if backbone.latent_channels and task.latent_channels != backbone.latent_channels:
-        raise ConfigError(f"{where}.task.latent_channels: {task.latent_channels} must equal the "
+        raise ConfigError(f"{where}.latent_channels: {task.latent_channels} must equal the "
                           f"backbone's in/out channels {backbone.latent_channels}")
     f = 2 ** (backbone.num_levels - 1)
     for key in ("latent_height", "latent_width"):
         if getattr(task, key) % f:
-            raise ConfigError(f"{where}.task.{key}: {getattr(task, key)} must be divisible by "
+            raise ConfigError(f"{where}.{key}: {getattr(task, key)} must be divisible by "
                               f"{f} ({backbone.num_levels} resolution levels)")
-    for sid, c in arch.stages:
-        validate_choice(backbone.stage(sid), c, f"{where}.stages.{sid}")
 
 
 def validate_choice(stage: StageSpec, c: StageChoice, where: str) -> None:
@@ -179,6 +185,8 @@ def validate_choice(stage: StageSpec, c: StageChoice, where: str) -> None:
             raise ConfigError(f"{where}.kernel_t: must be an odd integer >= 1, got {c.kernel_t}")
         if c.kind.uses_kernel_s and (c.kernel_s < 1 or c.kernel_s % 2 == 0):
             raise ConfigError(f"{where}.kernel_s: must be an odd integer >= 1, got {c.kernel_s}")
+        for key in ("kernel_t", "kernel_s"):
+            check_range(f"{where}.{key}", getattr(c, key), (0, SPACE_RANGES[key][1]))
 
 
 def network_blocks(backbone: BackboneSpec, task: VideoTask, arch: ArchConfig) -> tuple[BlockInstance, ...]:

@@ -18,10 +18,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from common.limits import SPACE_RANGES, check_range
 from search_space.arch import ArchConfig, StageChoice, TemporalKind
 from search_space.backbone import BackboneSpec
 from search_space.errors import ConfigError
-from search_space.geometry import validate_arch, validate_choice
+from search_space.geometry import validate_arch, validate_choice, validate_task
 from search_space.task import VideoTask
 
 ALL_KINDS: tuple[TemporalKind, ...] = tuple(TemporalKind)
@@ -94,14 +95,7 @@ class SearchSpace:
             # every combination that matters must be a valid choice
             for c in s.choices():
                 validate_choice(spec, c, w)
-        t = self.task
-        if t.text_dim != self.backbone.cross_attention_dim:
-            raise ConfigError(f"{where}.task.text_dim: {t.text_dim} must equal the backbone's "
-                              f"cross_attention_dim {self.backbone.cross_attention_dim}")
-        lc = self.backbone.latent_channels
-        if lc and t.latent_channels != lc:
-            raise ConfigError(f"{where}.task.latent_channels: {t.latent_channels} must equal the "
-                              f"backbone's in/out channels {lc}")
+        validate_task(self.backbone, self.task, f"{where}.task")
 
     # ---- size and enumeration -------------------------------------------------------------
     def stage_choices(self, stage_id: str) -> tuple[StageChoice, ...]:
@@ -229,6 +223,7 @@ class SearchSpace:
                         for v in vals:
                             if isinstance(v, bool) or not isinstance(v, int):
                                 raise ConfigError(f"{w}: expected integers, got {v!r}")
+                            check_range(w, v, SPACE_RANGES[dim])
                         merged[dim] = tuple(vals)
             spec = backbone.stage(s.stage)
             if "counts" in merged and s.stage not in data or (

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+from common.limits import TASK_RANGES, check_range
 from search_space.errors import ConfigError
 
 
@@ -31,6 +32,7 @@ class VideoTask:
             v = getattr(self, f.name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ConfigError(f"task.{f.name}: expected a positive integer, got {v!r}")
+            check_range(f"task.{f.name}", v, TASK_RANGES[f.name])
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)

@@ -60,6 +60,15 @@ def at_least(flag: str, value: int | float | None, minimum: int | float = 1) -> 
         raise ConfigError(f"{flag}: must be >= {minimum}, got {value}")
 
 
+def in_range(flag: str, value: int | float | None, key: str) -> None:
+    """``flag: must be <= max, got value`` unless ``value`` is None or within the range
+    :data:`common.limits.OPTION_RANGES` declares for the config key ``key``."""
+    from common.limits import OPTION_RANGES, check_range
+
+    if value is not None:
+        check_range(flag, value, OPTION_RANGES[key])
+
+
 def int_list(text: str, flag: str) -> tuple[int, ...]:
     """``"15,30"`` -> ``(15, 30)``; a one-line error naming ``flag`` otherwise."""
     try:
@@ -88,19 +97,17 @@ def backbone_task(args: argparse.Namespace, preset: str | None = None):
 
 
 def read_yaml(path: str | Path, hint: str = "") -> Any:
-    """``yaml.safe_load`` of ``path``; unreadable files and bad YAML are one-line errors."""
-    import yaml
+    """The YAML file ``path`` (:func:`common.loaders.load_yaml`: safe and bounded);
+    unreadable files and bad YAML are one-line errors (``hint`` follows a read error)."""
+    from common.loaders import load_yaml
 
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read ({e.strerror}){hint}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not a UTF-8 text file") from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+        return load_yaml(path)
+    except ConfigError as e:
+        msg = str(e)
+        if hint and ("cannot read" in msg or "no such" in msg or "is a directory" in msg):
+            msg += hint
+        raise ConfigError(msg) from None
 
 
 def read_options(path: str | None) -> dict[str, Any]:

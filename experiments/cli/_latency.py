@@ -16,6 +16,7 @@ from experiments.cli._args import (
     add_task_args,
     at_least,
     backbone_task,
+    in_range,
     print_json,
     resolve_target,
     task_overrides,
@@ -34,6 +35,8 @@ def probe_items(args: argparse.Namespace, space) -> tuple[list, list]:
     from latency_models.probes import calibration_probes, probes
 
     at_least("--calibration", args.calibration, 0)
+    in_range("--calibration", args.calibration, "calibration")
+    in_range("--limit", getattr(args, "limit", None), "limit")
     items = probes(space, include_image=not args.temporal_only)
     if getattr(args, "limit", 0):
         items = items[: args.limit]

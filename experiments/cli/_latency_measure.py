@@ -12,6 +12,7 @@ from experiments.cli._args import (
     add_config_or_preset,
     add_task_args,
     at_least,
+    in_range,
     resolve_target,
 )
 from experiments.cli._base import Command
@@ -60,7 +61,15 @@ class LatencyMeasure(Command):
 
         space = resolve_target(args).space
         at_least("--threads", args.threads)
+        in_range("--threads", args.threads, "threads")
         at_least("--repeats", args.repeats)
+        for flag, value, key in (("--repeats", args.repeats, "repeats"),
+                                 ("--networks", args.networks, "networks"),
+                                 ("--warmup", args.warmup, "warmup"),
+                                 ("--min-runs", args.min_runs, "runs"),
+                                 ("--max-runs", args.max_runs, "runs"),
+                                 ("--time-limit", args.time_limit, "time_limit_s")):
+            in_range(flag, value, key)
         k = args.calibration_repeats
         if k is not None and not 1 <= k <= args.repeats:
             raise ConfigError(f"--calibration-repeats: must be between 1 and --repeats "

@@ -19,6 +19,7 @@ from experiments.cli._args import (
     add_config_or_preset,
     add_preset,
     at_least,
+    in_range,
     int_list,
     print_json,
     read_options,
@@ -110,6 +111,7 @@ class ProxiesPreviewData(Command):
         from evaluators.data import save_frames
 
         at_least("--n", args.n)
+        in_range("--n", args.n, "videos")
         if not args.out.lower().endswith((".png", ".gif")):
             raise ConfigError(f"--out: {args.out!r} must end in .png or .gif")
         target = resolve_target(args, space_files=False)
@@ -159,6 +161,8 @@ class ProxiesAudit(Command):
         from evaluators.audit import run_audit as _run
         from evaluators.registry import available, create_evaluator
 
+        in_range("--n-archs", args.n_archs, "n_archs")
+        in_range("--bootstrap", args.bootstrap, "bootstrap")
         target = resolve_target(args, space_files=False)
         budgets = int_list(args.budgets, "--budgets")
         seeds = _seeds(args.seeds)

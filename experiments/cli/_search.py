@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from experiments.cli._args import at_least
+from experiments.cli._args import at_least, in_range
 from experiments.cli._base import Command
 
 
@@ -33,6 +33,7 @@ class Search(Command):
 
         at_least("--n-trials", args.n_trials)
         at_least("--workers", args.workers)
+        in_range("--n-trials", args.n_trials, "n_trials")
         cfg = load_config(args.config)
         s = run_search(cfg, SearchOptions(n_trials=args.n_trials, workers=args.workers,
                                           ray_address=args.ray_address, out=args.out,

@@ -117,7 +117,12 @@ def _read(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
             missing = [c for c in required if c not in (reader.fieldnames or ())]
             if missing:
                 raise ConfigError(f"{path}: missing column {missing[0]!r}")
-            return list(reader)
+            rows = []
+            for i, r in enumerate(reader, start=2):
+                if None in r:  # DictReader's key for fields beyond the header
+                    raise ConfigError(f"{path}:{i}: {len(r[None])} field(s) beyond the header")
+                rows.append(r)
+            return rows
     except OSError as e:
         raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
 

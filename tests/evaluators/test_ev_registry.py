@@ -76,6 +76,11 @@ def test_resources_option(tiny):
     ("nonexistent_proxy", {}, "unknown evaluator 'nonexistent_proxy'"),
     ("no_such_module_xyz:Cls", {}, "no_such_module_xyz"),
     ("evaluators.registry:NoSuchClass", {}, "NoSuchClass"),
+    ("naswot", {"threads": 10**20}, "evaluator.options.threads: must be <= 1,024"),
+    ("short_train", {"pretrain": {"steps": 10**9}}, "evaluator.options.pretrain.steps: must be <="),
+    ("params", {"resources": {"num_cpus": float("nan")}}, "evaluator.options.resources.num_cpus"),
+    ("evaluators.base:Evaluator", {}, "abstract class or protocol"),
+    ("evaluators.registry:available", {}, "not an evaluator class"),
 ])
 def test_bad_options_name_the_key(name, options, key, tiny):
     with pytest.raises(ConfigError) as e:

@@ -33,6 +33,7 @@ def test_shipped_configs_load_and_roundtrip(path, tmp_path):
     ({**BASE, "evaluator": {"seeds": []}}, "evaluator.seeds: must list at least one"),
     ({**BASE, "evaluator": {"seeds": [0, 0]}}, "evaluator.seeds: duplicate"),
     ({**BASE, "evaluator": {"timeout_s": 0}}, "evaluator.timeout_s: must be >="),
+    ({**BASE, "evaluator": {"num_cpus": 4}}, "evaluator.num_cpus: no longer read; use evaluator.options.resources"),
     ({**BASE, "evaluator": {"budget": True}}, "evaluator.budget: expected an integer"),
     ({**BASE, "evaluator": {"options": [1]}}, "evaluator.options: expected a mapping"),
     ({**BASE, "constraints": {"latency_budget_ms": -1}}, "constraints.latency_budget_ms: must be >="),
@@ -89,3 +90,30 @@ def test_inline_backbone_and_yaml_safe_load(tmp_path):
     p.write_text("name: !!python/object/apply:os.system ['echo hi']\nbackbone: tiny\n")
     with pytest.raises(ConfigError, match="malformed YAML"):
         load_config(p)
+
+
+def test_bounded_loader_keeps_anchors_and_merge_keys(tmp_path):
+    """The bounds refuse bombs, not ordinary YAML: anchors, aliases and ``<<`` merge keys (a
+    merged key overridden by the mapping itself is not a duplicate) still load."""
+    p = tmp_path / "anchors.yaml"
+    p.write_text("name: anchors\nbackbone: tiny\n"
+                 "space:\n  defaults: &d {kinds: [none, conv1d], heads: [2], kernel_t: [3]}\n"
+                 "  down0:\n    <<: *d\n    kinds: [none]\n"
+                 "evaluator:\n  seeds: &s [0, 1]\n  options: {}\n"
+                 "search: {n_trials: 4, seed: 7}\n")
+    cfg = load_config(p)
+    assert cfg.evaluator.seeds == (0, 1)
+    assert cfg.space["down0"]["kinds"] == ("none",) and cfg.space["down0"]["heads"] == (2,)
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("name: a\nname: b\nbackbone: tiny\n", "line 2: duplicate key 'name' (first on line 1)"),
+    ("name: a\nbackbone: tiny\ntask: " + "[" * 65 + "]" * 65 + "\n", "nested deeper than 64"),
+    ("name: a\nbackbone: tiny\nspace: &a {defaults: *a}\n", "recursive document"),
+])
+def test_bounded_loader_refuses(tmp_path, text, fragment):
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError, match=r"c\.yaml") as e:
+        load_config(p)
+    assert fragment in str(e.value) and "\n" not in str(e.value)

@@ -354,6 +354,180 @@ def _cases():
     }
 
 
+# ---- bounded input (issue 15: YAML/JSON bounds, task geometry, plug-ins, numeric ranges) ------
+
+def yaml_bomb() -> str:
+    """The 442-byte "billion laughs" config of issue 15: nine chained anchors of nine aliases
+    each under ``evaluator.options`` (9**9 values once expanded)."""
+    text = "name: smoke\nbackbone: tiny\nevaluator:\n  name: params\n  options:\n"
+    text += '    a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n'
+    for prev, cur in zip("abcdefgh", "bcdefghi"):
+        text += f"    {cur}: &{cur} [" + ",".join([f"*{prev}"] * 9) + "]\n"
+    return text
+
+
+def _smoke_text(**over) -> str:
+    return yaml.safe_dump({**smoke_dict(), **over}, sort_keys=False)
+
+
+def _inline_tiny(channels: int | None = None, **top) -> dict:
+    """The tiny preset as an inline backbone mapping, with ``top`` keys and every stage's
+    channels replaced."""
+    from search_space.presets import get_backbone
+
+    d = {**get_backbone("tiny").to_dict(), "name": "inline_tiny", **top}
+    for st in d["stages"] if channels is not None else ():
+        st["channels"] = channels
+    return d
+
+
+def _grown(p: Path, size: int) -> Path:
+    """``p`` extended to ``size`` bytes (a sparse tail: nothing is written to disk)."""
+    with open(p, "r+b") as f:
+        f.truncate(size)
+    return p
+
+
+def _deep_arch(tmp: Path, depth: int = 20000) -> Path:
+    p = _valid_arch(tmp)
+    d = json.loads(p.read_text())
+    d["stages"] = "@"
+    p.write_text(json.dumps(d).replace('"@"', "[" * depth + "]" * depth))
+    return p
+
+
+def _bounds_cases():
+    S = lambda tmp, **o: _search(_cfg(tmp, **o), tmp)
+    big = 10**20
+    return {
+        # YAML bounds: one loader (common.loaders) for every YAML temponas reads
+        "yaml_billion_laughs": ("config", "442-byte YAML bomb: nine chained anchors of nine aliases "
+                                "under evaluator.options (9**9 values)",
+                                lambda t, r: _search(_raw(t, yaml_bomb()), t),
+                                ["cfg.yaml", "aliases", "expand to more than 100,000 values"]),
+        "yaml_deep_nesting": ("config", "YAML nested 20,000 deep",
+                              lambda t, r: _search(_raw(t, "name: smoke\nbackbone: tiny\ntask: "
+                                                        + "[" * 20000 + "]" * 20000 + "\n"), t),
+                              ["cfg.yaml", "line 3", "nested deeper than 64 levels"]),
+        "yaml_recursive_alias": ("config", "a YAML alias inside the list it names (`&a [*a]`)",
+                                 lambda t, r: _search(_raw(t, "name: smoke\nbackbone: tiny\n"
+                                                           "space: &a {defaults: *a}\n"), t),
+                                 ["cfg.yaml", "refers to the mapping or list that contains it"]),
+        "yaml_duplicate_key": ("config", "`search.n_trials` given twice",
+                               lambda t, r: _search(_raw(t, _smoke_text().replace(
+                                   "  n_trials: 16\n", "  n_trials: 16\n  n_trials: 4\n")), t),
+                               ["cfg.yaml", "duplicate key 'n_trials'", "(first on line"]),
+        "yaml_too_big": ("config", "a 2 MB config (a comment pads it)",
+                         lambda t, r: _search(_raw(t, _smoke_text() + "#" * (2 << 20) + "\n"), t),
+                         ["cfg.yaml", "bytes, more than the 1,048,576"]),
+        "yaml_space_file_duplicate": ("config", "a space-only YAML (`latency probes SPACE.yaml`) "
+                                      "with a key given twice",
+                                      lambda t, r: ["latency", "probes", str(_raw(
+                                          t, "defaults:\n  kinds: [none]\n  kinds: [conv1d]\n",
+                                          "space.yaml")), "--preset", "tiny"],
+                                      ["space.yaml", "line 3", "duplicate key 'kinds'"]),
+        "yaml_options_file_bomb": ("config", "the YAML bomb as `proxies preview-data --options`",
+                                   lambda t, r: ["proxies", "preview-data", "tiny", "--options",
+                                                 str(_raw(t, yaml_bomb(), "opts.yaml")),
+                                                 "--out", str(t / OUT / "strip.png")],
+                                   ["opts.yaml", "expand to more than 100,000 values"]),
+        # the video task, validated against the backbone when the config is loaded
+        "task_height_indivisible": ("config", "`task: {latent_height: 7}` (the tiny backbone "
+                                    "halves it once)",
+                                    lambda t, r: S(t, task={"latent_height": 7}),
+                                    ["cfg.yaml", "task.latent_height", "divisible by 2"]),
+        "task_frames_huge": ("config", "`task: {num_frames: 100000}`",
+                             lambda t, r: S(t, task={"num_frames": 100000}),
+                             ["cfg.yaml", "task.num_frames", "<= 1,024"]),
+        "scale_height_indivisible": ("config", "`evaluator.options.scale.latent_height: 7` "
+                                     "(naswot's proxy geometry)",
+                                     lambda t, r: S(t, evaluator={"name": "naswot", "options": {
+                                         "scale": {"latent_height": 7}}}),
+                                     ["cfg.yaml", "evaluator.options.scale.latent_height",
+                                      "divisible by 2"]),
+        "backbone_norm_groups_zero": ("config", "inline backbone with `norm_groups: 0`",
+                                      lambda t, r: S(t, backbone=_inline_tiny(norm_groups=0),
+                                                     task={"text_dim": 32}),
+                                      ["cfg.yaml", "backbone", "norm_groups", ">= 1"]),
+        "backbone_channels_huge": ("config", "inline backbone whose stages have 2**20 channels",
+                                   lambda t, r: S(t, backbone=_inline_tiny(channels=2**20),
+                                                  task={"text_dim": 32}),
+                                   ["cfg.yaml", "backbone", "stage down0: channels", "<= 65,536"]),
+        # module:Class evaluators: checked to be evaluator classes before anything calls them
+        "plugin_os_system": ("config", "`evaluator.name: os:system` (a function)",
+                             lambda t, r: S(t, evaluator={"name": "os:system"}),
+                             ["cfg.yaml", "evaluator", "'os:system'", "not an evaluator class"]),
+        "plugin_subprocess_popen": ("config", "`evaluator.name: subprocess:Popen` (a class, not an "
+                                    "evaluator)",
+                                    lambda t, r: S(t, evaluator={"name": "subprocess:Popen"}),
+                                    ["cfg.yaml", "evaluator", "'subprocess:Popen'",
+                                     "not an evaluator", "nothing was called"]),
+        "plugin_this_s": ("config", "`evaluator.name: this:s` (a string)",
+                          lambda t, r: S(t, evaluator={"name": "this:s"}),
+                          ["cfg.yaml", "evaluator", "'this:s' is a str"]),
+        # numeric space choices
+        "space_heads_zero": ("search space", "`space.defaults.heads: [0]`",
+                             lambda t, r: S(t, space={"defaults": {"heads": [0]}}),
+                             ["cfg.yaml", "space.defaults.heads", ">= 1"]),
+        "space_kernel_huge": ("search space", "`space.defaults.kernel_t: [1000001]`",
+                              lambda t, r: S(t, space={"defaults": {"kernel_t": [1000001]}}),
+                              ["cfg.yaml", "space.defaults.kernel_t", "<= 31"]),
+        "space_counts_huge": ("search space", "`space.defaults.counts: [10**12]`",
+                              lambda t, r: S(t, space={"defaults": {"counts": [10**12]}}),
+                              ["cfg.yaml", "space.defaults.counts", "<= 64"]),
+        # deeply nested arch JSON
+        "arch_deep_nesting_space": ("arch JSON", "arch JSON nested 20,000 deep (`space --arch`)",
+                                    lambda t, r: ["space", "--arch", str(_deep_arch(t)), "--json"],
+                                    ["arch.json", "nested deeper than 64 levels"]),
+        "arch_deep_nesting_latency": ("arch JSON", "arch JSON nested 20,000 deep "
+                                      "(`latency predict --arch`)",
+                                      lambda t, r: ["latency", "predict", "--device", "iphone16pm",
+                                                    "--arch", str(_deep_arch(t)), "--json"],
+                                      ["arch.json", "nested deeper than 64 levels"]),
+        # numeric option ranges (common.limits.OPTION_RANGES)
+        "range_threads_huge": ("config", "`evaluator.threads: 10**20`",
+                               lambda t, r: S(t, evaluator={"threads": big}),
+                               ["cfg.yaml", "evaluator.threads", "<= 1,024"]),
+        "range_retries_huge": ("config", "`evaluator.retries: 10**6`",
+                               lambda t, r: S(t, evaluator={"retries": 10**6}),
+                               ["cfg.yaml", "evaluator.retries", "<= 100"]),
+        "range_memory_budget_huge": ("config", "`constraints.memory_budget_mb: 1e300`",
+                                     lambda t, r: S(t, constraints={"memory_budget_mb": 1e300}),
+                                     ["cfg.yaml", "constraints.memory_budget_mb", "<= 100,000,000"]),
+        "range_option_batch_huge": ("config", "`evaluator.options.batch: 10**9` (naswot)",
+                                    lambda t, r: S(t, evaluator={"name": "naswot",
+                                                                 "options": {"batch": 10**9}}),
+                                    ["cfg.yaml", "evaluator.options.batch", "<= 4,096"]),
+        "range_sampler_option_huge": ("config", "`search.sampler_options.population_size: 10**12`",
+                                      lambda t, r: S(t, search={"sampler_options": {"population_size": 10**12}}),
+                                      ["cfg.yaml", "search.sampler_options.population_size",
+                                       "<= 100,000"]),
+        "range_cli_calibration_huge": ("config", "`latency probes --calibration 1000000000`",
+                                       lambda t, r: ["latency", "probes", "--preset", "tiny",
+                                                     "--calibration", str(10**9)],
+                                       ["--calibration", "<= 100,000"]),
+        "range_cli_n_trials_huge": ("config", "`--n-trials 1000000000000`",
+                                    lambda t, r: _search(_cfg(t), t, "--n-trials", str(10**12)),
+                                    ["--n-trials", "<= 10,000,000"]),
+        # measurement CSV rows
+        "csv_negative_channels": ("measurement CSV", "in_channels = -64 on line 3",
+                                  lambda t, r: _fit(t, _csv_edit(t, _set_col("in_channels", "-64", 3))),
+                                  ["meas.csv", "line 3", "column in_channels", "outside 0..65536"]),
+        "csv_huge_channels": ("measurement CSV", "in_channels = 10**9 on line 2",
+                              lambda t, r: _fit(t, _csv_edit(t, _set_col("in_channels", str(10**9)))),
+                              ["meas.csv", "line 2", "column in_channels", "outside 0..65536"]),
+        "csv_latency_1e308": ("measurement CSV", "latency_ms = 1e308 on line 4",
+                              lambda t, r: _fit(t, _csv_edit(t, _set_col("latency_ms", "1e308", 4))),
+                              ["meas.csv", "line 4", "column latency_ms", "outside"]),
+        "csv_too_big": ("measurement CSV", "a 65 MiB measurement file (sparse, past the 64 MiB bound)",
+                        lambda t, r: _fit(t, _grown(valid_measurement_csv(t), 65 << 20)),
+                        ["meas.csv", "bytes, more than the 67,108,864"]),
+        "csv_extra_fields": ("measurement CSV", "two fields beyond the header on line 5",
+                             lambda t, r: _fit(t, _csv_edit(t, lambda rows: rows[:4] + [rows[4] + ["1", "2"]] + rows[5:])),
+                             ["meas.csv", "line 5", "2 field(s) beyond the header"]),
+    }
+
+
 def _first_arch(run: Path) -> str:
     return next(p.stem for p in sorted((run / "archs").glob("*.json")))
 
@@ -396,7 +570,7 @@ def _snapshot(d: Path) -> dict[str, str]:
             for p in sorted(d.rglob("*")) if p.is_file() and p.name != ".lock"}
 
 
-CASES = _cases()
+CASES = {**_cases(), **_bounds_cases()}
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -419,3 +593,27 @@ def test_bad_input_one_line_exit_2_nothing_written(case, tmp_path, finished_run,
     record("bad input", f"{category}: {what}", f"`{cmd}`",
            f"exit 2: \"{msg.replace(str(tmp_path), '<tmp>')}\"",
            "nothing written" if not existed else "run directory unchanged (byte-identical)")
+
+
+def test_yaml_bomb_refused_fast_and_small(tmp_path, record):
+    """The 442-byte alias bomb that took 3.7 GB and 104 s is refused while parsing: well under
+    a second, a few MB allocated (tracemalloc peak of the whole load)."""
+    import time
+    import tracemalloc
+
+    from common.errors import ConfigError
+    from experiments.config import load_config
+
+    p = _raw(tmp_path, yaml_bomb())
+    assert len(p.read_bytes()) == 442
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError, match="expand to more than 100,000 values") as e:
+        load_config(p)
+    wall_s = time.perf_counter() - t0
+    peak_mb = tracemalloc.get_traced_memory()[1] / 2**20
+    tracemalloc.stop()
+    assert wall_s < 1.0 and peak_mb < 50, (wall_s, peak_mb)
+    record("bad input", "config: 442-byte YAML alias bomb (issue 15: 3.7 GB, 104 s before)",
+           "`load_config(<tmp>/cfg.yaml)`", f"ConfigError: \"{str(e.value).replace(str(tmp_path), '<tmp>')}\"",
+           f"refused in {wall_s * 1000:.1f} ms, {peak_mb:.2f} MB allocated at peak")

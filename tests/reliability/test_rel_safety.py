@@ -4,6 +4,7 @@ weights only with weights_only=True, every file write atomic (temp file + rename
 from __future__ import annotations
 
 import ast
+import math
 import re
 from pathlib import Path
 
@@ -134,3 +135,65 @@ def test_every_file_write_is_atomic(record):
            "the runtime check (test_rel_faults::test_run_outputs_are_written_atomically) covers "
            "a whole search")
     assert not bad, bad
+
+
+def test_one_bounded_yaml_loader(record):
+    """Every YAML temponas reads goes through ``common.loaders`` (bounded in size, nesting and
+    alias expansion, no repeated keys): no other module parses YAML."""
+    parse = re.compile(r"yaml\.(safe_load|load|full_load|unsafe_load|compose|parse)\b|"
+                       r"yaml\.(Safe|Full|Unsafe)?Loader\b|CSafeLoader")
+    files = SOURCES + sorted((ROOT / "benchmarks").rglob("*.py"))
+    bad = [f"{_rel(p)}:{p.read_text()[:m.start()].count(chr(10)) + 1}: {m.group(0)}"
+           for p in files if _rel(p) != "common/loaders.py"
+           for m in parse.finditer(p.read_text())]
+    record("safety", "one bounded YAML loader",
+           f"scan of {len(files)} package and benchmark files for YAML parsing outside "
+           "common/loaders.py", f"{len(bad)} found" + (f": {bad}" if bad else ""),
+           "limits in common/limits.py (docs/limits.md)")
+    assert not bad, bad
+
+
+def _numeric_keys(cls: type, prefix: str = "") -> list[tuple[str, object]]:
+    """(dotted path, default) of the int/float fields (also inside tuples and Optionals) of a
+    dataclass, recursing into nested dataclasses."""
+    import dataclasses
+    import typing
+
+    out = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("internal"):
+            continue
+        t = hints[f.name]
+        args = [a for a in typing.get_args(t) if a is not type(None)] or [t]
+        if dataclasses.is_dataclass(t):
+            out += _numeric_keys(t, f"{prefix}{f.name}.")
+        elif any(a in (int, float) or typing.get_args(a)[:1] in ((int,), (float,)) for a in args):
+            out.append((f"{prefix}{f.name}", f.default))
+    return out
+
+
+def test_every_numeric_option_has_a_declared_range(record):
+    """Each numeric key of the experiment config and of every registered evaluator's options
+    has a sane range in ``common.limits.OPTION_RANGES`` (``threads: 10**20`` is one line)."""
+    from common.limits import OPTION_RANGES
+    from evaluators.registry import available, resolve
+    from experiments.config import ExperimentConfig
+
+    keys = _numeric_keys(ExperimentConfig)
+    for name in available():
+        opts = getattr(resolve(name), "Options", None)
+        if opts is not None:
+            keys += [(f"evaluator.options[{name}].{k}", d) for k, d in _numeric_keys(opts)]
+    assert len(keys) > 30, keys
+    missing = sorted({k for k, _ in keys if k.rsplit(".", 1)[-1] not in OPTION_RANGES})
+    for k, default in keys:  # every default lies in its own range
+        lo, hi = OPTION_RANGES.get(k.rsplit(".", 1)[-1], (-math.inf, math.inf))
+        for d in default if isinstance(default, tuple) else (default,):
+            if isinstance(d, (int, float)) and not isinstance(d, bool):
+                assert lo <= d <= hi, (k, d, (lo, hi))
+    record("safety", "every numeric option has a declared range",
+           f"{len(keys)} numeric keys of the experiment config and of {len(available())} "
+           "registered evaluators' options", f"{len(missing)} without a range"
+           + (f": {missing}" if missing else ""), "ranges in common/limits.py (docs/limits.md)")
+    assert not missing, missing
