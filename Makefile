@@ -49,6 +49,7 @@ bench: setup
 	$(BIN)/python benchmarks/prior_transfer.py --json
 	$(BIN)/python benchmarks/proxy_fidelity.py --json
 	$(BIN)/python benchmarks/search_efficiency.py --json
+	$(BIN)/python benchmarks/multifidelity.py --json
 	$(BIN)/python benchmarks/overhead.py --json
 	$(BIN)/python benchmarks/memory_model.py --json
 	$(BIN)/python benchmarks/your_model_e2e.py --json

@@ -27,7 +27,7 @@ from evaluators.audit import (
     sample_archs,
     write_report,
 )
-from evaluators.base import Direction, EvalResult, Evaluator
+from evaluators.base import Direction, EvalResult, Evaluator, ResumableEvaluator
 from evaluators.options import parse_options, parse_resources
 from evaluators.registry import (
     BUILTIN,
@@ -60,7 +60,8 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "BASELINES", "BUILTIN", "DEFAULT_FAST_PROXY", "ENTRY_POINT_GROUP", "REFERENCE", "ZERO_COST",
-    "AuditSpec", "Direction", "EvalResult", "Evaluator", "ProxyScale", "Runtime", "available",
+    "AuditSpec", "Direction", "EvalResult", "Evaluator", "ProxyScale", "ResumableEvaluator",
+    "Runtime", "available",
     "bundled_videos", "create_evaluator", "data_key", "evaluated_model", "evaluator_resources",
     "markdown", "parse_options", "parse_resources", "preview_frames", "ray_remote_options",
     "read_kept_weights", "resolve", "resolve_device", "run_audit", "sample_archs",

@@ -41,8 +41,10 @@ from evaluators._torch_setup import (
     prepare_data,
     scaled_arch,
     validation_batches,
+    validation_subset,
     weights_key,
 )
+from evaluators._train_state import TrainState
 from evaluators.base import EvalResult
 from evaluators.options import options_dict, parse_options
 from search_space.arch import ArchConfig
@@ -160,9 +162,10 @@ class ShortTrainEvaluator(TorchEvaluator):
                 out[b] = r
         return out
 
-    def image_only_loss(self, latent_channels: int) -> float:
-        """Held-out video denoising loss of the (pretrained) image model, frame by frame."""
-        key = f"{latent_channels}"
+    def image_only_loss(self, latent_channels: int, val_fraction: float = 1.0) -> float:
+        """Held-out video denoising loss of the (pretrained) image model, frame by frame (on
+        the ``val_fraction`` subset of the validation batches, see :func:`validation_subset`)."""
+        key = f"{latent_channels}/{val_fraction:g}"
         if key not in self._image_loss:
             from search_space.modules import build_image_model
             bb = self.options.scale.backbone(self.backbone)
@@ -176,7 +179,8 @@ class ShortTrainEvaluator(TorchEvaluator):
                 if self.options.spatial != "random":
                     state, _ = pretrained_spatial(self.backbone, self.options, latent_channels)
                     model.load_spatial_state_dict(state)
-                vb = rt.batches(validation_batches(val, self.options.batch, self.options.val_timesteps))
+                vb = rt.batches(validation_subset(validation_batches(
+                    val, self.options.batch, self.options.val_timesteps), val_fraction))
                 self._image_loss[key] = mean_loss(rt.module(model), vb, rt)
         return self._image_loss[key]
 
@@ -185,24 +189,60 @@ class ShortTrainEvaluator(TorchEvaluator):
         self.check_arch(arch)
         return self._run(arch, int(seed), [int(budget) or self.options.default_budget])[1]
 
+    def evaluate_resumable(self, arch: ArchConfig, *, seed: int, budget: int,
+                           checkpoint: bytes | None = None, val_fraction: float = 1.0
+                           ) -> tuple[EvalResult, bytes]:
+        """Score at ``budget`` by training on from ``checkpoint`` (the bytes an earlier call
+        returned for the same arch and seed at a lower budget; None = from the start); returns
+        the result and the checkpoint at ``budget`` (a safetensors blob, see
+        :mod:`evaluators._train_state`). Training on from a checkpoint gives the result of
+        training straight to ``budget`` (same weights, optimizer, data and noise draws); the
+        result's extras then say ``start_step`` (the checkpoint's step).
+
+        ``val_fraction < 1``: score on that fraction of the validation batches (evenly spaced
+        over videos and noise levels; the image-only loss on the same subset): a cheaper,
+        noisier estimate for a lower rung's prune/continue decision. It is not this
+        evaluator's score at ``budget`` and is not written to the result cache."""
+        if not 0 < val_fraction <= 1:
+            raise ConfigError(f"val_fraction: must be in (0, 1], got {val_fraction}")
+        self.check_arch(arch)
+        b = int(budget) or self.options.default_budget
+        start = None
+        if checkpoint is not None:
+            start = TrainState.from_bytes(checkpoint)
+            want = {"arch_id": arch.arch_id, "seed": str(int(seed)), "config_key": self.config_key}
+            for k, v in want.items():
+                if start.meta.get(k) != v:
+                    raise ConfigError(f"checkpoint: {k} {start.meta.get(k)!r} does not match "
+                                      f"this evaluation ({v!r})")
+            if start.step > b:
+                raise ConfigError(f"checkpoint: at step {start.step}, beyond budget {b}")
+        results, _, state = self._run(arch, int(seed), [b], start=start, val_fraction=val_fraction)
+        if val_fraction >= 1:
+            self._store(arch, b, int(seed), results[b])
+        return results[b], state.to_bytes()
+
     def _train(self, arch: ArchConfig, seed: int, budgets: list[int]) -> dict[int, EvalResult]:
         return self._run(arch, seed, budgets)[0]
 
-    def _run(self, arch: ArchConfig, seed: int, budgets: list[int]
-             ) -> tuple[dict[int, EvalResult], torch.nn.Module]:
+    def _run(self, arch: ArchConfig, seed: int, budgets: list[int], start: TrainState | None = None,
+             val_fraction: float = 1.0) -> tuple[dict[int, EvalResult], torch.nn.Module, TrainState]:
+        """Train to each of ``budgets`` (ascending) from ``start`` (or the beginning); the
+        results, the model and the training state at the last budget."""
         from search_space.modules import build_model, is_temporal_name
 
         o = self.options
         C = arch.task.latent_channels
         t0 = time.perf_counter()
         c0 = time.process_time()
-        base = self.image_only_loss(C)
+        base = self.image_only_loss(C, val_fraction)
         train, val = data_splits(self.backbone, o, C)
-        vbatches = validation_batches(val, o.batch, o.val_timesteps)
+        vbatches = validation_subset(validation_batches(val, o.batch, o.val_timesteps), val_fraction)
         bb, sarch = scaled_arch(self.backbone, o, arch)
         state = pretrained_spatial(self.backbone, o, C)[0] if o.spatial != "random" else None
         t_setup = time.perf_counter() - t0
         out: dict[int, EvalResult] = {}
+        meta = {"arch_id": arch.arch_id, "seed": str(seed), "config_key": self.config_key}
         with o.session(seed) as rt:
             model = build_model(bb, sarch.task, sarch)
             if state is not None:
@@ -214,45 +254,29 @@ class ShortTrainEvaluator(TorchEvaluator):
             names = [n for n, _ in model.named_parameters() if is_temporal_name(n)]
             params = list(model.temporal_parameters())
             n_temporal = sum(p.numel() for p in params)
+            gen = torch.Generator().manual_seed(seed)
             if not params:  # the image model itself: nothing to train
                 for b in budgets:
                     out[b] = EvalResult(0.0, {"val_loss": base, "val_loss_image": base,
                                               "rel_improvement": 0.0, "temporal_params": 0.0,
                                               "budget": float(b)}, time.perf_counter() - t0,
                                         weights=kept and kept.pack({}, b, base))
-                return out, model
-            opt = torch.optim.AdamW(params, lr=o.lr, weight_decay=0.0)
-            scaler = rt.grad_scaler()
-            warm = max(1, o.warmup)
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
-            gen = torch.Generator().manual_seed(seed)
-            avg = [p.detach().clone() for p in params]
-            ema = None
-            step = 0
+                return out, model, TrainState(max(budgets), {}, {}, {}, gen.get_state(), None, meta)
+            run = _Run(model, names, params, gen, o, rt, start)
+            resumed = {"start_step": float(start.step)} if start is not None else {}
+            if val_fraction < 1:
+                resumed["val_fraction"] = float(val_fraction)
             for b in budgets:
-                while step < b:
-                    idx = torch.randint(0, len(train), (o.batch,), generator=gen)
-                    x0 = train.latents[idx]
-                    t = torch.randint(0, NUM_TRAIN_TIMESTEPS, (o.batch,), generator=gen)
-                    noise = torch.randn(x0.shape, generator=gen)  # drawn on the CPU: same on every device
-                    x0, text, t, noise = rt.tensors(x0, train.text[idx], t, noise)
-                    loss = denoise_loss(model, x0, text, t, noise, rt=rt)
-                    rt.optimizer_step(loss, opt, params, scaler, max_norm=1.0)
-                    sched.step()
-                    with torch.no_grad():
-                        for a, p in zip(avg, params):
-                            a.mul_(o.ema).add_(p.detach(), alpha=1 - o.ema)
-                    lv = float(loss.detach())
-                    ema = lv if ema is None else 0.9 * ema + 0.1 * lv
-                    step += 1
-                vl = self._eval_averaged(model, params, avg, vbatches, rt)
+                run.train_to(b, train)
+                vl = self._eval_averaged(model, params, run.avg, vbatches, rt)
                 out[b] = EvalResult(base - vl, {
                     "val_loss": vl, "val_loss_image": base, "rel_improvement": (base - vl) / base,
-                    "train_loss_ema": float(ema) if ema is not None else float("nan"),
+                    "train_loss_ema": float(run.loss_ema) if run.loss_ema is not None else float("nan"),
                     "temporal_params": float(n_temporal), "budget": float(b),
-                    "setup_s": t_setup, "cpu_s": time.process_time() - c0},
-                    time.perf_counter() - t0, weights=kept and kept.pack(dict(zip(names, avg)), b, vl))
-        return out, model
+                    "setup_s": t_setup, "cpu_s": time.process_time() - c0, **resumed},
+                    time.perf_counter() - t0,
+                    weights=kept and kept.pack(dict(zip(names, run.avg)), b, vl))
+            return out, model, run.state(meta)
 
     @staticmethod
     def _eval_averaged(model, params, avg, vbatches, rt) -> float:
@@ -271,6 +295,49 @@ class ShortTrainEvaluator(TorchEvaluator):
     def _score(self, arch, seed, budget):  # pragma: no cover - evaluate() is overridden
         r = self.evaluate(arch, seed=seed, budget=budget)
         return r.value, r.extras
+
+
+class _Run:
+    """One training run of the temporal parameters: AdamW with a linear warm-up to a constant
+    learning rate, gradient clipping at 1, an exponential moving average of the weights (the
+    scored ones) and of the training loss; resumable from a :class:`TrainState`."""
+
+    def __init__(self, model: torch.nn.Module, names: list[str], params: list[torch.nn.Parameter],
+                 gen: torch.Generator, o: ShortTrainOptions, rt, start: TrainState | None) -> None:
+        self.model, self.names, self.params, self.gen, self.o = model, names, params, gen, o
+        self.rt = rt
+        self.opt = torch.optim.AdamW(params, lr=o.lr, weight_decay=0.0)
+        self.scaler = rt.grad_scaler()  # fp16 only; its loss scale restarts on a resume
+        self.avg = [p.detach().clone() for p in params]
+        self.step = 0
+        self.loss_ema: float | None = None
+        if start is not None:
+            start.restore(names, params, self.avg, self.opt, gen)
+            self.step, self.loss_ema = start.step, start.loss_ema
+
+    def train_to(self, budget: int, train) -> None:
+        o, gen, params = self.o, self.gen, self.params
+        warm = max(1, o.warmup)
+        while self.step < budget:
+            idx = torch.randint(0, len(train), (o.batch,), generator=gen)
+            x0 = train.latents[idx]
+            t = torch.randint(0, NUM_TRAIN_TIMESTEPS, (o.batch,), generator=gen)
+            noise = torch.randn(x0.shape, generator=gen)  # drawn on the CPU: same on every device
+            x0, text, t, noise = self.rt.tensors(x0, train.text[idx], t, noise)
+            loss = denoise_loss(self.model, x0, text, t, noise, rt=self.rt)
+            for g in self.opt.param_groups:  # = LambdaLR(min(1, (step + 1) / warm)), step by step
+                g["lr"] = o.lr * min(1.0, (self.step + 1) / warm)
+            self.rt.optimizer_step(loss, self.opt, params, self.scaler, max_norm=1.0)
+            with torch.no_grad():
+                for a, p in zip(self.avg, params):
+                    a.mul_(o.ema).add_(p.detach(), alpha=1 - o.ema)
+            lv = float(loss.detach())
+            self.loss_ema = lv if self.loss_ema is None else 0.9 * self.loss_ema + 0.1 * lv
+            self.step += 1
+
+    def state(self, meta: dict[str, str]) -> TrainState:
+        return TrainState.capture(self.step, self.names, self.params, self.avg, self.opt,
+                                  self.gen, self.loss_ema, meta)
 
 
 class _Keeper:

@@ -408,6 +408,17 @@ def validation_batches(val: VideoSet, batch: int, timesteps_per_video: int = 2
     return out
 
 
+def validation_subset(batches: list, fraction: float) -> list:
+    """``round(len(batches) * fraction)`` (at least 1) evenly spaced batches: every noise-level
+    stratum and a spread of videos; all of them at ``fraction`` 1. The same subset for every
+    candidate, so subset scores rank candidates against each other."""
+    if fraction >= 1 or not batches:
+        return list(batches)
+    k = max(1, round(len(batches) * fraction))
+    n = len(batches)
+    return [batches[round(i * (n - 1) / max(1, k - 1))] for i in range(k)] if k > 1 else [batches[0]]
+
+
 @torch.no_grad()
 def mean_loss(model: torch.nn.Module, batches, rt: Runtime | None = None) -> float:
     """Mean denoising loss of ``model`` over fixed ``batches`` (eval mode, no grad; batches on

@@ -53,3 +53,22 @@ class Evaluator(Protocol):
     def resources(self) -> Mapping[str, float]: ...
 
     def evaluate(self, arch: ArchConfig, *, seed: int, budget: int) -> EvalResult: ...
+
+
+@runtime_checkable
+class ResumableEvaluator(Evaluator, Protocol):
+    """An evaluator whose budget is training that can go on from a checkpoint (multi-fidelity
+    search: each rung of the budget ladder continues the previous rung's run).
+
+    ``evaluate_resumable(arch, seed=, budget=, checkpoint=)`` trains from ``checkpoint`` (bytes
+    returned by an earlier call for the same arch and seed at a lower budget, or None) to
+    ``budget`` and returns ``(result, checkpoint at budget)``; the result must equal
+    ``evaluate(arch, seed=seed, budget=budget)``. The checkpoint is opaque bytes (a safetensors
+    blob for the built-ins), so it can travel back from a Ray task on any node.
+    ``val_fraction < 1`` asks for a cheaper score on part of the held-out data (a lower rung's
+    prune/continue decision; not the evaluator's score, never cached as one).
+    """
+
+    def evaluate_resumable(self, arch: ArchConfig, *, seed: int, budget: int,
+                           checkpoint: bytes | None = None, val_fraction: float = 1.0
+                           ) -> tuple[EvalResult, bytes]: ...

@@ -42,13 +42,15 @@ class CachedEval:
     node_id: str = ""
     host: str = ""
     pid: int = 0
+    #: CPU seconds of the evaluation task (its process time; 0 if unknown)
+    cpu_s: float = 0.0
 
     def to_record(self) -> dict[str, Any]:
         return {"arch_id": self.key.arch_id, "config_key": self.key.config_key,
                 "budget": self.key.budget, "seed": self.key.seed, "value": self.value,
                 "extras": {k: v for k, v in self.extras.items() if _finite(v)},
-                "wall_time_s": self.wall_time_s, "node_id": self.node_id, "host": self.host,
-                "pid": self.pid}
+                "wall_time_s": self.wall_time_s, "cpu_s": self.cpu_s, "node_id": self.node_id,
+                "host": self.host, "pid": self.pid}
 
 
 def _finite(v: Any) -> bool:
@@ -98,7 +100,7 @@ def _from_record(rec: Mapping[str, Any]) -> CachedEval | None:
         extras = {str(k): float(v) for k, v in dict(rec.get("extras") or {}).items() if _finite(v)}
         return CachedEval(key, value, extras, float(rec.get("wall_time_s", 0.0)),
                           str(rec.get("node_id", "")), str(rec.get("host", "")),
-                          int(rec.get("pid", 0)))
+                          int(rec.get("pid", 0)), float(rec.get("cpu_s", 0.0)))
     except (KeyError, TypeError, ValueError):
         return None
 

@@ -18,7 +18,8 @@ A config looks like (every key but ``name`` and ``backbone`` has a default)::
     objectives: [quality, latency_ms]
     constraints: {latency_budget_ms: 120, memory_budget_mb: 2048}
     search: {sampler: nsga2, sampler_options: {population_size: 24}, n_trials: 100,
-             workers: 2, seed: 0, storage: null}
+             workers: 2, seed: 0, storage: null,
+             pruner: {name: none, min_budget: 4, reduction_factor: 3, latency_buckets: 3}}
     runtime_env: {working_dir: null, py_modules: [], excludes: [], env_vars: {},
                   ship_project: true, ship_plugins: true}   # what Ray workers get
     out: runs                      # the run goes to <out>/<name>/
@@ -42,6 +43,7 @@ from common.errors import ConfigError
 from common.limits import option_range
 from common.loaders import load_yaml
 from experiments.backbone_entry import DIFFUSERS_KEY, option_field, parse_backbone, read_unet
+from experiments.ladder import check_pruner
 from search_space.backbone import BackboneSpec
 from search_space.diffusers_config import DiffusersUNet, weight_files_at
 from search_space.presets import default_task, get_backbone, preset_names
@@ -49,6 +51,7 @@ from search_space.space import SearchSpace
 from search_space.task import VideoTask
 
 SAMPLERS = ("nsga2", "tpe", "random", "gp", "exhaustive")
+PRUNERS = ("none", "successive_halving", "hyperband")
 OBJECTIVES = ("quality", "latency_ms", "memory_mb")
 CONFIG_VERSION = 1
 
@@ -93,15 +96,31 @@ class ConstraintsConfig:
 
 
 @dataclass(frozen=True)
-class SearchConfig:
-    """The Optuna study: sampler, trial count, parallelism, storage."""
+class PrunerConfig:
+    """Multi-fidelity evaluation: a budget ladder (rungs ``min_budget * reduction_factor**k`` up
+    to ``evaluator.budget``) as successive halving or Hyperband per latency bucket; lower rungs
+    scored on ``rung_val_fraction`` of the held-out data (:mod:`experiments.ladder`)."""
 
-    sampler: str = field(default="nsga2", metadata=_meta(choices=SAMPLERS))
+    name: str = field(default="none", metadata=_meta(choices=PRUNERS))
+    min_budget: int = field(default=4, metadata=_meta(min=1))
+    reduction_factor: int = field(default=3, metadata=_meta(min=2))
+    latency_buckets: int = field(default=3, metadata=_meta(min=1))
+    rung_val_fraction: float = field(default=1.0, metadata=_meta(min=0.0))
+    bootstrap_count: int = field(default=0, metadata=_meta(min=0))
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """The Optuna study: sampler (default TPE), trial count (distinct architectures, see
+    :mod:`experiments.ledger`), parallelism, storage, pruner."""
+
+    sampler: str = field(default="tpe", metadata=_meta(choices=SAMPLERS))
     sampler_options: Mapping[str, Any] = field(default_factory=dict)
     n_trials: int = field(default=100, metadata=_meta(min=1))
     workers: int = field(default=2, metadata=_meta(min=1))
     seed: int = field(default=0, metadata=_meta(min=0))
     storage: str | None = None
+    pruner: PrunerConfig = field(default_factory=PrunerConfig)
 
 
 @dataclass(frozen=True)
@@ -397,6 +416,7 @@ def parse_config(data: Any, source: str = "<config>") -> ExperimentConfig:
         if len(cfg.objectives) < 2:
             raise ConfigError("objectives: need at least two (e.g. [quality, latency_ms])")
         space = cfg.search_space  # resolves backbone, task and space restrictions
+        check_pruner(cfg)
         if cfg.search.sampler == "exhaustive" and space.size() > 1_000_000:
             raise ConfigError(f"search.sampler: exhaustive needs a space of at most 1,000,000 "
                               f"architectures, this one has {space.size():,}")

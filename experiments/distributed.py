@@ -162,12 +162,18 @@ def _time_limit(timeout_s: float | None):
 
 
 def evaluate_task(spec: Mapping[str, Any], arch_json: str, seed: int, budget: int,
-                  threads: int, timeout_s: float | None = None) -> dict[str, Any]:
+                  threads: int, timeout_s: float | None = None, checkpoint: bytes | None = None,
+                  resumable: bool = False, val_fraction: float = 1.0) -> dict[str, Any]:
     """Run one evaluation (body of the Ray task).
 
-    ``spec`` = ``{"name", "backbone" (BackboneSpec dict), "options"}``. Returns the score and
-    where it ran (and ``weights``, safetensors bytes, when the evaluator kept them).
-    Evaluators are built once per worker process and reused.
+    ``spec`` = ``{"name", "backbone" (BackboneSpec dict), "options"}``. Returns the score,
+    where it ran and its CPU seconds. Evaluators are built once per worker process and reused.
+    ``resumable``: a rung of a budget ladder; an evaluator with ``evaluate_resumable`` trains
+    on from ``checkpoint`` (None = from the start) and the result carries the checkpoint at
+    ``budget`` (bytes, so it comes back to the driver from any node). Other evaluators
+    evaluate ``budget`` from scratch and return no checkpoint. ``val_fraction < 1``: a lower
+    rung scored on part of the held-out data (resumable evaluators only).
+    (and ``weights``, safetensors bytes, when the evaluator kept them).
     """
     key = json.dumps(spec, sort_keys=True)
     ev = _EVALUATORS.get(key)
@@ -187,10 +193,17 @@ def evaluate_task(spec: Mapping[str, Any], arch_json: str, seed: int, budget: in
 
     torch.set_num_threads(max(1, int(threads)))
     arch = ArchConfig.from_json(arch_json)
-    t0 = time.perf_counter()
+    resume = getattr(ev, "evaluate_resumable", None) if resumable else None
+    t0, c0 = time.perf_counter(), time.process_time()
+    new_checkpoint = None
     with _time_limit(timeout_s):
-        res = ev.evaluate(arch, seed=int(seed), budget=int(budget))
-    wall = time.perf_counter() - t0
+        if callable(resume):
+            kw = {"val_fraction": float(val_fraction)} if val_fraction < 1 else {}
+            res, new_checkpoint = resume(arch, seed=int(seed), budget=int(budget),
+                                         checkpoint=checkpoint, **kw)
+        else:
+            res = ev.evaluate(arch, seed=int(seed), budget=int(budget))
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     node_id, host = _where()
     extras = {}
     for k, v in dict(res.extras or {}).items():
@@ -201,8 +214,10 @@ def evaluate_task(spec: Mapping[str, Any], arch_json: str, seed: int, budget: in
         if math.isfinite(fv):
             extras[str(k)] = fv
     out = {"value": float(res.value), "extras": extras,
-           "wall_time_s": float(res.wall_time_s or wall), "node_id": node_id,
+           "wall_time_s": float(res.wall_time_s or wall), "cpu_s": cpu, "node_id": node_id,
            "host": host, "pid": os.getpid()}
+    if new_checkpoint is not None:
+        out["checkpoint"] = bytes(new_checkpoint)
     weights = getattr(res, "weights", None)
     if isinstance(weights, bytes):  # kept weights travel with the result (any node)
         out["weights"] = weights
@@ -222,10 +237,12 @@ def _where() -> tuple[str, str]:
 
 
 def evaluate_task_gpu(spec: Mapping[str, Any], arch_json: str, seed: int, budget: int,
-                      threads: int, timeout_s: float | None = None) -> dict[str, Any]:
+                      threads: int, timeout_s: float | None = None, checkpoint: bytes | None = None,
+                      resumable: bool = False, val_fraction: float = 1.0) -> dict[str, Any]:
     """:func:`evaluate_task` for evaluations that hold a GPU (its own Ray function: those run
     in a fresh worker process each, see :func:`remote_evaluate`)."""
-    return evaluate_task(spec, arch_json, seed, budget, threads, timeout_s)
+    return evaluate_task(spec, arch_json, seed, budget, threads, timeout_s, checkpoint,
+                         resumable, val_fraction)
 
 
 _REMOTE: dict[bool, Any] = {}

@@ -2,14 +2,57 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from common.fsio import atomic_write_text
+from experiments.ledger import is_duplicate
 from experiments.storage_url import MASK, PASSWORD_ENV, has_credentials, mask_url
 from experiments.study import storage_location
 from experiments.trials import failures_by_reason, pareto_front, stage_summary, trial_attrs
+
+#: The fidelity audit's committed full run (``benchmarks/proxy_fidelity.py --json``). Its
+#: ``heldout`` maps a proxy to its Kendall tau against short training on a sample of
+#: architectures the default proxy was NOT chosen on (``heldout_kendall_ci``: 95% bootstrap
+#: intervals; ``n_archs``, ``heldout_sample_seed``). The report quotes the run's proxy from it;
+#: a checkout without the file (or without ``heldout``) says the number is not measured.
+PROXY_FIDELITY_JSON = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / \
+    "proxy_fidelity.json"
+
+
+def proxy_heldout(name: str, path: Path | None = None) -> dict[str, Any] | None:
+    """``{"kendall", "ci", "n_archs", "sample_seed", "source"}`` of proxy ``name`` on the
+    audit's held-out sample; None if not measured."""
+    path = PROXY_FIDELITY_JSON if path is None else Path(path)
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    tau = (d.get("heldout") or {}).get(name) if isinstance(d, dict) else None
+    if not isinstance(tau, (int, float)):
+        return None
+    return {"kendall": float(tau), "ci": (d.get("heldout_kendall_ci") or {}).get(name),
+            "n_archs": d.get("n_archs"), "sample_seed": d.get("heldout_sample_seed"),
+            "source": str(path.name)}
+
+
+def _proxy_line(cfg: Any) -> str:
+    ev = cfg.evaluator.name
+    if ev == "short_train":
+        return ("- quality proxy fidelity: `short_train` is the reference the audit ranks the "
+                "other proxies against (docs/proxies.md)")
+    h = proxy_heldout(ev)
+    if h is None:
+        return (f"- quality proxy fidelity: `{ev}` has no held-out Kendall τ against short "
+                f"training yet (benchmarks/proxy_fidelity.py --json writes `heldout`)")
+    ci = h["ci"]
+    ci_txt = f" [{ci[0]:+.2f}, {ci[1]:+.2f}]" if isinstance(ci, (list, tuple)) and len(ci) == 2 else ""
+    n = f"{h['n_archs']} " if h["n_archs"] else ""
+    return (f"- quality proxy fidelity: `{ev}` ranks candidates like short training with Kendall "
+            f"τ {h['kendall']:+.2f}{ci_txt} (95% CI) on {n}held-out snapgen_v architectures at "
+            f"proxy scale, a sample it was not chosen on (benchmarks/results/{h['source']})")
 
 
 def _latency_meta(model: Any) -> str:
@@ -73,6 +116,7 @@ def write_report(run_dir: Path, *, study: Any, cfg: Any, latency_model: Any = No
     L += _setup_section(run_dir, cfg, objs, dirs, latency_model)
     L += _budgets_section(cfg)
     L += _trials_section(trials)
+    L += _ladder_section(cfg, trials)
     L += _front_section(front, objs, dirs)
     L += _failures_section(trials)
     plots = sorted((run_dir / "plots").glob("*.png")) if (run_dir / "plots").exists() else []
@@ -86,7 +130,10 @@ def write_report(run_dir: Path, *, study: Any, cfg: Any, latency_model: Any = No
           "`.count`/`.heads`/`.kernel_t`/`.kernel_s`, the evaluator's `extra.<name>`)",
           "- `pareto.csv`: the feasible front, one row per architecture (its earliest trial), "
           "same columns; `archs/<arch_id>.json`: every architecture seen",
-          "- `evaluations.jsonl`: every finished evaluation (the cache a resume reads)",
+          "- `evaluations.jsonl`: every finished evaluation (the cache a resume reads; CPU "
+          "seconds, node)",
+          "- `checkpoints/`: training state of candidates mid-ladder (multi-fidelity only; "
+          "removed when a candidate's ladder ends)",
           "- `config.yaml`: the resolved config; `study.journal`: the Optuna study", ""]
     L += _next_steps_section(run_dir, cfg, front)
     private = has_credentials(cfg.search.storage)  # user, host and database of the storage
@@ -115,6 +162,7 @@ def _setup_section(run_dir: Path, cfg: Any, objs: list[str], dirs: list[str],
             f"({len(space.distributions())} Optuna parameters)",
             f"- quality proxy: `{ev.name}` ({dirs[objs.index('quality')]}), options "
             f"`{dict(ev.options) or {}}`, budget {ev.budget}, seeds {list(ev.seeds)}",
+            _proxy_line(cfg),
             f"- latency model: `{cfg.latency_model}`" + (f" ({meta})" if meta else ""),
             *accuracy,
             "- objectives: " + ", ".join(f"{o} ({d})" for o, d in zip(objs, dirs)),
@@ -130,14 +178,52 @@ def _budgets_section(cfg: Any) -> list[str]:
                              "slower candidates are evaluated but cannot enter the front"
                              if c.latency_budget_ms is not None else "none"),
             "- memory: " + (f"<= {c.memory_budget_mb:g} MB (fp16 weights + peak activation); "
-                            "larger candidates are never evaluated (trial PRUNED)"
+                            "larger candidates are never evaluated (told COMPLETE with the "
+                            "worst quality and the violated constraint, so the sampler learns "
+                            "the region; never on the front)"
                             if c.memory_budget_mb is not None else "none"), ""]
 
 
 def _trials_section(trials: list[Any]) -> list[str]:
-    by_state = Counter(t.state.name for t in trials)
-    return (["## Trials", "", "| state | trials |", "|---|---|"]
-            + [f"| {k} | {v} |" for k, v in sorted(by_state.items())] + [""])
+    counted = [t for t in trials if not is_duplicate(t)]
+    by_state = Counter(t.state.name for t in counted)
+    over = sum(1 for t in counted if t.user_attrs.get("not_evaluated"))
+    repeats = len(trials) - len(counted)
+    hits = sum(int(t.user_attrs.get("cache_hits", 0)) for t in counted)
+    L = (["## Trials", "", "| state | trials |", "|---|---|"]
+         + [f"| {k} | {v} |" for k, v in sorted(by_state.items())] + [""])
+    if over:
+        L += [f"{over} COMPLETE trial(s) were over the memory budget and never evaluated.", ""]
+    L += [f"Every evaluation counts once: {repeats} repeated proposal(s) of the sampler were "
+          f"told their architecture's first outcome and are not counted above (`duplicate_of` "
+          f"in trials.csv); {hits} evaluation(s) came from the run's cache (finished before a "
+          f"restart).", ""]
+    return L
+
+
+def _ladder_section(cfg: Any, trials: list[Any]) -> list[str]:
+    """Successive halving / Hyperband: how many candidates stopped at which rung, and the
+    evaluation CPU seconds spent."""
+    p = cfg.search.pruner
+    if p.name == "none":
+        return []
+    from experiments.ladder import rung_budgets
+
+    budgets = rung_budgets(p.min_budget, p.reduction_factor, cfg.evaluator.budget)
+    counted = [t for t in trials if not is_duplicate(t) and t.state.name in ("COMPLETE", "PRUNED")
+               and "rung" in (t.user_attrs.get("result") or {})]
+    reached = Counter(int(t.user_attrs["result"]["rung"]) for t in counted)
+    cpu = sum(float((t.user_attrs.get("result") or {}).get("eval_cpu_s", 0.0)) for t in counted)
+    L = ["## Budget ladder", "",
+         f"`{p.name}` (reduction factor {p.reduction_factor}) over budgets {budgets}: each rung "
+         f"trains on from the rung below (checkpoints in `checkpoints/`); candidates compete "
+         f"within {p.latency_buckets} predicted-latency bucket(s) (rung studies "
+         f"`{cfg.name}.rungs<k>` in the same storage); lower rungs are scored on "
+         f"{p.rung_val_fraction:.0%} of the held-out data. Evaluation CPU time: {cpu:.0f} s.", "",
+         "| stopped at rung | budget | candidates |", "|---|---|---|"]
+    L += [f"| {k}{' (top)' if k == len(budgets) - 1 else ''} | {b} | {reached.get(k, 0)} |"
+          for k, b in enumerate(budgets)]
+    return L + [""]
 
 
 def _front_section(front: list[Any], objs: list[str], dirs: list[str]) -> list[str]:

@@ -1,12 +1,16 @@
 """The search driver: one process asks Optuna, predicts latency, and tells results (DESIGN §3).
 
-    ask -> space.suggest -> ArchConfig -> memory > budget? PRUNED (never evaluated)
-        -> latency_model.predict (torch-free) -> one evaluation per seed (cached by arch_id)
-        -> tell([quality, latency_ms]) with constraint values and user attrs
+One trial's path (repeats, the memory budget, the budget ladder) is :mod:`experiments.flow`;
+this module sets a search up, runs its loop, stops it cleanly and writes its outputs.
 
 Only the driver touches the Optuna storage. The evaluations run as Ray tasks through an
 :class:`~experiments.scheduler.EvaluationScheduler`; finished ones go to
-``<run>/evaluations.jsonl`` the moment they arrive, so a resumed search never repeats one.
+``<run>/evaluations.jsonl`` (and a ladder's checkpoints to ``<run>/checkpoints/``) the moment
+they arrive, so a resumed search never repeats one.
+
+Every evaluation counts once: ``n_trials`` counts architectures (trials whose architecture had
+no outcome yet); a sampler's repeated proposal is told the first trial's outcome
+(:mod:`experiments.ledger`) and is not counted.
 """
 
 from __future__ import annotations
@@ -24,20 +28,22 @@ import numpy as np
 
 import latency_models
 from common.errors import ConfigError, TemponasError
-from common.fsio import atomic_write_bytes, io_error
+from common.fsio import io_error
 from evaluators.registry import create_evaluator
-from experiments.cache import CachedEval, EvalCache, EvalKey
+from experiments.cache import EvalCache
+from experiments.checkpoints import CheckpointStore
 from experiments.config import ExperimentConfig
 from experiments.distributed import SearchAborted, shutdown_ray
+from experiments.flow import Candidate, TrialFlow
 from experiments.hypervolume import pareto_mask
+from experiments.ladder import Ladder, feasible_latencies, latency_edges
+from experiments.ledger import ArchLedger, DuplicateGuard, duplicate_limit
 from experiments.outputs import write_outputs
 from experiments.resources import capacity_note, check_workers
-from experiments.rundir import RunLock, open_search_study, prepare_run_dir, weights_path
-from experiments.scheduler import EvaluationScheduler, Outcome, start_scheduler
-from experiments.study import INTERRUPTED, make_sampler, storage_location, trial_done
-from experiments.trials import pareto_front, result_attr
-from search_space.arch import ArchConfig
-from search_space.flops import network_cost
+from experiments.rundir import RunLock, open_search_study, prepare_run_dir
+from experiments.scheduler import EvaluationScheduler, start_scheduler
+from experiments.study import INTERRUPTED, make_sampler, open_storage, storage_location, trial_done
+from experiments.trials import pareto_front
 
 OUTPUT_REFRESH_S = 15.0
 
@@ -65,11 +71,18 @@ class SearchSummary:
     run_dir: Path
     n_trials: int
     complete: int = 0
+    #: over the memory budget: told COMPLETE and infeasible, never evaluated
+    over_memory: int = 0
+    #: stopped on a lower rung of the budget ladder by the pruner
     pruned: int = 0
     failed: int = 0
     front_size: int = 0
     evaluations_run: int = 0
     cache_hits: int = 0
+    #: repeated proposals told the first trial's outcome (not counted, nothing evaluated)
+    duplicates: int = 0
+    #: the sampler proposed nothing new for this many trials in a row and the search stopped
+    exhausted_after: int = 0
     recovered: list[int] = field(default_factory=list)
     repairs: list[str] = field(default_factory=list)
     interrupted: bool = False
@@ -78,20 +91,7 @@ class SearchSummary:
     loop_wall_s: float = 0.0
 
 
-@dataclass
-class _Active:
-    """A trial waiting for its evaluations (one per seed)."""
-
-    trial: Any
-    keys: list[EvalKey]
-    t0: float
-    feasible: bool = True
-    predicted: dict[str, Any] = field(default_factory=dict)
-    results: dict[EvalKey, CachedEval] = field(default_factory=dict)
-    cache_hits: int = 0
-
-
-class Driver:
+class Driver(TrialFlow):
     """One search. Use :func:`run_search`."""
 
     def __init__(self, cfg: ExperimentConfig, opts: SearchOptions):
@@ -100,7 +100,9 @@ class Driver:
         self.run_dir = Path(opts.out) if opts.out is not None else self.cfg.run_dir()
         self.target = self.cfg.search.n_trials
         self.workers = self.cfg.search.workers
-        self.active: dict[int, _Active] = {}
+        self.active: dict[int, Candidate] = {}
+        self._active_arch: dict[str, int] = {}  # arch_id -> number of its trial in flight
+        self.ladder: Ladder | None = None
         self.scheduler: EvaluationScheduler | None = None
         self.done = 0
         self.summary = SearchSummary(self.run_dir, self.target)
@@ -145,7 +147,21 @@ class Driver:
             config_key=self.config_key, resume=self.opts.resume)
         trials = self.study.get_trials(deepcopy=False)
         self.done = sum(1 for t in trials if trial_done(t))
-        self._seen_archs = {t.user_attrs.get("arch_id") for t in trials}
+        self.ledger = ArchLedger.from_trials(trials, trial_done)
+        self.guard = DuplicateGuard(duplicate_limit(self.target))
+        p = cfg.search.pruner
+        if p.name != "none":
+            c = cfg.constraints
+            self.ladder = Ladder(p.name, p.min_budget, p.reduction_factor, cfg.evaluator.budget,
+                                 direction=self.directions[cfg.objectives.index("quality")],
+                                 latency_budget_ms=c.latency_budget_ms,
+                                 rung_val_fraction=p.rung_val_fraction,
+                                 bootstrap_count=p.bootstrap_count)
+            self.ladder.open(open_storage(cfg.search.storage, self.run_dir), cfg.name,
+                             lambda: latency_edges(feasible_latencies(
+                                 self.space, self.backbone, self.latency_model, seed=cfg.search.seed,
+                                 memory_budget_mb=c.memory_budget_mb,
+                                 latency_budget_ms=c.latency_budget_ms), p.latency_buckets))
         if trials:  # a resumed sampler must not replay its first session's random draws
             self.study.sampler = make_sampler(cfg.search.sampler, cfg.search.sampler_options,
                                               _resume_seed(cfg.search.seed, len(trials)))
@@ -173,14 +189,18 @@ class Driver:
             prepare_run_dir(self.run_dir, self.cfg, resume=self.opts.resume)
             self._open_study()
             self.cache = EvalCache(self.run_dir)
+            self.ckpts = CheckpointStore(self.run_dir)
+            # every architecture at most once: a smaller space caps the trials
+            self.target = min(self.target, self.space.size())
+            self.summary.n_trials = self.target
             if self.cfg.search.sampler == "exhaustive":
-                self.target = min(self.target, self.space.size())
-                self.summary.n_trials = self.target
                 self._arch_iter = self.space.enumerate()
             if self.done < self.target:
                 self._start_scheduler()
                 old_handlers = self._install_stop_handlers()
                 self._loop()
+            if self.ladder is not None and self.done >= self.target:
+                self.ladder.close_orphans()
         except SearchAborted as e:  # every further evaluation would fail the same way
             fatal = True
             discard = fresh and self.summary.complete == 0
@@ -237,9 +257,11 @@ class Driver:
         try:
             while True:
                 while (self.done + len(self.active) < self.target and len(sched) < self.workers
-                       and len(self.active) < max_active):
+                       and len(self.active) < max_active and not self.guard.exhausted):
                     self._check_stop()
                     self._start_trial()
+                if self.guard.exhausted and not self.summary.exhausted_after:
+                    self.summary.exhausted_after = self.guard.streak
                 self._check_stop()
                 if not self.active:
                     break
@@ -276,134 +298,6 @@ class Driver:
         if self._stop_signal is not None:
             raise KeyboardInterrupt
 
-    # ---- one trial --------------------------------------------------------------------------
-    def _start_trial(self) -> None:
-        """Ask for a trial, predict its costs, prune it if over the memory budget, else serve
-        its evaluations from the cache or submit them."""
-        cfg = self.cfg
-        t0 = time.monotonic()
-        if cfg.search.sampler == "exhaustive":
-            self._enqueue_next_unseen()
-        trial = self.study.ask()
-        arch = self.space.suggest(trial)
-        self._seen_archs.add(arch.arch_id)
-        predicted = self._predict(trial, arch)
-        if self._over_memory(trial, predicted, t0):
-            return
-        lat_budget = cfg.constraints.latency_budget_ms
-        feasible = lat_budget is None or predicted["latency_ms"] <= lat_budget
-        keys = [EvalKey(arch.arch_id, self.config_key, cfg.evaluator.budget, s)
-                for s in cfg.evaluator.seeds]
-        act = _Active(trial, keys, t0, feasible, predicted)
-        self.active[trial.number] = act
-        for key in keys:
-            hit = self.cache.get(key)
-            if hit is not None:
-                act.results[key] = hit
-                act.cache_hits += 1
-                self.summary.cache_hits += 1
-            else:
-                self.scheduler.submit(key, arch.to_json(), trial.number)
-        if len(act.results) == len(keys):
-            self._finish(act)
-
-    def _predict(self, trial: Any, arch: ArchConfig) -> dict[str, Any]:
-        """Analytic cost and predicted latency, recorded on the trial with its constraints."""
-        cost = network_cost(self.backbone, self.task, arch)
-        lat = self.latency_model.predict(arch, self.backbone)
-        predicted: dict[str, Any] = {
-            "latency_ms": float(lat.mean_ms), "latency_low_ms": float(lat.low_ms),
-            "latency_high_ms": float(lat.high_ms),
-            "per_stage_ms": {k: float(v) for k, v in dict(lat.per_stage_ms).items()},
-            "memory_mb": float(cost.memory_mb), "params": int(cost.params),
-            "flops": float(cost.flops)}
-        # few attrs (each is an fsynced journal write): flattened by trials.trial_attrs()
-        trial.set_user_attr("arch_id", arch.arch_id)
-        trial.set_user_attr("candidate", {"arch": arch.to_json(), **predicted})
-        c = self.cfg.constraints
-        if c.latency_budget_ms is not None:
-            trial.set_constraint("latency_ms", predicted["latency_ms"] - c.latency_budget_ms)
-        if c.memory_budget_mb is not None:
-            trial.set_constraint("memory_mb", predicted["memory_mb"] - c.memory_budget_mb)
-        return predicted
-
-    def _over_memory(self, trial: Any, predicted: dict[str, Any], t0: float) -> bool:
-        """Over the memory budget: the trial is PRUNED with its reason, never evaluated."""
-        from optuna.trial import TrialState
-
-        budget = self.cfg.constraints.memory_budget_mb
-        if budget is None or predicted["memory_mb"] <= budget:
-            return False
-        trial.set_user_attr("failure_reason", f"memory: {predicted['memory_mb']:.0f} MB exceeds "
-                                              f"the {budget:g} MB budget (not evaluated)")
-        trial.set_user_attr("result", {"wall_time_s": time.monotonic() - t0})
-        self.study.tell(trial, state=TrialState.PRUNED)
-        self.summary.pruned += 1
-        self._finished()
-        return True
-
-    def _enqueue_next_unseen(self) -> None:
-        for arch in self._arch_iter:
-            if arch.arch_id not in self._seen_archs:
-                self.study.enqueue_trial(self.space.params_of(arch))
-                return
-
-    def _on_outcome(self, outcome: Outcome) -> None:
-        """A finished evaluation: cache it and finish the trials it completes (or fail them)."""
-        if outcome.result is None:
-            failure = (f"{INTERRUPTED}: {outcome.failure}" if outcome.requeue
-                       else outcome.failure)
-            for num in outcome.waiters:
-                if num in self.active:
-                    self._finish(self.active[num], failure)
-            return
-        if outcome.weights is not None:  # before the cache line: a cached eval has its weights
-            atomic_write_bytes(weights_path(self.run_dir, outcome.key.arch_id, outcome.key.seed),
-                               outcome.weights)
-        self.cache.put(outcome.result)
-        self.summary.evaluations_run += 1
-        for num in outcome.waiters:
-            act = self.active.get(num)
-            if act is None:
-                continue
-            act.results[outcome.key] = outcome.result
-            if len(act.results) == len(act.keys):
-                self._finish(act)
-
-    def _finish(self, act: _Active, failure: str | None = None) -> None:
-        """Tell Optuna how the trial ended: its values, or FAIL with ``failure`` (an
-        interrupted trial is queued again for the resume)."""
-        from optuna.trial import TrialState
-
-        trial = act.trial
-        self.active.pop(trial.number, None)
-        if self.scheduler is not None:  # other trials may still share its evaluations
-            self.scheduler.forget(trial.number, [k for k in act.keys if k not in act.results])
-        wall = time.monotonic() - act.t0
-        if failure is not None:
-            trial.set_user_attr("failure_reason", failure)
-            trial.set_user_attr("result", {"wall_time_s": wall})
-            self.study.tell(trial, state=TrialState.FAIL)
-            if failure.startswith(INTERRUPTED):
-                self.study.enqueue_trial(dict(trial.params), user_attrs={"requeued_from": trial.number},
-                                         skip_if_exists=False)
-                return
-            self.summary.failed += 1
-            self._finished()
-            return
-        result = result_attr([act.results[k] for k in act.keys], wall)
-        q = result["quality"]
-        trial.set_user_attr("result", result)
-        if act.cache_hits:
-            trial.set_user_attr("cache_hits", act.cache_hits)
-        values = [q if o == "quality" else act.predicted[o] for o in self.cfg.objectives]
-        self.study.tell(trial, values)
-        self.summary.complete += 1
-        if act.feasible:
-            self._front_pts.append([v if d == "minimize" else -v
-                                    for v, d in zip(values, self.directions)])
-        self._finished()
-
     def _finished(self) -> None:
         self.done += 1
         if hasattr(self, "bar"):
@@ -414,7 +308,7 @@ class Driver:
                 front = int(pareto_mask(np.array(self._front_pts)).sum()) if self._front_pts else 0
                 self.summary.front_size = front
                 self.bar.set_postfix(failed=self.summary.failed, pruned=self.summary.pruned,
-                                     front=front, cached=self.summary.cache_hits, refresh=False)
+                                     front=front, repeats=self.summary.duplicates, refresh=False)
         if self.opts.on_trial is not None:
             self.opts.on_trial(self.done)
 
@@ -423,12 +317,13 @@ class Driver:
         enqueued again so ``--resume`` runs them first."""
         if self.scheduler is not None:
             self.scheduler.cancel_all()
-        for act in list(self.active.values()):
+        for cand in list(self.active.values()):
             try:
-                self._finish(act, reason)
+                self._finish(cand, failure=reason)
             except Exception:
                 pass
         self.active.clear()
+        self._active_arch.clear()
 
     def _write_outputs(self, final: bool) -> None:
         self._last_outputs = time.monotonic()

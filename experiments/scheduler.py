@@ -54,6 +54,8 @@ class Outcome:
     waiters: tuple[int, ...]
     result: CachedEval | None = None
     failure: str | None = None
+    #: the evaluator's training state at ``key.budget`` (a rung of a budget ladder), if any
+    checkpoint: bytes | None = None
     #: safetensors bytes of the weights the evaluation kept (``evaluator.keep_weights``)
     weights: bytes | None = None
     #: the failure may be the driver's doing (it was suspended while the evaluation was in
@@ -105,14 +107,17 @@ class EvaluationScheduler:
         interrupt."""
         return self.timeout_s + max(BACKSTOP_GRACE_S, self.timeout_s)
 
-    def submit(self, key: EvalKey, arch_json: str, waiter: int) -> bool:
+    def submit(self, key: EvalKey, arch_json: str, waiter: int, *, resumable: bool = False,
+               checkpoint: bytes | None = None, val_fraction: float = 1.0) -> bool:
         """Evaluate ``key`` for trial ``waiter``. False if it was already in flight (the
-        waiter is added to it, nothing new runs)."""
+        waiter is added to it, nothing new runs). ``resumable``: a rung of a budget ladder,
+        continuing from ``checkpoint`` (None = from the start); its outcome carries the new
+        checkpoint; ``val_fraction``: scored on that part of the held-out data."""
         self._waiters.setdefault(key, []).append(waiter)
         if key in self._pending:
             return False
         ref = self._remote.remote(self._spec, arch_json, key.seed, key.budget, self._threads,
-                                  self.timeout_s)
+                                  self.timeout_s, checkpoint, resumable, val_fraction)
         self._pending[key] = ref
         self._inflight[ref] = (key, self._tick(0.0))
         return True
@@ -203,9 +208,9 @@ class EvaluationScheduler:
             return Outcome(key, waiters, failure=f"evaluator returned a non-finite value ({value!r})")
         item = CachedEval(key, value, out.get("extras", {}), float(out.get("wall_time_s", 0.0)),
                           str(out.get("node_id", "")), str(out.get("host", "")),
-                          int(out.get("pid", 0)))
+                          int(out.get("pid", 0)), float(out.get("cpu_s", 0.0)))
         weights = out.get("weights")
-        return Outcome(key, waiters, result=item,
+        return Outcome(key, waiters, result=item, checkpoint=out.get("checkpoint"),
                        weights=weights if isinstance(weights, bytes) else None)
 
     def _expire(self) -> list[Outcome]:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from common.errors import ConfigError, TemponasError
+from experiments.ledger import is_duplicate
 from experiments.storage_url import mask_text, mask_url, resolve_url
 
 JOURNAL_FILE = "study.journal"
@@ -152,9 +153,13 @@ def make_sampler(name: str, options: Mapping[str, Any], seed: int) -> Any:
 
 
 def trial_done(t: Any) -> bool:
-    """A trial that counts toward ``n_trials``: finished, and not left behind by a stopped driver."""
+    """A trial that counts toward ``n_trials``: finished, not left behind by a stopped driver,
+    and not the repeat of an architecture an earlier trial already settled
+    (:mod:`experiments.ledger`)."""
     from optuna.trial import TrialState
 
+    if is_duplicate(t):
+        return False
     if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
         return True
     if t.state is TrialState.FAIL:

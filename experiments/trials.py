@@ -22,14 +22,16 @@ from search_space.arch import ArchConfig
 #: the fixed columns of trials.csv / pareto.csv, in order; per-stage and extras columns follow
 COLUMNS = ("number", "state", "arch_id", "quality", "latency_ms", "latency_low_ms",
            "latency_high_ms", "memory_mb", "params", "flops", "feasible",
-           "constraint_latency_ms", "constraint_memory_mb", "eval_wall_time_s", "wall_time_s",
-           "cache_hits", "node_ids", "failure_reason")
+           "constraint_latency_ms", "constraint_memory_mb", "budget", "rung", "eval_wall_time_s",
+           "eval_cpu_s", "wall_time_s", "cache_hits", "duplicate_of", "not_evaluated",
+           "node_ids", "failure_reason")
 #: per-stage columns are ``<stage>.<field>``; fields a kind does not use are 0 (as in the arch)
 STAGE_FIELDS = ("kind", "count", "heads", "kernel_t", "kernel_s")
 #: prefix of the evaluator's extras columns (``extra.flops``, ``extra.val_loss`` ...)
 EXTRA_PREFIX = "extra."
 _FROM_ATTRS = ("latency_ms", "latency_low_ms", "latency_high_ms", "memory_mb", "params", "flops",
-               "eval_wall_time_s", "wall_time_s", "cache_hits", "failure_reason", "quality")
+               "eval_wall_time_s", "eval_cpu_s", "wall_time_s", "cache_hits", "failure_reason",
+               "quality", "budget", "rung", "duplicate_of", "not_evaluated")
 
 
 def trial_attrs(t: Any) -> dict[str, Any]:
@@ -42,16 +44,21 @@ def trial_attrs(t: Any) -> dict[str, Any]:
     return ua
 
 
-def result_attr(evaluations: Sequence[Any], wall_time_s: float) -> dict[str, Any]:
-    """The ``result`` user attr of a completed trial from its evaluations (one per seed, each
-    with ``value``, ``extras``, ``wall_time_s``, ``node_id`` and the ``key`` it answers):
-    ``quality`` is their mean (``quality_std`` with several seeds); ``extras`` are the first
-    seed's; ``seed_values`` each seed's value (what rebuilds a lost evaluation log)."""
+def result_attr(evaluations: Sequence[Any], wall_time_s: float,
+                spent: Sequence[Any] | None = None) -> dict[str, Any]:
+    """The ``result`` user attr of a finished trial from its evaluations (one per seed, each
+    with ``value``, ``extras``, ``wall_time_s``, ``cpu_s``, ``node_id`` and the ``key`` it
+    answers): ``quality`` is their mean (``quality_std`` with several seeds); ``extras`` are the
+    first seed's; ``seed_values`` each seed's value (what rebuilds a lost evaluation log).
+    ``spent``: every evaluation the trial ran (all rungs of a budget ladder; default
+    ``evaluations``): their wall and CPU seconds and nodes."""
     vals = [e.value for e in evaluations]
+    spent = evaluations if spent is None else spent
     result: dict[str, Any] = {
         "quality": float(np.mean(vals)), "wall_time_s": wall_time_s,
-        "node_ids": sorted({e.node_id for e in evaluations if e.node_id}),
-        "eval_wall_time_s": float(sum(e.wall_time_s for e in evaluations))}
+        "node_ids": sorted({e.node_id for e in spent if e.node_id}),
+        "eval_wall_time_s": float(sum(e.wall_time_s for e in spent)),
+        "eval_cpu_s": float(sum(getattr(e, "cpu_s", 0.0) for e in spent))}
     seeds = [getattr(getattr(e, "key", None), "seed", None) for e in evaluations]
     if None not in seeds:
         result["seed_values"] = {str(s): float(v) for s, v in zip(seeds, vals)}
@@ -95,6 +102,8 @@ def trial_record(t: Any, objectives: Sequence[str]) -> dict[str, Any]:
             row[k] = ua[k]
     if t.values is not None:
         row.update(zip(objectives, t.values))
+    if ua.get("not_evaluated"):  # its quality value is a placeholder (see experiments.flow)
+        row["quality"] = None
     row["constraint_latency_ms"] = cons.get("latency_ms")
     row["constraint_memory_mb"] = cons.get("memory_mb")
     if t.state.name == "COMPLETE":
@@ -181,10 +190,14 @@ def failure_kind(reason: str) -> str:
 
 
 def failures_by_reason(trials: Iterable[Any]) -> dict[str, list[str]]:
-    """FAIL/PRUNED trials' reasons grouped by :func:`failure_kind`, most frequent kind first."""
+    """Reasons of FAIL/PRUNED trials and of trials never evaluated (over the memory budget),
+    grouped by :func:`failure_kind`, most frequent kind first; repeats of an architecture
+    (``duplicate_of``) are left out (their first trial counts)."""
     groups: dict[str, list[str]] = {}
     for t in trials:
-        if t.state.name in ("FAIL", "PRUNED"):
+        if t.user_attrs.get("duplicate_of") is not None:
+            continue
+        if t.state.name in ("FAIL", "PRUNED") or t.user_attrs.get("not_evaluated"):
             r = str(t.user_attrs.get("failure_reason", "unknown"))
             groups.setdefault(failure_kind(r), []).append(r)
     order = Counter({k: len(v) for k, v in groups.items()})

@@ -253,9 +253,22 @@ SUBSTITUTED.update({
     "temponas latency build-priors": Case(steps=("temponas latency build-priors --help",), why=_PRIORS),
     "python benchmarks/prior_transfer.py --json": Case(
         steps=("python benchmarks/prior_transfer.py --help",), why=_BENCH, cwd="root"),
+    "python benchmarks/multifidelity.py --json": Case(
+        steps=("python benchmarks/multifidelity.py --help",), why=_BENCH, cwd="root"),
+    "python benchmarks/multifidelity.py --seeds 100 --eval-seeds 0 --n-trials 32 --tune "
+    "2,5,2,0.25;3,10,3,0.25;5,6,3,0.25 --json": Case(
+        steps=("python benchmarks/multifidelity.py --help",), why=_BENCH, cwd="root"),
+    "python benchmarks/multifidelity.py --seeds 100 --eval-seeds 0 --n-trials 32 --tune "
+    "2,5,2,0.25,2;3,10,1,0.25,3 --json": Case(
+        steps=("python benchmarks/multifidelity.py --help",), why=_BENCH, cwd="root"),
+    "python benchmarks/search_efficiency.py --tune --json": Case(
+        steps=("python benchmarks/search_efficiency.py --help",), why=_BENCH, cwd="root"),
 })
 
 SKIPPED: dict[str, str] = {
+    "temponas search ... --ray-address HEAD_IP:6379":
+        "an inline summary (elided arguments) of docs/clusters.md's search line, which runs as "
+        "documented above",
     "make fitset-features":
         "builds a separate 5.5 GB environment (torch 2.14.1 + torchvision, timm, open_clip) and "
         "converts 204 programs (~75 min); its output is committed, and "

@@ -38,11 +38,17 @@ class Search(Command):
         s = run_search(cfg, SearchOptions(n_trials=args.n_trials, workers=args.workers,
                                           ray_address=args.ray_address, out=args.out,
                                           resume=args.resume, progress=not args.no_progress))
-        msg = (f"{s.run_dir}: {s.complete} complete, {s.pruned} pruned (over memory budget), "
-               f"{s.failed} failed this session; {s.evaluations_run} evaluations run, "
-               f"{s.cache_hits} served from the cache; Pareto front: {s.front_size} architectures; "
-               f"{s.wall_time_s:.1f} s")
+        pruned = f"{s.pruned} pruned on a lower rung, " if s.pruned else ""
+        msg = (f"{s.run_dir}: {s.complete} complete, {s.over_memory} over the memory budget "
+               f"(not evaluated), {pruned}{s.failed} failed this session; {s.evaluations_run} "
+               f"evaluations run, {s.cache_hits} served from the cache, {s.duplicates} repeated "
+               f"proposals told their first outcome (not counted); Pareto front: "
+               f"{s.front_size} architectures; {s.wall_time_s:.1f} s")
         print(msg)
+        if s.exhausted_after:
+            print(f"stopped early: the sampler proposed only evaluated architectures "
+                  f"{s.exhausted_after} times in a row (the space holds "
+                  f"{cfg.search_space.size():,}); the study has fewer trials than --n-trials")
         if s.recovered:
             print(f"recovered {len(s.recovered)} trial(s) an earlier driver left running: "
                   f"{', '.join(map(str, s.recovered))} (re-queued)")

@@ -25,6 +25,30 @@ def states(study) -> Counter:
     return Counter(t.state.name for t in study.get_trials(deepcopy=False))
 
 
+def counted_states(study) -> Counter:
+    """States of the trials that count toward n_trials (not the repeats of an architecture a
+    trial before them settled: those carry ``duplicate_of``)."""
+    return Counter(t.state.name for t in study.get_trials(deepcopy=False)
+                   if t.user_attrs.get("duplicate_of") is None)
+
+
+def check_duplicates(study) -> int:
+    """Every repeat carries its first trial's architecture and outcome; returns how many."""
+    by_number = {t.number: t for t in study.trials}
+    n = 0
+    for t in study.trials:
+        first = t.user_attrs.get("duplicate_of")
+        if first is None:
+            continue
+        n += 1
+        orig = by_number[first]
+        assert orig.user_attrs.get("duplicate_of") is None and orig.number < t.number
+        assert orig.user_attrs["arch_id"] == t.user_attrs["arch_id"]
+        if t.state.name != "FAIL":  # an interrupted original's repeats FAIL with it
+            assert t.state == orig.state and t.values == orig.values
+    return n
+
+
 def best_by_arch(study) -> set[int]:
     """The trial numbers pareto.csv holds: of ``study.best_trials``, the earliest trial of each
     architecture."""

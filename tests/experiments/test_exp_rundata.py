@@ -23,7 +23,7 @@ from experiments.trials import STAGE_FIELDS, pareto_front
 from search_space.arch import ArchConfig, TemporalKind
 
 ROOT = Path(__file__).resolve().parents[2]
-# 3 architectures (mid: none, conv1d, attn1d): a random sampler repeats them
+# 5 architectures (mid: none, conv1d or attn1d x 1-2 blocks): a random sampler repeats them
 TINY_SPACE = {"defaults": {"kinds": ["none"]},
               "mid": {"kinds": ["none", "conv1d", "attn1d"], "heads": [2], "kernel_t": [3]}}
 
@@ -79,10 +79,17 @@ def test_trials_csv_has_stage_and_extras_columns(repeat_run):
             assert r[f"{sid}.kind"] == c.kind.value
             assert [int(r[f"{sid}.{f}"]) for f in STAGE_FIELDS[1:]] == [
                 c.count, c.heads, c.kernel_t, c.kernel_s]
+        if r["duplicate_of"]:  # a repeat: told the first trial's values, nothing evaluated
+            first = by_number[int(r["duplicate_of"])]
+            assert first.user_attrs["arch_id"] == r["arch_id"] and t.values == first.values
+            assert r["extra.flops"] == "" and r["eval_wall_time_s"] == ""
+            continue
         extras = t.user_attrs["result"]["extras"]
         assert float(r["extra.flops"]) == pytest.approx(extras["flops"], rel=1e-5)
         assert float(r["extra.memory_mb"]) == pytest.approx(extras["memory_mb"], rel=1e-5)
     assert {r["mid.kind"] for r in rows} == {"none", "conv1d", "attn1d"}
+    # a space smaller than n_trials: one counted trial per architecture, the rest repeats
+    assert sum(1 for r in rows if not r["duplicate_of"]) == cfg.search_space.size() < len(rows)
 
 
 def test_study_names_its_metrics(repeat_run):
@@ -184,3 +191,26 @@ def test_package_exports_resolve():
         assert obj is getattr(mod, name)
     with pytest.raises(AttributeError):
         experiments.no_such_name  # noqa: B018
+
+
+def test_report_names_the_proxys_heldout_tau(tmp_path, monkeypatch, repeat_run):
+    """The report's proxy line reads the audit's committed result (``heldout``: tau on
+    architectures the proxy was not chosen on); without one it says so."""
+    import experiments.report as rep
+
+    audit = tmp_path / "proxy_fidelity.json"
+    audit.write_text(json.dumps({"n_archs": 24, "heldout_sample_seed": 1,
+                                 "heldout": {"naswot": 0.25, "params": 0.37},
+                                 "heldout_kendall_ci": {"naswot": [-0.16, 0.58]}}))
+    h = rep.proxy_heldout("naswot", audit)
+    assert h["kendall"] == 0.25 and h["ci"] == [-0.16, 0.58] and h["n_archs"] == 24
+    assert rep.proxy_heldout("supernet", audit) is None
+    assert rep.proxy_heldout("naswot", tmp_path / "missing.json") is None
+    run_dir, cfg, _ = repeat_run  # evaluator: params
+    monkeypatch.setattr(rep, "PROXY_FIDELITY_JSON", audit)
+    line = rep._proxy_line(cfg)
+    assert "`params` ranks candidates like short training with Kendall τ +0.37" in line
+    assert "24 held-out" in line
+    monkeypatch.setattr(rep, "PROXY_FIDELITY_JSON", tmp_path / "missing.json")
+    assert "has no held-out Kendall τ" in rep._proxy_line(cfg)
+    assert "- quality proxy fidelity: " in (run_dir / "report.md").read_text()

@@ -82,3 +82,48 @@ def test_a_resumed_session_gets_a_fresh_sampler_seed():
     seeds = {_resume_seed(0, n) for n in range(1, 200)}
     assert len(seeds) == 199 and 0 not in seeds
     assert _resume_seed(3, 10) == _resume_seed(3, 10) != _resume_seed(4, 10)
+
+
+def _over_memory_rate(sampler: str, opts: dict, way: str, seed: int, n: int = 60) -> float:
+    """Share of over-memory proposals after the first 20 trials. Toy objectives on the tiny
+    space: quality rewards attention, which is what costs memory (over budget from 2 attention
+    blocks on). ``way``: ``driver`` tells an over-memory trial what the driver tells it
+    (:func:`~experiments.ledger.not_evaluated_values`, violated memory constraint); ``pruned``:
+    PRUNED (before issue 14)."""
+    from optuna.trial import TrialState
+
+    from experiments.ledger import not_evaluated_values
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space = parse_config({"name": "s", "backbone": "tiny", "space": SPACE}).search_space
+    study = optuna.create_study(directions=["maximize", "minimize"],
+                                sampler=make_sampler(sampler, opts, seed))
+    over = []
+    for _ in range(n):
+        t = study.ask()
+        arch = space.suggest(t)
+        n_attn, n_tmp = arch.to_json().count('"attn1d"'), arch.num_temporal_blocks
+        lat = float(n_tmp + n_attn)
+        t.set_constraint("memory_mb", n_attn - 1.0)
+        over.append(n_attn > 1)
+        if n_attn <= 1:
+            study.tell(t, [float(n_tmp + 2 * n_attn), lat])
+        elif way == "driver":
+            study.tell(t, not_evaluated_values(["quality", "latency_ms"], "maximize",
+                                               {"latency_ms": lat}))
+        else:
+            study.tell(t, state=TrialState.PRUNED)
+    return float(np.mean(over[20:]))
+
+
+def test_over_memory_trials_teach_the_samplers():
+    """NSGA-II ignores PRUNED trials: told as the driver tells them (worst quality, violated
+    memory constraint) it proposes fewer over-memory candidates; TPE (the default) steers
+    away from the region (random proposes it about half the time)."""
+    seeds = range(4)
+    nsga = {w: np.mean([_over_memory_rate("nsga2", {"population_size": 8}, w, s) for s in seeds])
+            for w in ("driver", "pruned")}
+    assert nsga["driver"] < 0.85 * nsga["pruned"], nsga
+    tpe = np.mean([_over_memory_rate("tpe", {}, "driver", s) for s in seeds])
+    rnd = np.mean([_over_memory_rate("random", {}, "driver", s) for s in seeds])
+    assert tpe < 0.75 * rnd, (tpe, rnd)

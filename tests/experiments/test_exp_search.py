@@ -9,7 +9,14 @@ import sys
 from dataclasses import replace
 
 import pytest
-from exp_helpers import best_by_arch, evaluation_counts, load_study, states
+from exp_helpers import (
+    best_by_arch,
+    check_duplicates,
+    counted_states,
+    evaluation_counts,
+    load_study,
+    states,
+)
 
 from experiments.rundir import RunDirError, RunLock
 from experiments.runner import SearchOptions, run_search
@@ -33,9 +40,14 @@ def smoke_run(tmp_path_factory, smoke_cfg):
 def test_smoke_search_end_to_end(smoke_run, smoke_cfg):
     run_dir, s = smoke_run
     study = load_study(run_dir, smoke_cfg.name)
-    st = states(study)
-    assert st["COMPLETE"] + st["PRUNED"] == smoke_cfg.search.n_trials
-    assert st["FAIL"] == 0 and st["RUNNING"] == 0
+    st = counted_states(study)
+    assert st["COMPLETE"] == smoke_cfg.search.n_trials  # over-memory ones are COMPLETE too
+    assert st["FAIL"] == 0 and states(study)["RUNNING"] == 0
+    # every architecture counted once; a sampler's repeats are told its first outcome
+    counted = [t for t in study.trials if "duplicate_of" not in t.user_attrs]
+    ids = [t.user_attrs["arch_id"] for t in counted]
+    assert len(ids) == len(set(ids))
+    assert check_duplicates(study) == s.duplicates == len(study.trials) - len(counted)
     for f in ("config.yaml", "run.json", "study.journal", "evaluations.jsonl", "trials.csv",
               "pareto.csv", "report.md", "plots/pareto_front.png", "plots/hypervolume.png",
               "plots/stage_latency.png"):
@@ -71,20 +83,32 @@ def test_pareto_csv_equals_best_trials(smoke_run, smoke_cfg):
 
 
 def test_memory_infeasible_trials_are_never_evaluated(smoke_run, smoke_cfg):
+    """Over the memory budget: COMPLETE (so NSGA-II learns the region) with the worst quality
+    and a violated memory constraint, never evaluated, never on the front."""
+    import math
+
     run_dir, _ = smoke_run
     study = load_study(run_dir, smoke_cfg.name)
     budget = smoke_cfg.constraints.memory_budget_mb
-    pruned = [t for t in study.trials if t.state.name == "PRUNED"]
-    assert pruned, "the smoke space must contain over-budget candidates"
+    over = [t for t in study.trials if t.user_attrs.get("not_evaluated")]
+    assert over, "the smoke space must contain over-budget candidates"
     evaluated = {a for a, *_ in evaluation_counts(run_dir)}
-    for t in pruned:
+    for t in over:
+        assert t.state.name == "COMPLETE"
+        assert t.values[0] == -math.inf and t.values[1] == trial_attrs(t)["latency_ms"]
         assert trial_attrs(t)["memory_mb"] > budget
         assert t.user_attrs["failure_reason"].startswith("memory:")
         assert t.constraints["memory_mb"] > 0
         assert t.user_attrs["arch_id"] not in evaluated
+    assert not {t.number for t in over} & {t.number for t in study.best_trials}
     for t in study.trials:
         if t.user_attrs["arch_id"] in evaluated:
             assert trial_attrs(t)["memory_mb"] <= budget
+    rows = {int(r["number"]): r for r in _rows(run_dir / "trials.csv")}
+    for t in over:
+        r = rows[t.number]
+        assert r["quality"] == "" and r["not_evaluated"] == "true" and r["feasible"] == "false"
+    assert "| memory |" in (run_dir / "report.md").read_text()
 
 
 def test_resume_after_interrupt_and_crash_completes_without_repeats(tmp_path, smoke_cfg):
@@ -103,12 +127,18 @@ def test_resume_after_interrupt_and_crash_completes_without_repeats(tmp_path, sm
                                        write_plots=False, on_trial=stop))
     assert s1.interrupted
     study = load_study(run_dir, cfg.name)
-    assert states(study)["COMPLETE"] == 5
-    # simulate a driver killed between evaluation and tell: a RUNNING trial of an evaluated arch
-    done_trial = next(t for t in study.trials if t.state.name == "COMPLETE")
-    study.enqueue_trial(dict(done_trial.params))
-    stale = study.ask()
-    cfg.search_space.suggest(stale)
+    assert counted_states(study)["COMPLETE"] == 5
+    # simulate a driver killed between evaluation and tell: a RUNNING trial of an arch whose
+    # evaluation is in the log but was never told to Optuna
+    from evaluators import create_evaluator
+    from experiments.cache import CachedEval, EvalCache, EvalKey
+
+    stale = study.ask()  # a re-queued trial of the Ctrl-C, or a new one
+    orphan = cfg.search_space.suggest(stale)
+    ev = create_evaluator(cfg.evaluator.name, cfg.backbone_spec, cfg.evaluator.options)
+    r = ev.evaluate(orphan, seed=0, budget=0)
+    EvalCache(run_dir).put(CachedEval(EvalKey(orphan.arch_id, ev.config_key, 0, 0), r.value,
+                                      dict(r.extras), r.wall_time_s))
     assert states(study)["RUNNING"] == 1
 
     with pytest.raises(RunDirError, match="already holds study"):
@@ -118,9 +148,10 @@ def test_resume_after_interrupt_and_crash_completes_without_repeats(tmp_path, sm
     assert stale.number in s2.recovered
     study = load_study(run_dir, cfg.name)
     st = states(study)
-    assert st["COMPLETE"] == n and st["RUNNING"] == 0 and st["WAITING"] == 0
+    assert counted_states(study)["COMPLETE"] == n and st["RUNNING"] == 0 and st["WAITING"] == 0
     assert all(t.user_attrs["failure_reason"].startswith("interrupted")
                for t in study.trials if t.state.name == "FAIL")
+    check_duplicates(study)
     assert s2.cache_hits >= 1
     assert max(evaluation_counts(run_dir).values()) == 1
     # a finished study resumed again runs nothing
@@ -245,6 +276,6 @@ def test_any_optuna_storage_url_sqlite(tmp_path, smoke_cfg):
     run_search(cfg, SearchOptions(out=str(run_dir), progress=False, write_plots=False))
     assert (tmp_path / "study.db").exists() and not (run_dir / "study.journal").exists()
     run = open_run(run_dir)  # pareto/plot/export find the study through run.json
-    st = states(run.study)
-    assert st["COMPLETE"] + st["PRUNED"] == 4
+    st = counted_states(run.study)
+    assert st["COMPLETE"] == 4
     assert {t.number for t in front_trials(run.study)} == {t.number for t in run.study.best_trials}
