@@ -80,7 +80,7 @@ def _events(cache) -> dict[str, list[dict]]:
 def test_short_train_search_on_your_model_and_clips_twice(world, capsys):
     d, cfg = world
     out, wall1, cpu1 = _search(cfg, d / "run1")
-    assert "4 complete, 0 pruned (over memory budget), 0 failed this session; 4 evaluations run" in out
+    assert "4 complete, 0 over the memory budget (not evaluated), 0 failed this session; 4 evaluations run" in out
     first = _events(d / "cache")
     # the driver encoded the 12 clips and their 12 captions once, before any trial ...
     assert [(e["encoded"], e["reused"]) for e in first["latents"][:1]] == [(12, 0)]
