@@ -192,10 +192,10 @@ def _lr_factor(tr: SupernetTrainOptions, step: int) -> float:
     return warm * 0.5 * (1 + np.cos(np.pi * step / tr.steps)) if tr.schedule == "cosine" else warm
 
 
-def frozen_spatial_state(full: BackboneSpec, opts: SupernetOptions, task: VideoTask
-                   ) -> dict[str, torch.Tensor]:
+def frozen_spatial_state(full: BackboneSpec, opts: SupernetOptions, task: VideoTask,
+                         progress: bool = True) -> dict[str, torch.Tensor]:
     if opts.spatial != "random":  # pretrained, or the backbone's own weights
-        return pretrained_spatial(full, opts, task.latent_channels)[0]
+        return pretrained_spatial(full, opts, task.latent_channels, progress)[0]
     from search_space.modules import build_image_model
     torch.manual_seed(opts.train.seed)  # "random": one seeded image model for every candidate
     bb = opts.scale.backbone(full)
@@ -213,7 +213,7 @@ def train_supernet(full: BackboneSpec, opts: SupernetOptions, space: SearchSpace
     from tqdm import tqdm
 
     tr = opts.train
-    spatial = frozen_spatial_state(full, opts, space.task)  # pretraining: timed on its own
+    spatial = frozen_spatial_state(full, opts, space.task, progress)  # pretraining: timed on its own
     train, _ = data_splits(full, opts, space.task.latent_channels)
     t0, c0 = time.perf_counter(), time.process_time()
     with opts.session(tr.seed) as rt:
