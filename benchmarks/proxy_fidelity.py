@@ -74,35 +74,12 @@ MAKE_SEARCH_BUDGET = SearchBudget(seconds=360.0, n_trials=400, workers=2)
 CHOOSE_SEED, REPORT_SEED = 0, 1
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="8 archs, budgets 8,15 (< 10 min)")
-    ap.add_argument("--json", action="store_true",
-                    help="write the summary and reports under --out (full run: "
-                         "benchmarks/results/ by default; --quick: only with --out)")
-    ap.add_argument("--out", default="", metavar="DIR",
-                    help="directory for --json's files (a quick run never overwrites the "
-                         "committed results unless told to)")
-    ap.add_argument("--workers", type=int, default=2, help="short-training processes")
-    ap.add_argument("--n-archs", type=int, default=None)
-    ap.add_argument("--timing", type=int, default=None,
-                    help="archs timed afresh at short_train's default budget, 1 thread, cache "
-                         "off, wall and CPU seconds (default 4, quick 2)")
-    args = ap.parse_args(argv)
 
-    bb = get_backbone("snapgen_v")
-    space = default_space(bb, default_task("snapgen_v"))
-    n = args.n_archs or (8 if args.quick else 24)
-    budgets = (8, 15) if args.quick else (15, 30)
-    spec = AuditSpec(backbone=bb, space=space, n_archs=n, budgets=budgets, seeds=(0, 1),
-                     proxies=DEFAULT_PROXIES, workers=args.workers, bootstrap=1000)
-    t0 = time.perf_counter()
-    both = run_heldout_audit(spec, CHOOSE_SEED, REPORT_SEED, MAKE_SEARCH_BUDGET, progress=True)
+def _summary(args: argparse.Namespace, both: dict, timing: dict, t0: float) -> dict:
+    """The JSON summary of a held-out audit run (what `--json` writes)."""
     res, rep, h = both["choose"], both["report"], both["heldout"]
     sn_choose, sn_report = res["proxies"]["supernet"], rep["proxies"]["supernet"]
-    timing = _time_default_budget(bb, space, args.timing if args.timing is not None
-                                  else (2 if args.quick else 4))
-    summary = {
+    return {
         "benchmark": "proxy_fidelity", "quick": bool(args.quick), "backbone": "snapgen_v",
         "n_archs": res["n_archs"], "budgets": res["budgets"], "seeds": res["seeds"],
         "proxy_scale": res["evaluators"]["short_train"]["options"]["scale"],
@@ -152,7 +129,35 @@ def main(argv: list[str] | None = None) -> int:
         "wall_time_s": time.perf_counter() - t0,
         "load_average_1m_at_end": os.getloadavg()[0],
     }
-    summary = json_safe(summary)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="8 archs, budgets 8,15 (< 10 min)")
+    ap.add_argument("--json", action="store_true",
+                    help="write the summary and reports under --out (full run: "
+                         "benchmarks/results/ by default; --quick: only with --out)")
+    ap.add_argument("--out", default="", metavar="DIR",
+                    help="directory for --json's files (a quick run never overwrites the "
+                         "committed results unless told to)")
+    ap.add_argument("--workers", type=int, default=2, help="short-training processes")
+    ap.add_argument("--n-archs", type=int, default=None)
+    ap.add_argument("--timing", type=int, default=None,
+                    help="archs timed afresh at short_train's default budget, 1 thread, cache "
+                         "off, wall and CPU seconds (default 4, quick 2)")
+    args = ap.parse_args(argv)
+
+    bb = get_backbone("snapgen_v")
+    space = default_space(bb, default_task("snapgen_v"))
+    n = args.n_archs or (8 if args.quick else 24)
+    budgets = (8, 15) if args.quick else (15, 30)
+    spec = AuditSpec(backbone=bb, space=space, n_archs=n, budgets=budgets, seeds=(0, 1),
+                     proxies=DEFAULT_PROXIES, workers=args.workers, bootstrap=1000)
+    t0 = time.perf_counter()
+    both = run_heldout_audit(spec, CHOOSE_SEED, REPORT_SEED, MAKE_SEARCH_BUDGET, progress=True)
+    timing = _time_default_budget(bb, space, args.timing if args.timing is not None
+                                  else (2 if args.quick else 4))
+    summary = json_safe(_summary(args, both, timing, t0))
     text = json.dumps(summary, indent=1, sort_keys=True)
     out = args.out or ("" if args.quick else os.path.join(HERE, "results"))
     if args.json and out:

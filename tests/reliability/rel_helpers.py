@@ -65,6 +65,16 @@ def cli(*argv: str) -> tuple[int, str, str]:
     return rc, out.getvalue(), err.getvalue()
 
 
+def search_cli(cfg: Path, run: Path, *extra: str) -> tuple[int, str, str]:
+    """``temponas search CFG --out RUN --no-progress EXTRA...`` in-process: (exit code, stdout, stderr)."""
+    return cli("search", str(cfg), "--out", str(run), "--no-progress", *extra)
+
+
+def summary_line(out: str) -> str:
+    """The search's one-line summary (stdout also carries Ray's worker-death notices)."""
+    return next((ln for ln in out.splitlines() if " complete, " in ln), out.strip())
+
+
 def subprocess_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(HERE), str(ROOT)] +

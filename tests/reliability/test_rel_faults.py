@@ -22,7 +22,9 @@ from rel_helpers import (
     faulty,
     load_study,
     one_line_error,
+    search_cli,
     states,
+    summary_line,
     write_config,
 )
 
@@ -31,13 +33,6 @@ pytestmark = [pytest.mark.fault, pytest.mark.timeout(120), pytest.mark.usefixtur
 NO_MEM = {"memory_budget_mb": None}
 
 
-def _search(cfg: Path, run: Path, *extra: str) -> tuple[int, str, str]:
-    return cli("search", str(cfg), "--out", str(run), "--no-progress", *extra)
-
-
-def _summary(out: str) -> str:
-    """The search's one-line summary (stdout also carries Ray's worker-death notices)."""
-    return next((ln for ln in out.splitlines() if " complete, " in ln), out.strip())
 
 
 def _line(out: str, start: str) -> str:
@@ -67,7 +62,7 @@ def test_evaluator_raises_nan_inf_and_hang_fail_their_trials_only(tmp_path, reco
                        search={"n_trials": 9})
     run = tmp_path / "run"
     t0 = time.monotonic()
-    rc, out, err = _search(cfg, run)
+    rc, out, err = search_cli(cfg, run)
     wall = time.monotonic() - t0
     assert rc == 0, err
     assert wall < 45  # the hang was cut at the timeout, not waited out
@@ -89,7 +84,7 @@ def test_evaluator_raises_nan_inf_and_hang_fail_their_trials_only(tmp_path, reco
     # failed evaluations are never cached: a resume would try them again
     assert len(evaluation_counts(run)) == len({t.user_attrs["arch_id"] for t in study.trials
                                               if t.state.name == "COMPLETE"})
-    summary = _summary(out)
+    summary = summary_line(out)
     for mode, reason in (("raise", next(r for r in reasons if "raised" in r)),
                          ("nan", "evaluator returned a non-finite value (nan)"),
                          ("inf", "evaluator returned a non-finite value (inf)"),
@@ -113,7 +108,7 @@ def test_worker_killed_mid_evaluation_retried_or_trial_failed(tmp_path, record):
                        evaluator=faulty(script, ["ok", "die", "ok", "die", "die"], retries=1),
                        search={"n_trials": 5, "workers": 1})
     run = tmp_path / "run"
-    rc, out, err = _search(cfg, run)
+    rc, out, err = search_cli(cfg, run)
     assert rc == 0, err
     study = load_study(run)
     st = states(study)
@@ -132,7 +127,7 @@ def test_worker_killed_mid_evaluation_retried_or_trial_failed(tmp_path, record):
     assert failed.user_attrs["arch_id"] == twice and reason.startswith("worker died")
     assert "worker died" in (run / "report.md").read_text()
     assert max(evaluation_counts(run).values()) == 1
-    summary = _summary(out)
+    summary = summary_line(out)
     record("fault", "Ray worker process SIGKILLed during an evaluation",
            "the evaluator SIGKILLs its own worker process 0.2 s into an evaluation (once)",
            f"nothing: Ray re-runs the evaluation (evaluator.retries=1) in a new worker; "
@@ -158,7 +153,7 @@ def test_evaluation_stuck_in_native_code_is_cancelled_by_the_driver(tmp_path, mo
                        search={"n_trials": 4})
     run = tmp_path / "run"
     t0 = time.monotonic()
-    rc, out, err = _search(cfg, run)
+    rc, out, err = search_cli(cfg, run)
     wall = time.monotonic() - t0
     assert rc == 0, err
     assert wall < 40
@@ -171,7 +166,7 @@ def test_evaluation_stuck_in_native_code_is_cancelled_by_the_driver(tmp_path, mo
            "the evaluator blocks SIGALRM and sleeps 60 s; evaluator.timeout_s=2, driver grace "
            "8 s (30 s by default)",
            f"that trial FAIL with \"{reason}\"; the task is force-cancelled (its worker "
-           f"killed) and the search goes on: \"{_summary(out)}\"",
+           f"killed) and the search goes on: \"{summary_line(out)}\"",
            f"the other 3 trials COMPLETE; search finished in {wall:.0f} s")
 
 
@@ -190,7 +185,7 @@ def test_disk_full_or_read_only_mid_run_then_resume(tmp_path, monkeypatch, recor
     disk = FakeDisk(run, budget=70, err=err)
     monkeypatch.setattr(fsio, "os", disk)
     monkeypatch.setattr(journal_file, "os", disk)
-    rc, out, e = _search(cfg, run)
+    rc, out, e = search_cli(cfg, run)
     monkeypatch.undo()  # space freed / remounted read-write
     msg = one_line_error(rc, e)
     why = "disk full" if err == errno.ENOSPC else os.strerror(err)
@@ -202,7 +197,7 @@ def test_disk_full_or_read_only_mid_run_then_resume(tmp_path, monkeypatch, recor
     assert before["COMPLETE"] < 10
     rc, out, e2 = cli("pareto", str(run))
     assert rc == 0, e2
-    rc, out, e2 = _search(cfg, run, "--resume")
+    rc, out, e2 = search_cli(cfg, run, "--resume")
     assert rc == 0, e2
     _assert_finished(run, 10)
     what = "output disk fills up (ENOSPC)" if err == errno.ENOSPC else "output dir becomes read-only (EROFS)"
@@ -230,7 +225,7 @@ def test_run_outputs_are_written_atomically(tmp_path, monkeypatch, record):
     cfg = write_config(tmp_path / "cfg.yaml", evaluator=faulty(tmp_path / "script"),
                        search={"n_trials": 6})
     run = tmp_path / "run"
-    rc, out, err = _search(cfg, run)
+    rc, out, err = search_cli(cfg, run)
     assert rc == 0, err
     files = {str(p) for p in run.rglob("*") if p.is_file()}
     locks = (".lock", ".study.journal.smoke.lock")  # the run's and its study's
@@ -255,7 +250,7 @@ def finished_run(tmp_path_factory):
     d = tmp_path_factory.mktemp("finished")
     cfg = write_config(d / "cfg.yaml", constraints=NO_MEM, evaluator=faulty(d / "script"),
                        search={"n_trials": 6})
-    rc, out, err = _search(cfg, d / "run")
+    rc, out, err = search_cli(cfg, d / "run")
     assert rc == 0, err
     return cfg, d / "run"
 
@@ -272,7 +267,7 @@ def test_partial_last_journal_line_is_repaired_on_resume(finished_run, tmp_path,
     journal = run / "study.journal"
     with open(journal, "ab") as f:
         f.write(b'{"op_code":5,"worker_id":"dead-driver","trial_id":3,"user_at')  # cut mid-write
-    rc, out, err = _search(cfg, run, "--resume", "--n-trials", "9")
+    rc, out, err = search_cli(cfg, run, "--resume", "--n-trials", "9")
     assert rc == 0, err
     _assert_finished(run, 9)
     assert journal.read_bytes().endswith(b"\n")
@@ -282,7 +277,7 @@ def test_partial_last_journal_line_is_repaired_on_resume(finished_run, tmp_path,
            "a cut JSON record without newline appended to study.journal, then `--resume "
            "--n-trials 9`",
            f"nothing: the fragment (never a valid record) is dropped before appending; "
-           f"\"{_summary(out)}\" / \"{_line(out, 'repaired')}\"",
+           f"\"{summary_line(out)}\" / \"{_line(out, 'repaired')}\"",
            "the 6 finished trials; the study reaches 9 COMPLETE and the journal stays loadable")
 
 
@@ -292,7 +287,7 @@ def test_stale_journal_lock_of_a_killed_driver_does_not_stall_resume(finished_ru
     lock = run / "study.journal.lock"
     os.symlink(run / "study.journal", lock)  # what Optuna's symlink lock leaves after SIGKILL
     t0 = time.monotonic()
-    rc, out, err = _search(cfg, run, "--resume", "--n-trials", "8")
+    rc, out, err = search_cli(cfg, run, "--resume", "--n-trials", "8")
     wall = time.monotonic() - t0
     assert rc == 0, err
     _assert_finished(run, 8)
@@ -347,14 +342,14 @@ def test_plugin_on_the_driver_path_only_reaches_the_workers(tmp_path, driver_onl
     cfg = write_config(tmp_path / "cfg.yaml", constraints=NO_MEM,
                        evaluator={"name": driver_only_plugin, "options": {}},
                        search={"n_trials": 3})
-    rc, out, err = _search(cfg, tmp_path / "run")
+    rc, out, err = search_cli(cfg, tmp_path / "run")
     assert rc == 0, err
     _assert_finished(tmp_path / "run", 3)
     record("fault", "evaluator plug-in importable on the driver but not on the Ray workers",
            "`module:Class` from a directory on the driver's sys.path only (not on the "
            "workers' PYTHONPATH)",
            f"nothing: a probe task finds the workers cannot import it, so its directory joins "
-           f"their PYTHONPATH (runtime_env.ship_plugins); \"{_summary(out)}\"",
+           f"their PYTHONPATH (runtime_env.ship_plugins); \"{summary_line(out)}\"",
            "3/3 COMPLETE")
 
 
@@ -363,7 +358,7 @@ def test_plugin_not_shipped_stops_the_search_in_one_line(tmp_path, driver_only_p
                        evaluator={"name": driver_only_plugin, "options": {}},
                        search={"n_trials": 3}, runtime_env={"ship_plugins": False})
     t0 = time.monotonic()
-    rc, out, err = _search(cfg, tmp_path / "run")
+    rc, out, err = search_cli(cfg, tmp_path / "run")
     wall = time.monotonic() - t0
     msg = one_line_error(rc, err)
     assert "cannot import module 'rel_driver_only_eval'" in msg and "Ray node" in msg, msg

@@ -301,19 +301,15 @@ def test_absurd_workers_refused_before_anything_starts(tmp_path, record):
 SUSPEND_S = 13.0
 BACKSTOP_S = 10.0
 #: the driver, with its backstop (default: evaluator.timeout_s + max(30 s, timeout_s)) set to
-#: 10 s once its first two results are in (a new driver's first evaluations wait for new Ray
-#: worker processes, which can take longer than that on a loaded machine), so that a 13 s
-#: suspension outlasts it without this test taking a minute
+#: 10 s once the test has created the file $REL_BACKSTOP_GO -- which it does while the driver
+#: is stopped, so the short backstop can only act after the suspension (a new driver's first
+#: evaluations wait for new Ray worker processes, which can take longer than 10 s on a loaded
+#: machine) -- so that a 13 s suspension outlasts it without this test taking a minute
 DRIVER = f"""
-import sys
+import os, sys
 import experiments.scheduler as s
-C = s.EvaluationScheduler
-collect = C._collect
-def counted(self, ref):
-    self.results_seen = getattr(self, "results_seen", 0) + 1
-    return collect(self, ref)
-C._collect = counted
-C.backstop_s = property(lambda self: {BACKSTOP_S} if getattr(self, "results_seen", 0) >= 2 else 300.0)
+GO = os.environ["REL_BACKSTOP_GO"]
+s.EvaluationScheduler.backstop_s = property(lambda self: {BACKSTOP_S} if os.path.exists(GO) else 300.0)
 from experiments.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -331,12 +327,15 @@ def test_suspended_driver_does_not_time_out_finished_evaluations(tmp_path, rel_r
                        search={"n_trials": n, "workers": 2})
     run = tmp_path / "run"
     attempts = tmp_path / "script" / "attempts.log"
+    go = tmp_path / "backstop.go"
     proc = _start([sys.executable, "-c", DRIVER, "search", str(cfg), "--out", str(run),
-                   "--no-progress", "--ray-address", rel_ray], tmp_path / "driver.log")
+                   "--no-progress", "--ray-address", rel_ray], tmp_path / "driver.log",
+                  env={**subprocess_env(), "REL_BACKSTOP_GO": str(go)})
     try:
         _wait_for(lambda: len(evaluation_counts(run)) >= 2 and attempts.exists()
                   and len(attempts.read_text().splitlines()) >= 4, 120, proc)
         os.kill(proc.pid, signal.SIGSTOP)
+        go.touch()  # the 10 s backstop from now on (the driver sees it once it runs again)
         time.sleep(SUSPEND_S)  # longer than the backstop
         os.kill(proc.pid, signal.SIGCONT)
         proc.wait(timeout=120)

@@ -27,7 +27,9 @@ from rel_helpers import (
     faulty,
     load_study,
     one_line_error,
+    search_cli,
     states,
+    summary_line,
     tree,
     write_config,
 )
@@ -37,12 +39,6 @@ pytestmark = [pytest.mark.fault, pytest.mark.timeout(120), pytest.mark.usefixtur
 NO_MEM = {"memory_budget_mb": None}
 
 
-def _search(cfg: Path, run: Path, *extra: str) -> tuple[int, str, str]:
-    return cli("search", str(cfg), "--out", str(run), "--no-progress", *extra)
-
-
-def _summary(out: str) -> str:
-    return next((ln for ln in out.splitlines() if " complete, " in ln), out.strip())
 
 
 def _digest(d: Path) -> dict[str, str]:
@@ -70,7 +66,7 @@ def finished_run(tmp_path_factory):
     d = tmp_path_factory.mktemp("rundir")
     cfg = write_config(d / "cfg.yaml", constraints=NO_MEM, evaluator=faulty(d / "script"),
                        search={"n_trials": 6})
-    rc, out, err = _search(cfg, d / "run")
+    rc, out, err = search_cli(cfg, d / "run")
     assert rc == 0, err
     return cfg, d / "run", d / "script"
 
@@ -100,7 +96,7 @@ def test_interrupted_search_continues_with_its_own_hint(tmp_path, monkeypatch, r
             signal.raise_signal(signal.SIGINT)  # what Ctrl-C does: the driver's handler
 
     monkeypatch.setattr(runner.Driver, "_finished", ctrl_c_after_3)
-    rc, out, err = _search(cfg, run, "--n-trials", "10", "--workers", "1")
+    rc, out, err = search_cli(cfg, run, "--n-trials", "10", "--workers", "1")
     monkeypatch.undo()
     assert rc == 130, err
     hint = err.strip().splitlines()[-1].strip()
@@ -118,7 +114,7 @@ def test_interrupted_search_continues_with_its_own_hint(tmp_path, monkeypatch, r
            "`search --n-trials 10 --workers 1` over a config saying n_trials 4; SIGINT after 3 "
            "trials; the hint's command run exactly as printed",
            f"exit 130 and \"{_short(hint, tmp_path)}\"; the hinted command exits 0: "
-           f"\"{_short(_summary(out), tmp_path)}\"",
+           f"\"{_short(summary_line(out), tmp_path)}\"",
            "10/10 COMPLETE, 0 RUNNING, 0 WAITING, no evaluation repeated; config.yaml keeps "
            "n_trials 10 and workers 1, report.md 'target 10 trials'")
 
@@ -136,7 +132,7 @@ def test_refused_resume_leaves_the_run_as_it_was(finished_run, tmp_path, change,
         d["search"]["storage"] = f"sqlite:///{tmp_path / 'other.db'}"
     bad = tmp_path / "changed.yaml"
     bad.write_text(yaml.safe_dump(d))
-    rc, out, err = _search(bad, run, "--resume")
+    rc, out, err = search_cli(bad, run, "--resume")
     msg = one_line_error(rc, err)
     assert ("name: 'renamed' differs" if change == "name" else "search.storage:") in msg, msg
     assert _digest(run) == before, "the refused resume changed the run"
@@ -165,7 +161,7 @@ def test_torn_evaluation_log_line_is_cut_before_the_next_record(finished_run, tm
     torn = b'{"arch_id": "0123456789ab", "budget": 0, "conf'
     with open(log, "ab") as f:
         f.write(torn)
-    rc, out, err = _search(cfg, run, "--resume", "--n-trials", "9")
+    rc, out, err = search_cli(cfg, run, "--resume", "--n-trials", "9")
     assert rc == 0, err
     lines = log.read_bytes().splitlines()
     assert all(json.loads(ln) for ln in lines), "a record was glued to the torn line"
@@ -179,7 +175,7 @@ def test_torn_evaluation_log_line_is_cut_before_the_next_record(finished_run, tm
            "half a JSON line (no newline) appended to evaluations.jsonl, then `--resume "
            "--n-trials 9`",
            f"nothing: the torn line is cut before the next append (common.fsio.append_jsonl); "
-           f"\"{_summary(out)}\"",
+           f"\"{summary_line(out)}\"",
            f"all {len(lines)} lines parse: the {n_before} old evaluations and the 3 new ones, "
            f"none lost or glued, none run twice")
 
@@ -196,14 +192,14 @@ def test_deleted_evaluation_log_is_rebuilt_from_the_study(tmp_path, record):
     d["search"]["sampler_options"] = {}
     cfg.write_text(yaml.safe_dump(d))
     run = tmp_path / "run"
-    rc, out, err = _search(cfg, run)
+    rc, out, err = search_cli(cfg, run)
     assert rc == 0, err
     study = load_study(run)
     known = {t.user_attrs["arch_id"] for t in study.trials if t.state.name == "COMPLETE"}
     old = evaluation_counts(run)
     (run / "evaluations.jsonl").unlink()
     n_attempts = len(attempts(script))
-    rc, out, err = _search(cfg, run, "--resume", "--n-trials", "24")
+    rc, out, err = search_cli(cfg, run, "--resume", "--n-trials", "24")
     assert rc == 0, err
     repaired = next((ln for ln in out.splitlines() if ln.startswith("repaired")), "")
     assert f"restored {len(old)} evaluation(s)" in repaired, out
@@ -224,7 +220,7 @@ def test_deleted_evaluation_log_is_rebuilt_from_the_study(tmp_path, record):
     record("fault", "evaluation log deleted between runs",
            "evaluations.jsonl removed, then `--resume --n-trials 24` (random sampler, a "
            "32-architecture space, so later trials propose known architectures)",
-           f"\"{_short(repaired, tmp_path)}\"; \"{_summary(out)}\"",
+           f"\"{_short(repaired, tmp_path)}\"; \"{summary_line(out)}\"",
            f"the {len(old)} evaluations rebuilt from the study; {revisits} later trials proposed "
            f"an architecture the study already knew and took it from the log: 0 evaluated "
            f"again ({len(new)} evaluations, all of new architectures)")

@@ -15,6 +15,7 @@ from rel_helpers import (
     evaluation_counts,
     faulty,
     one_line_error,
+    search_cli,
     states,
     write_config,
 )
@@ -23,9 +24,6 @@ pytestmark = [pytest.mark.fault, pytest.mark.timeout(120)]
 
 NO_MEM = {"memory_budget_mb": None}
 
-
-def _search(cfg, run, *extra: str) -> tuple[int, str, str]:
-    return cli("search", str(cfg), "--out", str(run), "--no-progress", *extra)
 
 
 def _short(text: str, tmp) -> str:
@@ -48,7 +46,7 @@ def test_second_run_folder_on_a_shared_storage_is_refused(tmp_path, rel_ray, rec
                        evaluator=faulty(tmp_path / "script", sleep_s=0.3),
                        search={"n_trials": 3, "workers": 1, "storage": f"sqlite:///{db}"})
     a, b = tmp_path / "a", tmp_path / "b"
-    rc, out, err = _search(cfg, a)
+    rc, out, err = search_cli(cfg, a)
     assert rc == 0, err
     shutil.copytree(a, b)  # e.g. a run folder copied to another disk, storage URL unchanged
     first: dict = {}
@@ -68,7 +66,7 @@ def test_second_run_folder_on_a_shared_storage_is_refused(tmp_path, rel_ray, rec
         assert thread.is_alive(), first
         assert time.monotonic() - t0 < 60, "the first search made no progress"
         time.sleep(0.05)
-    rc, out, err = _search(cfg, b, "--resume", "--n-trials", "8")
+    rc, out, err = search_cli(cfg, b, "--resume", "--n-trials", "8")
     running = thread.is_alive()
     thread.join(timeout=90)
     assert running and "error" not in first and first["summary"].complete == 5, first
@@ -141,7 +139,7 @@ def test_storage_password_is_masked_everywhere(tmp_path, monkeypatch, record):
 
     url = f"postgresql://temponas:{SECRET}@127.0.0.1:1/studies"
     cfg_path = write_config(tmp_path / "pg.yaml", search={"storage": url})
-    rc, out, err = _search(cfg_path, tmp_path / "run")
+    rc, out, err = search_cli(cfg_path, tmp_path / "run")
     msg = one_line_error(rc, err)
     assert SECRET not in out + err and "temponas:***@127.0.0.1:1/studies" in msg, msg
     import importlib.util
@@ -175,7 +173,7 @@ def test_storage_password_is_masked_everywhere(tmp_path, monkeypatch, record):
     monkeypatch.setenv("TEMPONAS_TEST_PW", SECRET)
     ref = write_config(tmp_path / "ref.yaml",
                        search={"storage": url.replace(SECRET, "${TEMPONAS_TEST_PW}")})
-    rc, out, err = _search(ref, tmp_path / "run")
+    rc, out, err = search_cli(ref, tmp_path / "run")
     by_ref = one_line_error(rc, err)
     assert SECRET not in out + err and "temponas:${TEMPONAS_TEST_PW}@" in by_ref, by_ref
     assert "cannot open the study storage" in by_ref, by_ref  # expanded, then refused
