@@ -22,6 +22,8 @@ from common.fsio import (
     json_safe,
     jsonable,
     read_jsonl,
+    release_holder_lock,
+    try_holder_lock,
 )
 from common.hashing import file_sha256, files_sha256
 from common.limits import check_range, option_range
@@ -33,4 +35,4 @@ __all__ = ["ConfigError", "ExportError", "OutputError", "TemponasError", "append
            "atomic_write_text", "bootstrap_ci", "check_range", "correlation", "file_lock", "file_sha256",
            "files_sha256", "io_error", "json_safe", "jsonable",
            "kendall", "load_json", "load_yaml", "option_range", "parse_json", "parse_yaml",
-           "read_jsonl", "read_text", "spearman"]
+           "read_jsonl", "read_text", "release_holder_lock", "spearman", "try_holder_lock"]

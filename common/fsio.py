@@ -168,6 +168,45 @@ def file_lock(path: str | Path) -> Iterator[None]:
             os.close(fd)
 
 
+def try_holder_lock(path: str | Path, holder: dict[str, Any]) -> tuple[int | None, dict[str, Any]]:
+    """Take an exclusive non-blocking ``flock`` on ``path`` (created if missing) and write
+    ``holder`` (JSON) into it: ``(fd, holder)``; or ``(None, the current holder's record)``
+    when another process holds it. The kernel drops the lock if the holder dies (per host)."""
+    import fcntl
+
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise io_error(path, e) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        try:
+            current = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        except ValueError:
+            current = {}
+        os.close(fd)
+        return None, current if isinstance(current, dict) else {}
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
+    os.fsync(fd)
+    return fd, holder
+
+
+def release_holder_lock(fd: int) -> None:
+    """Empty the lock file of :func:`try_holder_lock`'s ``fd``, unlock and close it."""
+    import fcntl
+
+    try:
+        os.ftruncate(fd, 0)
+    except OSError:
+        pass
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
+
+
 def append_jsonl(path: str | Path, record: dict[str, Any], durable: bool = True) -> None:
     """Append one JSON line; ``durable`` fsyncs it (without, the line survives a process crash
     but not a power loss). Appenders take turns (``flock`` on the file), so a last line without

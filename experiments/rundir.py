@@ -24,7 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from common.errors import ConfigError, TemponasError
-from common.fsio import atomic_write_json, atomic_write_text, io_error
+from common.fsio import (
+    atomic_write_json,
+    atomic_write_text,
+    io_error,
+    release_holder_lock,
+    try_holder_lock,
+)
 from experiments.cache import CACHE_FILE, rebuild_from_study
 from experiments.config import ExperimentConfig, dump_config, load_config
 from experiments.storage_lock import AttrStudyLock, FileStudyLock
@@ -280,31 +286,22 @@ class RunLock:
         self._attached: list[Any] = []
 
     def acquire(self) -> RunLock:
-        import fcntl
-
         run_dir = self.path.parent
         if run_dir.exists() and not run_dir.is_dir():
             raise RunDirError(f"{run_dir}: exists and is not a directory (a run directory is "
                               f"needed here)")
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
             raise io_error(self.path, e) from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = self.holder()
-            os.close(fd)
+        info = {"pid": os.getpid(), "host": socket.gethostname(),
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        fd, holder = try_holder_lock(self.path, info)
+        if fd is None:
             who = (f"pid {holder.get('pid')} on {holder.get('host')} since {holder.get('started')}"
                    if holder else "another process")
             raise RunDirError(f"{self.path.parent}: another temponas search is running in this run "
-                              f"directory ({who}); wait for it, stop it, or use another --out") from None
-        info = {"pid": os.getpid(), "host": socket.gethostname(),
-                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        os.ftruncate(fd, 0)
-        os.write(fd, (json.dumps(info) + "\n").encode())
-        os.fsync(fd)
+                              f"directory ({who}); wait for it, stop it, or use another --out")
         self._fd = fd
         RunLock._held[self.path.parent.resolve()] = self
         return self
@@ -321,15 +318,8 @@ class RunLock:
             self._attached.pop().release()
         if self._fd is None:
             return
-        import fcntl
-
         RunLock._held.pop(self.path.parent.resolve(), None)
-        try:
-            os.ftruncate(self._fd, 0)
-        except OSError:
-            pass
-        fcntl.flock(self._fd, fcntl.LOCK_UN)
-        os.close(self._fd)
+        release_holder_lock(self._fd)
         self._fd = None
 
     def __enter__(self) -> RunLock:

@@ -20,7 +20,6 @@ and the study name:
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import threading
@@ -30,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from common.errors import TemponasError
-from common.fsio import io_error
+from common.fsio import release_holder_lock, try_holder_lock
 
 ATTR = "temponas_lock"
 HEARTBEAT_S = 30.0
@@ -67,39 +66,15 @@ class FileStudyLock:
         self._fd: int | None = None
 
     def acquire(self) -> FileStudyLock:
-        import fcntl
-
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as e:
-            raise io_error(self.path, e) from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            try:
-                holder = json.loads(os.pread(fd, 4096, 0) or b"{}")
-            except ValueError:
-                holder = {}
-            os.close(fd)
-            raise _refusal(self.where, self.study_name, holder) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(_me(self.run_dir)) + "\n").encode(), 0)
-        self._fd = fd
+        self._fd, holder = try_holder_lock(self.path, _me(self.run_dir))
+        if self._fd is None:
+            raise _refusal(self.where, self.study_name, holder)
         return self
 
     def release(self) -> None:
-        if self._fd is None:
-            return
-        import fcntl
-
-        try:
-            os.ftruncate(self._fd, 0)
-        except OSError:
-            pass
-        fcntl.flock(self._fd, fcntl.LOCK_UN)
-        os.close(self._fd)
-        self._fd = None
+        if self._fd is not None:
+            release_holder_lock(self._fd)
+            self._fd = None
 
 
 def _alive(pid: int) -> bool:
