@@ -6,6 +6,7 @@ from collections import Counter
 from pathlib import Path
 
 import optuna
+from cli_run import cli  # noqa: F401 - re-exported for the tests of this folder
 
 from experiments.cache import read_records
 from experiments.study import open_storage
@@ -56,19 +57,3 @@ def best_by_arch(study) -> set[int]:
     for t in sorted(study.best_trials, key=lambda t: t.number):
         first.setdefault(t.user_attrs["arch_id"], t.number)
     return set(first.values())
-
-
-def cli(*argv: str) -> tuple[int, str, str]:
-    """``temponas ARGV`` in this process: (exit code, stdout, stderr)."""
-    import contextlib
-    import io
-
-    from experiments.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            rc = main(list(argv))
-        except SystemExit as e:  # argparse
-            rc = e.code if isinstance(e.code, int) else 1
-    return rc, out.getvalue(), err.getvalue()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import csv
-import io
 import os
 import sys
 from collections import Counter
@@ -13,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from cli_run import cli  # noqa: F401 - re-exported for the tests of this folder
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -50,19 +50,6 @@ def faulty(script_dir: Path, plan=(), sleep_s: float = 0.0, timeout_s: float = 6
             "options": {"script_dir": str(script_dir), "plan": list(plan), "sleep_s": sleep_s,
                         "hang_s": hang_s},
             "seeds": [0], "timeout_s": timeout_s, "retries": retries}
-
-
-def cli(*argv: str) -> tuple[int, str, str]:
-    """``temponas ARGV`` in this process: (exit code, stdout, stderr)."""
-    from experiments.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            rc = main(list(argv))
-        except SystemExit as e:  # argparse
-            rc = e.code if isinstance(e.code, int) else 1
-    return rc, out.getvalue(), err.getvalue()
 
 
 def search_cli(cfg: Path, run: Path, *extra: str) -> tuple[int, str, str]:
@@ -174,3 +161,17 @@ class FakeDisk:
         if self.budget <= 0:
             self._check(str(dst))
         return os.replace(src, dst, *a, **kw)
+
+
+def kill_session(proc) -> None:
+    """Kill the process ``proc`` (a ``subprocess.Popen`` started with ``start_new_session``) if
+    still alive, then what is left of its session (by its id)."""
+    import signal
+
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass

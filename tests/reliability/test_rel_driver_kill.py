@@ -24,6 +24,7 @@ from rel_helpers import (
     csv_rows,
     evaluation_counts,
     faulty,
+    kill_session,
     load_study,
     one_line_error,
     states,
@@ -61,16 +62,6 @@ def _wait_for(pred, timeout_s: float, proc: subprocess.Popen) -> None:
         time.sleep(0.1)
 
 
-def _cleanup(proc: subprocess.Popen) -> None:
-    """Kill the process if still alive, then what is left of its session (by its id)."""
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
 
 def test_driver_sigterm_then_sigkill_then_resume(tmp_path, record, rel_ray):
     cfg = write_config(tmp_path / "kill.yaml", constraints={"memory_budget_mb": None},
@@ -103,7 +94,7 @@ def test_driver_sigterm_then_sigkill_then_resume(tmp_path, record, rel_ray):
         proc.wait(timeout=60)
         stop_s = time.monotonic() - t0
     finally:
-        _cleanup(proc)
+        kill_session(proc)
     err = proc.err_path.read_text()
     assert proc.returncode == 130, (proc.returncode, err[-2000:])
     assert "Traceback" not in err, err[-3000:]
@@ -132,7 +123,7 @@ def test_driver_sigterm_then_sigkill_then_resume(tmp_path, record, rel_ray):
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
     finally:
-        _cleanup(proc)
+        kill_session(proc)
     assert proc.returncode == -signal.SIGKILL
     evaluated_before = set(evaluation_counts(run))
     study = load_study(run)

@@ -21,6 +21,7 @@ from rel_helpers import (
     cli,
     evaluation_counts,
     faulty,
+    kill_session,
     load_study,
     one_line_error,
     states,
@@ -51,15 +52,6 @@ def _wait_for(pred, timeout_s: float, proc: subprocess.Popen) -> None:
         assert time.monotonic() - t0 < timeout_s, "timed out waiting for the search"
         time.sleep(0.1)
 
-
-def _kill(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def _cmdline(pid: int) -> str:
@@ -103,7 +95,7 @@ def own_ray_search(tmp_path_factory):
         gcs_pid = next(p for p in procs if "gcs_server" in _cmdline(p))
         yield {"proc": proc, "tmp": tmp, "gcs": gcs, "gcs_pid": gcs_pid, "procs": procs}
     finally:
-        _kill(proc)
+        kill_session(proc)
 
 
 def test_workers_capped_by_the_cluster_cpus(own_ray_search, record):
@@ -237,7 +229,7 @@ def http_server(tmp_path_factory):
         except OSError:
             time.sleep(0.1)
     yield f"127.0.0.1:{port}"
-    _kill(proc)
+    kill_session(proc)
 
 
 def _closed_port() -> str:
@@ -340,7 +332,7 @@ def test_suspended_driver_does_not_time_out_finished_evaluations(tmp_path, rel_r
         os.kill(proc.pid, signal.SIGCONT)
         proc.wait(timeout=120)
     finally:
-        _kill(proc)
+        kill_session(proc)
     log = proc.log.read_text()
     assert proc.returncode == 0, log[-3000:]
     study = load_study(run)
