@@ -14,6 +14,7 @@ from rel_helpers import (
     TEMPONAS,
     cli,
     evaluation_counts,
+    kill_session,
     load_study,
     states,
     subprocess_env,
@@ -67,13 +68,7 @@ def test_driver_killed_mid_ladder_resumes_from_checkpoints(tmp_path, record, rel
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        kill_session(proc)
     kept = _checkpoints(run)
     before = len(read_records(run))
     storage = open_storage(None, run)
